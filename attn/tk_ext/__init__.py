@@ -1,0 +1,1 @@
+"""ThunderKittens CUDA-extension kernels of attn (the ``tk`` backend)."""

@@ -1,0 +1,1 @@
+"""Triton kernels of attn (the ``triton`` backend)."""
