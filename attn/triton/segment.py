@@ -1,0 +1,120 @@
+"""Stacked-query attention to contiguous key segments, split along the keys (split-K).
+
+One kernel serves both phases of ``shared_prefix_attention`` (Hydragen, arXiv 2402.05099):
+
+- a prefix level ``[G, P, Hkv, D]``: program ``(g, kvh, split, row tile)`` stacks the queries
+  of the ``B/G`` sequences of group ``g`` times the ``Hq/Hkv`` query heads of kv head ``kvh``
+  into one ``[rows, D]`` matrix and attends it to its slice of the prefix with ``tl.dot``,
+  so the prefix is read once per group (inter-sequence batching), not once per sequence;
+- the suffixes ``[B, S, Hkv, D]``: the same with ``G = B`` (one sequence per group, its GQA
+  group of heads as rows) and a per-group length (``suffix_lens``): decode attention with
+  split-K for long suffixes.
+
+Each program writes one partial state (normalised float32 output and natural-log LSE) to
+``parts[part_base + split]``; :mod:`.merge` combines all partial states.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .config import Tiles
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _segment_kernel(
+    Q, K, V, LENS, PO, PL,
+    stride_qb, stride_qh,
+    stride_kg, stride_kp, stride_kh,
+    stride_vg, stride_vp, stride_vh,
+    stride_pp, stride_pb, stride_ph,
+    num_kv_heads, seqs_per_group, ratio, length, split_len, part_base, qk_scale,
+    HAS_LENS: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    tile = tl.program_id(2)
+    g = pid // num_kv_heads
+    kvh = pid % num_kv_heads
+
+    # Stacked row j is (sequence g*spg + j // ratio, query head kvh*ratio + j % ratio).
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < seqs_per_group * ratio
+    seq = (g * seqs_per_group + offs_m // ratio).to(tl.int64)
+    head = kvh * ratio + offs_m % ratio
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + seq[:, None] * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+
+    if HAS_LENS:
+        length = tl.load(LENS + g)
+    start = split * split_len
+    end = tl.minimum(start + split_len, length)
+
+    k_base = K + g.to(tl.int64) * stride_kg + kvh * stride_kh
+    v_base = V + g.to(tl.int64) * stride_vg + kvh * stride_vh
+    # A finite floor instead of -inf keeps exp2(m_old - m_new) defined for fully masked tiles.
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < end
+        k = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kp + offs_d[:, None],
+                    mask=n_ok[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, k, input_precision="ieee")
+        else:
+            s = tl.dot(q, k)
+        s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vp + offs_d[None, :],
+                    mask=n_ok[:, None], other=0.0)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    has = l_i > 0.0
+    out = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    part = (part_base + split).to(tl.int64)
+    prow = part * stride_pp + seq * stride_pb + head * stride_ph
+    tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
+    tl.store(PL + prow, lse, mask=row_ok)
+
+
+def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, parts_o: torch.Tensor,
+                   parts_lse: torch.Tensor, part_base: int, splits: int, split_len: int, scale: float,
+                   tiles: Tiles) -> None:
+    """Attend ``q [B, Hq, D]`` to the segments ``k, v [G, L, Hkv, D]`` (``G`` divides ``B``).
+
+    Writes partial states ``parts_o[part_base + s] [B, Hq, D]`` (float32, normalised) and
+    ``parts_lse[part_base + s] [B, Hq]`` for each split ``s < splits`` of ``split_len`` keys.
+    ``lens`` (int32 ``[G]`` on the device, or None for ``L``) limits each group's keys.
+    ``parts_o``/``parts_lse`` must be contiguous ``[NP, B, Hq, (D)]``.
+    """
+    b, hq, d = q.shape
+    g, length, hkv, _ = k.shape
+    ratio = hq // hkv
+    rows = (b // g) * ratio
+    grid = (g * hkv, splits, triton.cdiv(rows, tiles.block_m))
+    _segment_kernel[grid](
+        q, k, v, lens if lens is not None else q, parts_o, parts_lse,
+        q.stride(0), q.stride(1),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        b * hq, hq, 1,
+        hkv, b // g, ratio, length, split_len, part_base, scale * LOG2E,
+        HAS_LENS=lens is not None, IEEE=q.dtype == torch.float32,
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )

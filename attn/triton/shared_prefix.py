@@ -1,0 +1,63 @@
+"""``shared_prefix_attention`` on Triton: Hydragen's decomposition.
+
+Every prefix level is attended with the stacked queries of its groups (:mod:`.segment`,
+split along the prefix so that few groups still fill the GPU), the ragged suffixes with the
+same kernel as decode attention (one sequence per group, split-K for long suffixes), and all
+partial states are merged once (:mod:`.merge`). Launch parameters come from shapes only.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..problems import SharedPrefixProblem
+from . import config
+from .merge import launch_merge
+from .segment import launch_segment
+
+
+def plan(p: SharedPrefixProblem):
+    """The launches of ``p``: a list of ``(kind, level index, splits, split_len, tiles)``."""
+    b, hq, d = p.q.shape
+    hkv = p.num_kv_heads
+    ratio = hq // hkv
+    dev = p.device
+    steps = []
+    for i, lk in enumerate(p.prefix_k):
+        g, length = lk.shape[:2]
+        rows = (b // g) * ratio
+        tiles = config.shared_tiles(rows, d, dev)
+        base = g * hkv * config.cdiv(rows, tiles.block_m)
+        splits, split_len = config.num_splits(length, base, tiles.block_n, dev, "prefix_split")
+        steps.append(("prefix", i, splits, split_len, tiles))
+    s = p.suffix_capacity
+    if s > 0:
+        tiles = config.decode_tiles(ratio, d, dev)
+        splits, split_len = config.num_splits(s, b * hkv, tiles.block_n, dev, "suffix_split")
+        steps.append(("suffix", -1, splits, split_len, tiles))
+    return steps
+
+
+def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    q = p.q
+    b, hq, d = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty(b, hq, dtype=torch.float32, device=q.device)
+    steps = plan(p) if b > 0 else []
+    total = sum(st[2] for st in steps)
+    if total == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return out, lse
+    parts_o = torch.empty(total, b, hq, d, dtype=torch.float32, device=q.device)
+    parts_lse = torch.empty(total, b, hq, dtype=torch.float32, device=q.device)
+    base = 0
+    for kind, i, splits, split_len, tiles in steps:
+        if kind == "prefix":
+            k, v, lens = p.prefix_k[i], p.prefix_v[i], None
+        else:
+            k, v, lens = p.suffix_k, p.suffix_v, p.suffix_lens
+        launch_segment(q, k, v, lens, parts_o, parts_lse, base, splits, split_len, p.scale, tiles)
+        base += splits
+    launch_merge(parts_o.view(total, b * hq, d), parts_lse.view(total, b * hq),
+                 out.view(b * hq, d) if out.is_contiguous() else out, lse.view(b * hq))
+    return out, lse
