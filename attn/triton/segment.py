@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .config import Tiles
+from .tile import attend_block, finish
 
 LOG2E = 1.4426950408889634
 
@@ -57,35 +58,13 @@ def _segment_kernel(
 
     k_base = K + g.to(tl.int64) * stride_kg + kvh * stride_kh
     v_base = V + g.to(tl.int64) * stride_vg + kvh * stride_vh
-    # A finite floor instead of -inf keeps exp2(m_old - m_new) defined for fully masked tiles.
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < end
-        k = tl.load(k_base + offs_n[None, :].to(tl.int64) * stride_kp + offs_d[:, None],
-                    mask=n_ok[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(q, k, input_precision="ieee")
-        else:
-            s = tl.dot(q, k)
-        s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * stride_vp + offs_d[None, :],
-                    mask=n_ok[:, None], other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-
-    has = l_i > 0.0
-    out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+        m_i, l_i, acc = attend_block(q, k_base, v_base, stride_kp, stride_vp, n0, end, m_i, l_i, acc, qk_scale,
+                                     IEEE, BLOCK_N, D)
+    out, lse = finish(m_i, l_i, acc)
     part = (part_base + split).to(tl.int64)
     prow = part * stride_pp + seq * stride_pb + head * stride_ph
     tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])

@@ -1,0 +1,232 @@
+"""``chunk_attention`` on Triton: ChunkAttention's two-phase partition (arXiv 2402.15220).
+
+- **Chunk-first**: the shared chunks (``table.shared_chunks``) are grouped by the range of
+  sequences ``[begin, end)`` that reads them (a node of the prefix tree); a work item is a
+  run of at most ``L`` chunks of one range. Program ``(item, kvh, row tile)`` stacks the
+  queries of the range's sequences times the GQA group into one matrix, attends it to each
+  chunk of the item in turn with ``tl.dot`` (a chunk is read once per tile, not once per
+  sequence) and keeps one partial state per stacked row.
+- **Sequence-first**: program ``(sequence, kvh, split)`` attends the GQA group of one
+  sequence to its private chunks (``table.private_chunks``), folds in the cached partial
+  states of the items covering it (split 0 only) and normalises. With several splits (long
+  private tails and few sequences) the splits' states are merged by :mod:`.merge`.
+
+Partial chunks are masked by ``table.chunk_lens``. The work items are host metadata derived
+once per table (cached in ``table.host["triton"]``), never per call.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from ..problems import ChunkProblem
+from . import config
+from .merge import launch_merge
+from .segment import LOG2E
+from .tile import attend_block, finish, merge_state
+
+
+@triton.jit
+def _chunk_first_kernel(
+    Q, KC, VC, CLENS, IT_BEGIN, IT_END, IT_C0, IT_C1, IT_ROW, IT_CHUNKS, PO, PL,
+    stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
+    num_q_heads, ratio, qk_scale,
+    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+):
+    it = tl.program_id(0)
+    kvh = tl.program_id(1)
+    tile = tl.program_id(2)
+    b0 = tl.load(IT_BEGIN + it)
+    rows = (tl.load(IT_END + it) - b0) * ratio
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < rows
+    local = offs_m // ratio
+    head = kvh * ratio + offs_m % ratio
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + (b0 + local).to(tl.int64)[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    c0 = tl.load(IT_C0 + it)
+    # Tiles past this item's rows (the grid covers the largest group) do no work.
+    c1 = tl.where(tile * BLOCK_M < rows, tl.load(IT_C1 + it), c0)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for i in range(c0, c1):
+        c = tl.load(IT_CHUNKS + i).to(tl.int64)
+        clen = tl.load(CLENS + c)
+        k_base = KC + c * stride_kc + kvh * stride_kh
+        v_base = VC + c * stride_vc + kvh * stride_vh
+        for n0 in range(0, clen, BLOCK_N):
+            m_i, l_i, acc = attend_block(q, k_base, v_base, stride_kt, stride_vt, n0, clen, m_i, l_i, acc,
+                                         qk_scale, IEEE, BLOCK_N, D)
+    out, lse = finish(m_i, l_i, acc)
+    prow = (tl.load(IT_ROW + it) + local).to(tl.int64) * num_q_heads + head
+    tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
+    tl.store(PL + prow, lse, mask=row_ok)
+
+
+@triton.jit
+def _seq_first_kernel(
+    Q, KC, VC, CLENS, PRIV, NPRIV, SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, OUT, LSE,
+    stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
+    stride_priv, stride_items, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
+    num_kv_heads, num_q_heads, ratio, chunks_per_split, qk_scale,
+    FINAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    n = pid // num_kv_heads
+    kvh = pid % num_kv_heads
+    offs_h = tl.arange(0, BLOCK_H)
+    h_ok = offs_h < ratio
+    head = kvh * ratio + offs_h
+    offs_d = tl.arange(0, D)
+    n64 = n.to(tl.int64)
+    q = tl.load(Q + n64 * stride_qn + head[:, None] * stride_qh + offs_d[None, :], mask=h_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_H], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, D], tl.float32)
+
+    i0 = split * chunks_per_split
+    i1 = tl.minimum(i0 + chunks_per_split, tl.load(NPRIV + n))
+    for i in range(i0, i1):
+        c = tl.load(PRIV + n64 * stride_priv + i).to(tl.int64)
+        clen = tl.load(CLENS + c)
+        k_base = KC + c * stride_kc + kvh * stride_kh
+        v_base = VC + c * stride_vc + kvh * stride_vh
+        for n0 in range(0, clen, BLOCK_N):
+            m_i, l_i, acc = attend_block(q, k_base, v_base, stride_kt, stride_vt, n0, clen, m_i, l_i, acc,
+                                         qk_scale, IEEE, BLOCK_N, D)
+
+    # The cached chunk-first states of this sequence, folded in once (by split 0).
+    num_items = tl.where(split == 0, tl.load(NITEMS + n), 0)
+    for j in range(0, num_items):
+        item = tl.load(SEQ_ITEMS + n64 * stride_items + j)
+        prow = (tl.load(IT_ROW + item) + n - tl.load(IT_BEGIN + item)).to(tl.int64) * num_q_heads + head
+        o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=h_ok[:, None], other=0.0)
+        lse = tl.load(PL + prow, mask=h_ok, other=float("-inf"))
+        m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
+
+    out, lse = finish(m_i, l_i, acc)
+    orow = split.to(tl.int64) * stride_os + n64 * stride_on + head * stride_oh
+    tl.store(OUT + orow[:, None] + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=h_ok[:, None])
+    tl.store(LSE + split.to(tl.int64) * stride_ls + n64 * stride_ln + head, lse, mask=h_ok)
+
+
+def _t(a, device) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(a, dtype=np.int64), dtype=torch.int32, device=device)
+
+
+def work_items(table, ratio: int, num_kv_heads: int, block_m: int, device: torch.device) -> dict:
+    """Chunk-first work items of ``table`` (host-side, computed once per table and launch shape).
+
+    Shared chunks with one sequence range form a tree node; its chunks are cut into items of
+    at most ``L`` chunks, ``L`` chosen so that the items' programs about fill the GPU (more
+    items mean more partial states to write and merge).
+    """
+    h = table.host
+    sh, sb, se = h["shared_chunks"], h["shared_begin"], h["shared_end"]
+    ranges: dict = {}
+    for c, b, e in zip(sh.tolist(), sb.tolist(), se.tolist()):
+        ranges.setdefault((b, e), []).append(c)
+    tiles = {rg: config.cdiv((rg[1] - rg[0]) * ratio, block_m) for rg in ranges}
+    work = sum(len(cs) * num_kv_heads * tiles[rg] for rg, cs in ranges.items())
+    per = config.forced_value("chunks_per_item", None)
+    if per is None:
+        per = max(1, config.cdiv(work, config.target_programs(device)))
+    key = (ratio, num_kv_heads, block_m, per)
+    cache = h.setdefault("triton", {})
+    if key in cache:
+        return cache[key]
+    begin, end, c0, c1, row, chunks = [], [], [], [], [], []
+    covers = [[] for _ in range(table.num_seqs)]
+    rows = 0
+    for (b, e), cs in ranges.items():
+        for s in range(0, len(cs), per):
+            part = cs[s:s + per]
+            for n in range(b, e):
+                covers[n].append(len(begin))
+            begin.append(b), end.append(e), row.append(rows)
+            c0.append(len(chunks)), chunks.extend(part), c1.append(len(chunks))
+            rows += e - b
+    width = max([len(c) for c in covers] + [1])
+    seq_items = np.full((table.num_seqs, width), -1, dtype=np.int64)
+    for n, c in enumerate(covers):
+        seq_items[n, : len(c)] = c
+    priv = h["private_chunks"]
+    meta = {
+        "num_items": len(begin), "rows": rows,
+        "begin": _t(begin, device), "end": _t(end, device), "c0": _t(c0, device), "c1": _t(c1, device),
+        "row": _t(row, device), "chunks": _t(chunks, device), "seq_items": _t(seq_items, device),
+        "num_seq_items": _t([len(c) for c in covers], device),
+        "num_private": _t((priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs), device),
+        "max_private": int(priv.shape[1]),
+    }
+    cache[key] = meta
+    return meta
+
+
+def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    q, t = p.q, p.table
+    n, hq, d = q.shape
+    hkv, csize = p.num_kv_heads, p.chunk_size
+    ratio = hq // hkv
+    dev = q.device
+    out = torch.empty_like(q)
+    lse = torch.empty(n, hq, dtype=torch.float32, device=dev)
+    if n == 0:
+        return out, lse
+    ieee = q.dtype == torch.float32
+    qk_scale = p.scale * LOG2E
+    kc, vc = p.k_chunks, p.v_chunks
+
+    st = config.shared_tiles(t.max_group_size * ratio, d, dev)
+    st_n = min(st.block_n, max(16, config.next_pow2(csize)))
+    meta = work_items(t, ratio, hkv, st.block_m, dev)
+    po = torch.empty(max(1, meta["rows"]), hq, d, dtype=torch.float32, device=dev)
+    pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
+    if meta["num_items"]:
+        grid = (meta["num_items"], hkv, config.cdiv(t.max_group_size * ratio, st.block_m))
+        _chunk_first_kernel[grid](
+            q, kc, vc, t.chunk_lens, meta["begin"], meta["end"], meta["c0"], meta["c1"], meta["row"],
+            meta["chunks"], po, pl,
+            q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
+            vc.stride(0), vc.stride(1), vc.stride(2),
+            hq, ratio, qk_scale,
+            IEEE=ieee, BLOCK_M=st.block_m, BLOCK_N=st_n, D=d,
+            num_warps=st.num_warps, num_stages=st.num_stages,
+        )
+
+    dt = config.decode_tiles(ratio, d, dev)
+    dt_n = min(dt.block_n, max(16, config.next_pow2(csize)))
+    max_priv = meta["max_private"]
+    per = config.forced_value("private_split", None)
+    if per is None:
+        want = config.cdiv(config.target_programs(dev), n * hkv)
+        # A split shorter than ~256 keys costs more in partial states than it gains.
+        per = max(config.cdiv(max_priv, max(1, want)), config.cdiv(256, csize))
+    splits = max(1, config.cdiv(max_priv, per))
+    if splits == 1:
+        so, sl = out, lse
+    else:
+        so = torch.empty(splits, n, hq, d, dtype=torch.float32, device=dev)
+        sl = torch.empty(splits, n, hq, dtype=torch.float32, device=dev)
+    so4 = so.view(1, n, hq, d) if splits == 1 else so
+    sl3 = sl.view(1, n, hq) if splits == 1 else sl
+    _seq_first_kernel[(n * hkv, splits)](
+        q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private"], meta["seq_items"],
+        meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so4, sl3,
+        q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
+        vc.stride(0), vc.stride(1), vc.stride(2),
+        max(1, t.private_chunks.stride(0)) if t.private_chunks.dim() == 2 else 0, meta["seq_items"].stride(0),
+        so4.stride(0), so4.stride(1), so4.stride(2), sl3.stride(0), sl3.stride(1),
+        hkv, hq, ratio, per, qk_scale,
+        FINAL=splits == 1, IEEE=ieee, BLOCK_H=dt.block_m, BLOCK_N=dt_n, D=d,
+        num_warps=dt.num_warps, num_stages=dt.num_stages,
+    )
+    if splits > 1:
+        launch_merge(so.view(splits, n * hq, d), sl.view(splits, n * hq), out.view(n * hq, d), lse.view(n * hq))
+    return out, lse
