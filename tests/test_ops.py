@@ -134,7 +134,7 @@ def test_output_dtype_and_lse_dtype_follow_spec():
 # ---- merge_states algebra ------------------------------------------------------------
 def _states(k, seed, empty=()):
     g = torch.Generator().manual_seed(seed)
-    outs = torch.randn(k, 3, 5, 16, generator=g, dtype=torch.float64)
+    outs = torch.randn(k, 3, 5, 64, generator=g, dtype=torch.float64)
     lses = torch.randn(k, 3, 5, generator=g, dtype=torch.float64) * 3
     for i in empty:
         lses[i] = float("-inf")
