@@ -20,20 +20,20 @@ import triton
 import triton.language as tl
 
 from .config import Tiles
-from .tile import attend_block, finish
+from .tile import attend_block, finish, merge_state
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def _segment_kernel(
-    Q, K, V, LENS, PO, PL,
+    Q, K, V, LENS, PO, PL, OUT, LSE,
     stride_qb, stride_qh,
     stride_kg, stride_kp, stride_kh,
     stride_vg, stride_vp, stride_vh,
     stride_pp, stride_pb, stride_ph,
     num_kv_heads, seqs_per_group, ratio, length, split_len, part_base, qk_scale,
-    HAS_LENS: tl.constexpr, IEEE: tl.constexpr,
+    HAS_LENS: tl.constexpr, FOLD: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -64,22 +64,37 @@ def _segment_kernel(
     for n0 in range(start, end, BLOCK_N):
         m_i, l_i, acc = attend_block(q, k_base, v_base, stride_kp, stride_vp, n0, end, m_i, l_i, acc, qk_scale,
                                      IEEE, BLOCK_N, D)
-    out, lse = finish(m_i, l_i, acc)
-    part = (part_base + split).to(tl.int64)
-    prow = part * stride_pp + seq * stride_pb + head * stride_ph
-    tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
-    tl.store(PL + prow, lse, mask=row_ok)
+    if FOLD:
+        # Last phase (one split): fold in the earlier phases' states of these rows and
+        # write the final output, instead of writing one more partial state to merge.
+        for k in range(0, part_base):
+            prow = k * stride_pp + seq * stride_pb + head * stride_ph
+            o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            lse_k = tl.load(PL + prow, mask=row_ok, other=float("-inf"))
+            m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse_k)
+        out, lse = finish(m_i, l_i, acc)
+        orow = seq * stride_pb + head * stride_ph
+        tl.store(OUT + orow[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(LSE + orow, lse, mask=row_ok)
+    else:
+        out, lse = finish(m_i, l_i, acc)
+        prow = (part_base + split).to(tl.int64) * stride_pp + seq * stride_pb + head * stride_ph
+        tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
+        tl.store(PL + prow, lse, mask=row_ok)
 
 
 def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, parts_o: torch.Tensor,
                    parts_lse: torch.Tensor, part_base: int, splits: int, split_len: int, scale: float,
-                   tiles: Tiles) -> None:
+                   tiles: Tiles, fold_into=None) -> None:
     """Attend ``q [B, Hq, D]`` to the segments ``k, v [G, L, Hkv, D]`` (``G`` divides ``B``).
 
     Writes partial states ``parts_o[part_base + s] [B, Hq, D]`` (float32, normalised) and
     ``parts_lse[part_base + s] [B, Hq]`` for each split ``s < splits`` of ``split_len`` keys.
     ``lens`` (int32 ``[G]`` on the device, or None for ``L``) limits each group's keys.
     ``parts_o``/``parts_lse`` must be contiguous ``[NP, B, Hq, (D)]``.
+
+    ``fold_into = (out [B, Hq, D], lse [B, Hq])``, contiguous, with ``splits == 1``: merge the
+    states ``parts[:part_base]`` into this phase's and write the final result there instead.
     """
     b, hq, d = q.shape
     g, length, hkv, _ = k.shape
@@ -88,12 +103,13 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
     grid = (g * hkv, splits, triton.cdiv(rows, tiles.block_m))
     _segment_kernel[grid](
         q, k, v, lens if lens is not None else q, parts_o, parts_lse,
+        *(fold_into if fold_into is not None else (parts_o, parts_lse)),
         q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         b * hq, hq, 1,
         hkv, b // g, ratio, length, split_len, part_base, scale * LOG2E,
-        HAS_LENS=lens is not None, IEEE=q.dtype == torch.float32,
+        HAS_LENS=lens is not None, FOLD=fold_into is not None, IEEE=q.dtype == torch.float32,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )

@@ -40,7 +40,7 @@ def plan(p: SharedPrefixProblem):
 def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tensor]:
     q = p.q
     b, hq, d = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, hq, dtype=torch.float32, device=q.device)
     steps = plan(p) if b > 0 else []
     total = sum(st[2] for st in steps)
@@ -48,16 +48,23 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
         out.zero_()
         lse.fill_(float("-inf"))
         return out, lse
-    parts_o = torch.empty(total, b, hq, d, dtype=torch.float32, device=q.device)
-    parts_lse = torch.empty(total, b, hq, dtype=torch.float32, device=q.device)
+    # A last phase of one split (the usual suffix) merges everything and writes the output;
+    # otherwise every phase writes partial states and one merge kernel combines them.
+    fold = steps[-1][2] == 1
+    stored = total - 1 if fold else total
+    parts_o = torch.empty(max(1, stored), b, hq, d, dtype=torch.float32, device=q.device)
+    parts_lse = torch.empty(max(1, stored), b, hq, dtype=torch.float32, device=q.device)
     base = 0
-    for kind, i, splits, split_len, tiles in steps:
+    for idx, (kind, i, splits, split_len, tiles) in enumerate(steps):
         if kind == "prefix":
             k, v, lens = p.prefix_k[i], p.prefix_v[i], None
         else:
             k, v, lens = p.suffix_k, p.suffix_v, p.suffix_lens
-        launch_segment(q, k, v, lens, parts_o, parts_lse, base, splits, split_len, p.scale, tiles)
+        last = fold and idx == len(steps) - 1
+        launch_segment(q, k, v, lens, parts_o, parts_lse, base, splits, split_len, p.scale, tiles,
+                       fold_into=(out, lse) if last else None)
         base += splits
-    launch_merge(parts_o.view(total, b * hq, d), parts_lse.view(total, b * hq),
-                 out.view(b * hq, d) if out.is_contiguous() else out, lse.view(b * hq))
+    if not fold:
+        launch_merge(parts_o.view(total, b * hq, d), parts_lse.view(total, b * hq), out.view(b * hq, d),
+                     lse.view(b * hq))
     return out, lse
