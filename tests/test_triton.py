@@ -1,0 +1,169 @@
+"""Triton-specific behaviour: forced split-K and row-tiling paths, support and availability
+reasons, and (on a GPU) CUDA-graph capture and no host synchronisation.
+
+On the CPU these run in Triton's interpreter: set ``TRITON_INTERPRET=1`` before pytest
+imports triton; otherwise they skip with the backend's own reason.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attn
+from attn.problems import chunk_problem, merge_problem, shared_prefix_problem
+from attn.testing import Oracle
+from attn.workloads import Workload, make_inputs, to_chunk_form
+from conftest import DEVICE
+
+W = Workload
+
+
+@pytest.fixture
+def triton_backend():
+    b = attn.get_backend("triton")
+    reasons = b.unavailable_reasons()
+    if reasons:
+        pytest.skip("triton unavailable: " + "; ".join(reasons))
+    return b
+
+
+def _config():
+    from attn.triton import config
+    return config
+
+
+def _check_shared(w, dtype, seed=0, **force):
+    inp = make_inputs(w, dtype, DEVICE, seed=seed)
+    if inp.suffix_lens is not None:
+        inp.suffix_lens[0] = 0  # an empty suffix next to full ones
+    problem = shared_prefix_problem(*inp.args())
+    with _config().forced(**force):
+        out, lse = attn.shared_prefix_attention(*inp.args(), return_lse=True, backend="triton")
+    verdict = Oracle(problem).judge(out, lse)
+    assert verdict.ok, f"{w} {dtype} {force}: {verdict}"
+
+
+def _check_chunk(w, c, dtype, seed=0, **force):
+    inp = to_chunk_form(make_inputs(w, dtype, DEVICE, seed=seed), c, shuffle=True, seed=seed)
+    problem = chunk_problem(*inp.args())
+    with _config().forced(**force):
+        out, lse = attn.chunk_attention(*inp.args(), return_lse=True, backend="triton")
+    verdict = Oracle(problem).judge(out, lse)
+    assert verdict.ok, f"{w} C={c} {dtype} {force}: {verdict}"
+
+
+DTYPES = [torch.float16, torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_shared_prefix_split_k_paths(triton_backend, dtype):
+    # Prefix and suffix cut into 32-key splits: several partial states per phase, merged by
+    # the merge kernel (no one-split last phase to fold into).
+    w = W("split", 4, 8, 2, ((1, 97), (2, 33)), 70, 64, ragged=True)
+    _check_shared(w, dtype, prefix_split=32, suffix_split=32)
+    # Split prefix, one-split suffix: the suffix phase folds the prefix states in.
+    _check_shared(w.with_(head_dim=128), dtype, seed=1, prefix_split=32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_shared_prefix_row_tiling(triton_backend, dtype):
+    # 6 sequences x 8 heads = 48 stacked rows per kv head in tiles of 16 (the last one partial).
+    _check_shared(W("tiles", 6, 8, 1, ((1, 40), (3, 9)), 5, 64), dtype, block_m=16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_chunk_split_and_tiling_paths(triton_backend, dtype):
+    w = W("chunks", 6, 8, 2, ((1, 70), (2, 33)), 50, 64, ragged=True)
+    # One shared chunk per work item, 16 stacked rows per tile (6 x 4 rows need 2 tiles),
+    # one private chunk per sequence-first split (merged by the merge kernel).
+    _check_chunk(w, 16, dtype, chunks_per_item=1, block_m=16, private_split=1)
+    _check_chunk(w, 32, dtype, seed=1)
+
+
+def test_gqa_ratio_16_and_chunk_size_48(triton_backend):
+    _check_shared(W("r16", 2, 32, 2, ((1, 20),), 3, 64), torch.float16)
+    _check_chunk(W("c48", 3, 16, 1, ((1, 100),), 20, 64), 48, torch.float16)
+
+
+def test_merge_kernel_any_head_dim(triton_backend):
+    outs = torch.randn(3, 5, 16, device=DEVICE)
+    lses = torch.randn(3, 5, device=DEVICE)
+    out, lse = attn.merge_states(outs, lses, backend="triton")
+    ref_out, ref_lse = attn.merge_states(outs, lses, backend="torch")
+    assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
+
+
+def test_not_supported_reasons():
+    b = attn.get_backend("triton")
+    q = torch.zeros(2, 4, 96)
+    k = torch.zeros(8, 2, 96)
+    reasons = b.not_supported_reasons(shared_prefix_problem(q, k, k))
+    assert any("head dim 96" in r for r in reasons)
+    q64 = torch.zeros(2, 4, 64, dtype=torch.float64)
+    reasons = b.not_supported_reasons(shared_prefix_problem(q64, q64[0].unsqueeze(1), q64[0].unsqueeze(1)))
+    assert any("dtype float64" in r for r in reasons)
+    q32 = torch.zeros(1, 32, 64)
+    k1 = torch.zeros(4, 1, 64)
+    assert any("Hq/Hkv = 32" in r for r in b.not_supported_reasons(shared_prefix_problem(q32, k1, k1)))
+    inp = to_chunk_form(make_inputs(W("c", 2, 2, 2, ((1, 300),), 1, 64), torch.float32), 256)
+    assert any("chunk size 256" in r for r in b.not_supported_reasons(chunk_problem(*inp.args())))
+    assert not any("head dim" in r for r in b.not_supported_reasons(
+        merge_problem(torch.zeros(2, 3, 16), torch.zeros(2, 3))))
+
+
+def test_availability_reason_names_the_interpreter(monkeypatch):
+    b = attn.get_backend("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reasons = b.unavailable_reasons()
+    assert reasons and "no CUDA device" in reasons[0] and "TRITON_INTERPRET=1" in reasons[0]
+    assert "cpu" not in b.device_types
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert b.unavailable_reasons() == [] and "cpu" in b.device_types
+
+
+def _gpu_inputs(dtype):
+    w = W("graph", 16, 16, 4, ((1, 300), (4, 70)), 90, 128, ragged=True)
+    inp = make_inputs(w, dtype, "cuda", seed=3)
+    return inp, to_chunk_form(inp, 64, shuffle=True, seed=3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_graph_capture_and_replay(triton_backend, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    inp, cinp = _gpu_inputs(dtype)
+    sp = lambda: attn.shared_prefix_attention(*inp.args(), return_lse=True, backend="triton")  # noqa: E731
+    ck = lambda: attn.chunk_attention(*cinp.args(), return_lse=True, backend="triton")  # noqa: E731
+    for fn in (sp, ck):
+        fn()  # compile and build the table's work items outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_sp, g_ck = sp(), ck()
+    torch.manual_seed(0)
+    inp.q.copy_(torch.randn_like(inp.q))  # new queries, same buffers: replay must see them
+    graph.replay()
+    torch.cuda.synchronize()
+    for (go, gl), fn in ((g_sp, sp), (g_ck, ck)):
+        eo, el = fn()
+        assert torch.equal(go, eo) and torch.equal(gl, el)
+
+
+@pytest.mark.gpu
+def test_no_host_synchronisation(triton_backend):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    inp, cinp = _gpu_inputs(torch.bfloat16)
+    b = attn.get_backend("triton")
+    problems = [shared_prefix_problem(*inp.args()), chunk_problem(*cinp.args())]
+    for p in problems:
+        b.run(p)  # warm-up: compile, cache the table's work items
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for p in problems:
+            b.run(p)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
