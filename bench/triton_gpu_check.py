@@ -1,0 +1,156 @@
+"""One-call GPU check of the ``triton`` backend: tests, CUDA-graph capture, and timings.
+
+Run on a GPU machine from the repository root::
+
+    PYTHONPATH=. python bench/triton_gpu_check.py --out $OUT [--skip-tests] [--only NAME ...]
+
+1. the agreement grid (``tests/test_agreement.py --backend triton``, every dtype, the
+   benchmark-sized cases included) and ``tests/test_triton.py`` (graph capture + replay,
+   no host synchronisation), logs in ``OUT/tests.log``;
+2. the GPU's copy bandwidth and bf16 matmul rate (:func:`attn.timing.ceilings`);
+3. for every spec workload (and its ragged variant), both ops of ``triton`` and the sdpa
+   baseline on materialised K/V: median µs by CUDA-graph replay with L2 flushed
+   (:func:`attn.timing.time_op`) and by ``triton.testing.do_bench`` (events, median),
+   effective TB/s from :func:`attn.workloads.ideal_bytes`, % of the roofline floor, speedup
+   over sdpa, and the kernels of one call with their times (torch.profiler).
+
+Writes ``OUT/triton_gpu.json`` and a markdown table ``OUT/triton_gpu.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def run_tests(out_dir: str, timeout: int) -> dict:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--backend", "triton",
+           "tests/test_agreement.py", "tests/test_triton.py"]
+    t0 = time.time()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        text, rc = r.stdout + r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:
+        text, rc = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
+    with open(os.path.join(out_dir, "tests.log"), "w") as f:
+        f.write(text)
+    tail = "\n".join(text.strip().splitlines()[-15:])
+    log(f"tests rc={rc} in {time.time() - t0:.0f}s\n{tail}")
+    return {"rc": rc, "seconds": time.time() - t0, "tail": tail}
+
+
+def kernel_breakdown(fn, iters: int = 5) -> list:
+    """Kernels of one call of ``fn`` in launch order with their GPU µs (the last call)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    evs = [e for e in prof.events() if getattr(e, "device_type", None) is not None
+           and "CUDA" in str(e.device_type)]
+    evs.sort(key=lambda e: e.time_range.start)
+    per = len(evs) // iters if iters else 0
+    last = evs[-per:] if per else []
+    return [(e.name[:40], round(e.time_range.elapsed_us(), 1)) for e in last]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--test-timeout", type=int, default=200)
+    ap.add_argument("--only", nargs="*", default=None, help="workload names to time")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+
+    import triton
+    import triton.testing
+    from attn.cases import build_inputs, op_callable, sdpa_unfit_reason, spec_variants
+    from attn.perf import metrics
+    from attn.timing import ceilings, time_op
+
+    dev = torch.device("cuda")
+    report = {"gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
+              "command": " ".join(sys.argv)}
+    log(report)
+    if not args.skip_tests:
+        report["tests"] = run_tests(args.out, args.test_timeout)
+
+    c = ceilings(dev)
+    report["ceilings"] = c.as_dict()
+    log("ceilings", report["ceilings"])
+    rows = []
+    for w in spec_variants():
+        if args.only and w.name not in args.only:
+            continue
+        t0 = time.time()
+        inputs = build_inputs(w, torch.bfloat16, dev)
+        lens = inputs.suffix_lens
+        sdpa_s = None
+        entry = {"workload": w.id}
+        reason = sdpa_unfit_reason(w, torch.bfloat16, dev)
+        if reason is None:
+            try:
+                fn = op_callable("sdpa", inputs, "materialized")
+                sdpa_s = time_op(fn, dev, rounds=10).median_s
+                del fn
+            except Exception as e:  # the baseline failing must not hide the kernels' numbers
+                entry["sdpa_error"] = repr(e)[:200]
+        else:
+            entry["sdpa_error"] = reason
+        torch.cuda.empty_cache()
+        for op in ("shared_prefix", "chunk"):
+            try:
+                fn = op_callable("triton", inputs, op)
+                tg = time_op(fn, dev, rounds=10).median_s
+                tb = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median") / 1e3
+                m = metrics(w, torch.bfloat16, tg, suffix_lens=lens, ceilings=c, sdpa_seconds=sdpa_s)
+                m["do_bench_us"] = tb * 1e6
+                try:
+                    m["kernels"] = kernel_breakdown(fn)
+                except Exception as e:
+                    m["kernels"] = repr(e)[:100]
+                entry[op] = m
+                log(f"{w.id:22s} {op:13s} graph {m['median_us']:8.1f} us  do_bench {tb * 1e6:8.1f} us  "
+                    f"{m['TBps']:.2f} TB/s  roof {m['roofline_fraction']:.2f}  floor {m['floor_us']:.1f} us  "
+                    f"sdpa {m['sdpa_us']}  x{m['speedup_vs_sdpa']}  {m['kernels']}")
+            except Exception as e:
+                entry[op] = {"error": repr(e)[:300]}
+                log(w.id, op, "ERROR", repr(e)[:300])
+        rows.append(entry)
+        del inputs
+        torch.cuda.empty_cache()
+        log(f"  ({time.time() - t0:.0f}s)")
+    report["rows"] = rows
+    with open(os.path.join(args.out, "triton_gpu.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    lines = [f"GPU {report['gpu']}, copy {c.bandwidth / 1e12:.2f} TB/s, bf16 matmul {c.matmul / 1e12:.0f} TFLOP/s",
+             "", "| workload | op | µs (graph) | µs (do_bench) | TB/s | % roofline | sdpa µs | speedup |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        for op in ("shared_prefix", "chunk"):
+            m = r.get(op, {})
+            if "median_us" not in m:
+                continue
+            f = lambda x, s: "-" if x is None else format(x, s)  # noqa: E731
+            lines.append(f"| {r['workload']} | {op} | {m['median_us']:.1f} | {m['do_bench_us']:.1f} | {m['TBps']:.2f} | "
+                         f"{100 * m['roofline_fraction']:.0f}% | {f(m['sdpa_us'], '.1f')} | {f(m['speedup_vs_sdpa'], '.2f')} |")
+    with open(os.path.join(args.out, "triton_gpu.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    log("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
