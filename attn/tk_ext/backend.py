@@ -1,11 +1,160 @@
-"""The ``tk`` backend (kernels land with the ThunderKittens issue)."""
+"""The ``tk`` backend: ThunderKittens kernels (Hopper wgmma + TMA), built on first use.
+
+Each op is one launch of the stacked-query kernel over a table of work items (see
+:mod:`attn.tk_ext.plan`) writing float32 partial states, then one merge launch. Item tables
+are built on the host once per shape (shared prefix) or once per ChunkTable, and cached on
+the device, so a call does no host synchronisation and can be captured in a CUDA graph.
+"""
 from __future__ import annotations
 
+import torch
+
 from ..backend import Backend
+from ..problems import ChunkProblem, MergeProblem, SharedPrefixProblem
+from . import build, plan
+
+#: prefix levels + the suffix that one launch takes (kernel parameter space).
+MAX_SOURCES = 6
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    return t.data_ptr() % 16 == 0
+
+
+def prep_kv(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as TMA needs it: contiguous, 16-byte aligned (copied only when it is not)."""
+    if t.is_contiguous() and _aligned(t):
+        return t
+    return t.contiguous() if not t.is_contiguous() else t.clone()
+
+
+def prep_q(q: torch.Tensor) -> torch.Tensor:
+    """``q [B, Hq, D]`` as the kernels' 16-byte row loads need it (strides in multiples of 8)."""
+    if q.stride(2) == 1 and q.stride(0) % 8 == 0 and q.stride(1) % 8 == 0 and _aligned(q):
+        return q
+    return q.contiguous() if not q.is_contiguous() else q.clone()
+
+
+def num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 class TKBackend(Backend):
-    name = "tk"
+    """ThunderKittens CUDA-extension kernels for H100-class GPUs (sm_90a)."""
 
+    name = "tk"
+    dtypes = frozenset({torch.bfloat16, torch.float16})
+    head_dims = frozenset({64, 128})
+    device_types = frozenset({"cuda"})
+    max_gqa_ratio = 16
+    chunk_sizes = (1, 1024)
+
+    def __init__(self):
+        self._plans: dict = {}
+        self._sms: dict = {}
+
+    # ---- availability -------------------------------------------------------------
     def unavailable_reasons(self) -> list[str]:
-        return ["not implemented yet: the ThunderKittens kernels have not landed"]
+        if build._module is not None:
+            return []
+        return build.unavailable_reasons()
+
+    def versions(self) -> dict:
+        root = build.tk_root()
+        return {"ThunderKittens": f"{root} (written for {build.TK_COMMIT[:12]})" if root else "not found",
+                "nvcc": build.nvcc_path() or "not found"}
+
+    def not_supported_reasons(self, problem) -> list[str]:
+        reasons = super().not_supported_reasons(problem)
+        if isinstance(problem, SharedPrefixProblem):
+            nsrc = len(problem.prefix_k) + (1 if problem.suffix_capacity > 0 else 0)
+            if nsrc > MAX_SOURCES:
+                reasons.append(f"{len(problem.prefix_k)} prefix levels plus a suffix exceed the {MAX_SOURCES} "
+                               "K/V sources one tk launch takes")
+        if isinstance(problem, MergeProblem) and problem.outs.dim() < 2:
+            reasons.append("merge_states needs outs [K, ..., D]")
+        return reasons
+
+    def _ext(self):
+        return build.load()
+
+    def _num_sms(self, device) -> int:
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        if idx not in self._sms:
+            self._sms[idx] = num_sms(torch.device("cuda", idx))
+        return self._sms[idx]
+
+    # ---- ops ----------------------------------------------------------------------
+    def level_items(self, p: SharedPrefixProblem):
+        """The cached device item table and slot count of ``p``'s shape."""
+        levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
+        key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
+               p.suffix_lens is not None, str(p.device))
+        hit = self._plans.get(key)
+        if hit is None:
+            items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
+                                           p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
+            hit = (torch.as_tensor(items).to(p.device), nslot)
+            self._plans[key] = hit
+        return hit
+
+    def run_shared_prefix(self, p: SharedPrefixProblem):
+        ext = self._ext()
+        b, hq, d = p.q.shape
+        ks = [prep_kv(k) for k in p.prefix_k]
+        vs = [prep_kv(v) for v in p.prefix_v]
+        if p.suffix_capacity > 0:
+            ks.append(prep_kv(p.suffix_k))
+            vs.append(prep_kv(p.suffix_v))
+        if not ks or b == 0:
+            return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
+        items, nslot = self.level_items(p)
+        q = prep_q(p.q)
+        po = torch.empty(nslot, b * hq, d, dtype=torch.float32, device=p.device)
+        pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=p.device)
+        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, p.scale, po, pl)
+        return self._merge(ext, po, pl, (b, hq, d), p.dtype)
+
+    def chunk_items(self, p: ChunkProblem):
+        """The device item table, chunk list and slot count of ``p.table`` (cached on the table)."""
+        cache = p.table.host.setdefault("tk", {})
+        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device))
+        hit = cache.get(key)
+        if hit is None:
+            items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
+                                                  p.chunk_size, self._num_sms(p.device))
+            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(clist).to(p.device), nslot)
+            cache[key] = hit
+        return hit
+
+    def run_chunk(self, p: ChunkProblem):
+        ext = self._ext()
+        n, hq, d = p.q.shape
+        items, clist, nslot = self.chunk_items(p)
+        if n == 0 or nslot == 0 or items.shape[0] == 0:
+            return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
+        q = prep_q(p.q)
+        po = torch.empty(nslot, n * hq, d, dtype=torch.float32, device=p.device)
+        pl = torch.full((nslot, n * hq), float("-inf"), dtype=torch.float32, device=p.device)
+        ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
+                           items, p.scale, po, pl)
+        return self._merge(ext, po, pl, (n, hq, d), p.dtype)
+
+    @staticmethod
+    def _merge(ext, po, pl, shape, dtype):
+        b, hq, d = shape
+        out = torch.empty(b * hq, d, dtype=dtype, device=po.device)
+        lse = torch.empty(b * hq, dtype=torch.float32, device=po.device)
+        ext.merge(po, pl, out, lse)
+        return out.view(b, hq, d), lse.view(b, hq)
+
+    def run_merge(self, p: MergeProblem):
+        ext = self._ext()
+        k, d = p.outs.shape[0], p.outs.shape[-1]
+        rest = tuple(p.outs.shape[1:-1])
+        outs = p.outs.reshape(k, -1, d).contiguous()
+        lses = p.lses.to(torch.float32).reshape(k, -1).contiguous()
+        out = torch.empty(outs.shape[1], d, dtype=p.dtype, device=p.device)
+        lse = torch.empty(outs.shape[1], dtype=torch.float32, device=p.device)
+        ext.merge(outs, lses, out, lse)
+        return out.view(*rest, d), lse.view(rest)

@@ -1,0 +1,75 @@
+// chunk_attention on ThunderKittens: the chunk-first phase and the sequence-first phase in ONE
+// launch (ChunkAttention's two phases as work items of stacked.cuh).
+//
+// Chunk-first items stack the queries of sequences [begin, end) (x the GQA group's heads)
+// against a run of chunks they all share, read once; sequence-first items are decode attention
+// of one sequence over its private chunks (split-K when long). An item's chunks are a slice of
+// a host-built chunk list; a chunk of one kv head is a contiguous [C, D] tile of the pool, so
+// TMA loads it directly (C > 64: ceil(C / 64) tiles per chunk; rows past chunk_lens masked).
+#include "stacked.cuh"
+#include "common.h"
+
+namespace attn_tk {
+
+template<typename T, int D> struct chunk_src {
+    using kv_tile = typename tiles<T, D>::kv_tile;
+    using cgl = gl<T, -1, -1, -1, -1, kv_tile>;
+    cgl k, v;
+    const int *clist;       // chunk ids of every item, concatenated
+    const int *chunk_lens;  // [num_chunks]
+    int tpc;                // tiles per chunk: ceil(C / 64)
+
+    __device__ inline int ntiles(const int *it) const { return it[F_TILE1] - it[F_TILE0]; }
+    __device__ inline int valid(const int *it, int t) const {
+        int g = it[F_TILE0] + t;
+        int c = clist[it[F_GIDX] + g / tpc];
+        return chunk_lens[c] - (g % tpc) * TILE;
+    }
+    __device__ inline void load(const int *it, int t, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
+        int g = it[F_TILE0] + t;
+        int c = clist[it[F_GIDX] + g / tpc];
+        coord<kv_tile> co{c, it[F_HEAD], g % tpc, 0};
+        tma::load_async<2, cache_policy::NORMAL>(kt, k, co, kb);
+        tma::load_async<2, cache_policy::NORMAL>(vt, v, co, vb);
+    }
+};
+
+template<typename T, int D>
+static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc, const at::Tensor &clist,
+                const at::Tensor &clens, const at::Tensor &items, float scale, float *po, float *pl) {
+    using S = chunk_src<T, D>;
+    using cgl = typename S::cgl;
+    auto mk = [&](const at::Tensor &x) {
+        return cgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
+                   (unsigned)x.size(2), (unsigned)x.size(3));
+    };
+    S src{mk(kc), mk(vc), clist.data_ptr<int>(), clens.data_ptr<int>(), (int)((kc.size(2) + TILE - 1) / TILE)};
+    common_args a{items.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
+                  (int)(q.size(1) / kc.size(1)), (int)(q.size(0) * q.size(1)),
+                  scale * 1.4426950408889634f, po, pl};
+    launch_stacked<T, D>(a, src, (int)items.size(0), c10::cuda::getCurrentCUDAStream());
+}
+
+}  // namespace attn_tk
+
+// Partial states of every item of a chunk_attention call (see attn/tk_ext/plan.py).
+// q [N, Hq, D]; k_chunks, v_chunks [num_chunks, Hkv, C, D] contiguous; chunk_list int32;
+// chunk_lens int32 [num_chunks]; items int32 [num_items, 12].
+void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
+                       at::Tensor chunk_lens, at::Tensor items, double scale,
+                       at::Tensor part_out, at::Tensor part_lse) {
+    using namespace attn_tk;
+    TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");
+    TORCH_CHECK(k_chunks.is_contiguous() && v_chunks.is_contiguous(), "tk: chunk pools must be contiguous");
+    const int d = (int)q.size(2);
+    float *po = part_out.data_ptr<float>(), *pl = part_lse.data_ptr<float>();
+    const float s = (float)scale;
+    if (q.scalar_type() == at::kBFloat16) {
+        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, s, po, pl);
+        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, s, po, pl);
+    } else {
+        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, s, po, pl);
+        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, s, po, pl);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}

@@ -1,0 +1,15 @@
+// Torch-side includes and the entry points each .cu file defines (registered in bindings.cpp).
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/Optional.h>
+#include <vector>
+
+void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
+                               c10::optional<at::Tensor> lens, at::Tensor items, double scale,
+                               at::Tensor part_out, at::Tensor part_lse);
+void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
+                       at::Tensor chunk_lens, at::Tensor items, double scale,
+                       at::Tensor part_out, at::Tensor part_lse);
+void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse);

@@ -1,0 +1,88 @@
+// LSE merge of partial attention states: outs [K, R, D] (float32 partials, or the user's dtype
+// for merge_states), lses float32 [K, R] natural log -> out [R, D], lse [R].
+// States with lse = -inf carry no keys and are never read (their out may be garbage), so
+// partial buffers need only their lse initialised. A row with no key gets out = 0, lse = -inf.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include "common.h"
+
+namespace attn_tk {
+
+template<typename T> __device__ inline float to_f(T x);
+template<> __device__ inline float to_f<float>(float x) { return x; }
+template<> __device__ inline float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template<> __device__ inline float to_f<__half>(__half x) { return __half2float(x); }
+template<typename T> __device__ inline T from_f(float x);
+template<> __device__ inline float from_f<float>(float x) { return x; }
+template<> __device__ inline __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template<> __device__ inline __half from_f<__half>(float x) { return __float2half(x); }
+
+// One warp per row; each lane holds D / 32 columns.
+template<typename TI, typename TO>
+__global__ void merge_kernel(const TI *__restrict__ outs, const float *__restrict__ lses, TO *__restrict__ out,
+                             float *__restrict__ lse, int K, long R, int D) {
+    long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= R) return;
+    float m = -INFINITY;
+    for (int k = 0; k < K; k++) m = fmaxf(m, lses[k * R + row]);
+    float acc[8];
+    #pragma unroll
+    for (int i = 0; i < 8; i++) acc[i] = 0.f;
+    float l = 0.f;
+    if (m != -INFINITY) {
+        for (int k = 0; k < K; k++) {
+            float s = lses[k * R + row];
+            if (s == -INFINITY) continue;
+            float w = __expf(s - m);
+            l += w;
+            const TI *src = outs + ((long)k * R + row) * D;
+            #pragma unroll
+            for (int i = 0; i < 8; i++) {
+                int c = lane + 32 * i;
+                if (c < D) acc[i] += w * to_f<TI>(src[c]);
+            }
+        }
+    }
+    float inv = l > 0.f ? 1.f / l : 0.f;
+    #pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int c = lane + 32 * i;
+        if (c < D) out[row * D + c] = from_f<TO>(acc[i] * inv);
+    }
+    if (lane == 0) lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
+template<typename TI, typename TO>
+static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &out, at::Tensor &lse) {
+    int K = (int)outs.size(0);
+    long R = outs.size(1);
+    int D = (int)outs.size(2);
+    if (R == 0) return;
+    constexpr int ROWS = 8;
+    dim3 grid((unsigned)((R + ROWS - 1) / ROWS));
+    merge_kernel<TI, TO><<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),
+        reinterpret_cast<TO *>(out.data_ptr()), lse.data_ptr<float>(), K, R, D);
+}
+
+}  // namespace attn_tk
+
+// outs [K, R, D] (float32, bfloat16 or float16), lses float32 [K, R], both contiguous;
+// out [R, D] (bfloat16, float16 or float32), lse float32 [R].
+void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse) {
+    using namespace attn_tk;
+    TORCH_CHECK(outs.is_contiguous() && lses.is_contiguous() && out.is_contiguous() && lse.is_contiguous(),
+                "tk merge: contiguous tensors expected");
+    TORCH_CHECK(outs.size(2) <= 256, "tk merge: head dim at most 256");
+    auto ti = outs.scalar_type(), to = out.scalar_type();
+#define ATTN_TK_MERGE(TI_, TO_, ti_, to_) if (ti == ti_ && to == to_) { launch<TI_, TO_>(outs, lses, out, lse); }
+    ATTN_TK_MERGE(float, __nv_bfloat16, at::kFloat, at::kBFloat16)
+    else ATTN_TK_MERGE(float, __half, at::kFloat, at::kHalf)
+    else ATTN_TK_MERGE(float, float, at::kFloat, at::kFloat)
+    else ATTN_TK_MERGE(__nv_bfloat16, __nv_bfloat16, at::kBFloat16, at::kBFloat16)
+    else ATTN_TK_MERGE(__half, __half, at::kHalf, at::kHalf)
+    else TORCH_CHECK(false, "tk merge: unsupported dtypes ", ti, " -> ", to);
+#undef ATTN_TK_MERGE
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}

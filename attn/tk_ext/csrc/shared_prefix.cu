@@ -1,0 +1,89 @@
+// shared_prefix_attention on ThunderKittens: the prefix phase and the suffix phase in ONE launch.
+//
+// Prefix-phase items stack the queries of every sequence of a level's group (x the GQA group's
+// heads) against a split-K slice of that level's prefix tiles: a matrix-matrix product that reads
+// the prefix once per group (Hydragen). Suffix-phase items are decode attention of one sequence
+// over a slice of its ragged suffix. Both are work items of stacked.cuh; putting them in one
+// grid lets the compute-heavy prefix items overlap the memory-bound suffix items.
+// K/V tiles come from the [G, P, Hkv, D] / [B, S, Hkv, D] tensors directly: TMA along axis 1
+// (tokens) at a fixed kv head, zero-filled past the end and masked in the kernel.
+#include "stacked.cuh"
+#include "common.h"
+
+namespace attn_tk {
+
+constexpr int MAX_SRC = 6;  // prefix levels + the suffix
+
+template<typename T, int D> struct level_src {
+    using kv_tile = typename tiles<T, D>::kv_tile;
+    using lgl = gl<T, -1, -1, -1, -1, tma::descriptor<kv_tile, 1>>;
+    lgl k0, v0, k1, v1, k2, v2, k3, v3, k4, v4, k5, v5;
+    const int *lens;  // suffix_lens [B] or nullptr
+
+    __device__ inline int keylen(const int *it) const {
+        int kl = it[F_KEYLEN];
+        return kl >= 0 ? kl : lens[it[F_GIDX]];
+    }
+    __device__ inline int ntiles(const int *it) const {
+        int avail = (keylen(it) + TILE - 1) / TILE;
+        int n = min(it[F_TILE1], avail) - it[F_TILE0];
+        return n > 0 ? n : 0;
+    }
+    __device__ inline int valid(const int *it, int t) const {
+        return keylen(it) - (it[F_TILE0] + t) * TILE;
+    }
+    __device__ inline void load(const int *it, int t, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
+        coord<kv_tile> c{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0};
+        switch (it[F_SRC]) {
+#define ATTN_TK_SRC(i) case i: \
+            tma::load_async<1, cache_policy::NORMAL>(k, k##i, c, kb); \
+            tma::load_async<1, cache_policy::NORMAL>(v, v##i, c, vb); break;
+            ATTN_TK_SRC(0) ATTN_TK_SRC(1) ATTN_TK_SRC(2) ATTN_TK_SRC(3) ATTN_TK_SRC(4) ATTN_TK_SRC(5)
+#undef ATTN_TK_SRC
+        }
+    }
+};
+
+template<typename T, int D>
+static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
+                const at::Tensor &lens, const at::Tensor &items, float scale, float *po, float *pl) {
+    using S = level_src<T, D>;
+    using lgl = typename S::lgl;
+    auto mk = [&](const std::vector<at::Tensor> &xs, int i) {
+        const at::Tensor &x = xs[i < (int)xs.size() ? i : 0];
+        return lgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
+                   (unsigned)x.size(2), (unsigned)x.size(3));
+    };
+    S src{mk(ks, 0), mk(vs, 0), mk(ks, 1), mk(vs, 1), mk(ks, 2), mk(vs, 2),
+          mk(ks, 3), mk(vs, 3), mk(ks, 4), mk(vs, 4), mk(ks, 5), mk(vs, 5),
+          lens.defined() ? lens.data_ptr<int>() : nullptr};
+    common_args a{items.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
+                  (int)(q.size(1) / ks[0].size(2)), (int)(q.size(0) * q.size(1)),
+                  scale * 1.4426950408889634f, po, pl};
+    launch_stacked<T, D>(a, src, (int)items.size(0), c10::cuda::getCurrentCUDAStream());
+}
+
+}  // namespace attn_tk
+
+// Partial states of every item of a shared_prefix_attention call (see attn/tk_ext/plan.py).
+// q [B, Hq, D]; ks, vs: the level tensors [G_i, P_i, Hkv, D] then the suffix [B, S, Hkv, D];
+// items int32 [num_items, 12]; part_out float [nslot, B*Hq, D]; part_lse float [nslot, B*Hq].
+void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
+                               c10::optional<at::Tensor> lens, at::Tensor items, double scale,
+                               at::Tensor part_out, at::Tensor part_lse) {
+    using namespace attn_tk;
+    TORCH_CHECK(!ks.empty() && ks.size() == vs.size() && ks.size() <= (size_t)MAX_SRC, "tk: 1..6 K/V sources");
+    TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");
+    at::Tensor l = lens.has_value() ? *lens : at::Tensor();
+    const int d = (int)q.size(2);
+    float *po = part_out.data_ptr<float>(), *pl = part_lse.data_ptr<float>();
+    const float s = (float)scale;
+    if (q.scalar_type() == at::kBFloat16) {
+        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, s, po, pl);
+        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, s, po, pl);
+    } else {
+        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, s, po, pl);
+        else attn_tk::run<half, 128>(q, ks, vs, l, items, s, po, pl);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+}

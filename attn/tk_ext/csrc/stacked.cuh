@@ -1,0 +1,234 @@
+// Stacked-query attention over a list of K/V tiles: the one kernel body behind every
+// attention phase of the tk backend.
+//
+// A work item is "a block of stacked query rows against a range of K/V tiles":
+//  - shared-prefix phase: the rows of every sequence of a level's group times the GQA group's
+//    query heads, against a slice (split-K) of the level's prefix tiles;
+//  - suffix phase: one sequence's query heads against a slice of its own suffix;
+//  - chunk-first phase: the rows of sequences [begin, end) against a run of shared chunks;
+//  - sequence-first phase: one sequence's query heads against its private chunks.
+// Every item writes normalised float32 partial states (out, natural-log lse) into a slot of
+// a partial buffer; merge.cu combines the slots of each row.
+//
+// CTA layout: NWG consumer warpgroups (64 query rows each, wgmma) + 1 producer warpgroup
+// whose first warp streams K/V tiles with TMA through a STAGES-deep ring of shared tiles.
+// Items with more than 64 rows split the rows between the consumer warpgroups ("row split",
+// both consume every tile); items with at most 64 rows (decode) split the tiles instead
+// ("kv split": warpgroup w takes tiles w, w+NWG, ... and writes slot + w), so that decode
+// keeps both warpgroups busy.
+#pragma once
+
+#include "kittens.cuh"
+
+namespace attn_tk {
+
+using namespace kittens;
+
+constexpr int NWG = 2;               // consumer warpgroups
+constexpr int TILE = 64;             // keys per K/V tile, and rows per consumer warpgroup
+constexpr int NTHREADS = (NWG + 1) * 128;
+constexpr int ITEM_INTS = 12;
+
+// Fields of one work item (int32, ITEM_INTS per item).
+enum ItemField {
+    F_FLAGS = 0,      // bit 0: kv split
+    F_SRC = 1,        // level mode: which K/V source (a level, or the suffix)
+    F_GIDX = 2,       // level mode: group / batch index in the source; chunk mode: offset into the chunk list
+    F_HEAD = 3,       // kv head
+    F_SEQ0 = 4,       // first sequence of the stacked rows
+    F_NROWS = 5,      // stacked rows of the whole (group, head): nseq * r
+    F_ROW0 = 6,       // first stacked row of this item
+    F_TILE0 = 7,      // first tile of this item
+    F_TILE1 = 8,      // one past the last tile of this item
+    F_KEYLEN = 9,     // level mode: keys of the source; -1 = suffix_lens[gidx]
+    F_SLOT = 10,      // partial slot (kv split: slot + warpgroup)
+};
+
+template<typename T> struct dt {};
+template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
+template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; template<int R, int C> using rt_t = rt_hf<R, C>; };
+
+template<typename T, int D> struct tiles {
+    static constexpr int STAGES = D == 64 ? 4 : 3;
+    using q_tile = typename dt<T>::template st_t<TILE, D>;
+    using kv_tile = typename dt<T>::template st_t<TILE, D>;
+    static constexpr size_t smem = sizeof(q_tile) * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
+};
+
+// What every item needs besides its K/V source.
+struct common_args {
+    const int *items;          // [num_items, ITEM_INTS]
+    const void *q;             // [B, Hq, D]
+    long q_sb, q_sh;           // strides of q (elements); stride 1 in D
+    int hq, r;                 // query heads, query heads per kv head
+    int rows_total;            // B * Hq: rows of one partial slot
+    float scale_log2;          // scale * log2(e)
+    float *part_out;           // [nslot, rows_total, D]
+    float *part_lse;           // [nslot, rows_total]
+};
+
+__device__ inline void named_sync(int id) {
+    asm volatile("bar.sync %0, %1;\n" :: "r"(id), "n"(128) : "memory");
+}
+
+// Loads this warpgroup's 64 stacked query rows into shared memory (zero beyond nrows).
+// The rows are gathered (row j is sequence seq0 + j / r, head h * r + j % r), so this is a
+// plain vectorised load, not TMA.
+template<typename T, int D, typename QT>
+__device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, int row0, int nrows) {
+    constexpr int VEC = 8;  // 16 bytes
+    const T *q = reinterpret_cast<const T *>(a.q);
+    int tid = threadIdx.x % 128;
+    for (int i = tid; i < TILE * (D / VEC); i += 128) {
+        int row = i / (D / VEC), col = (i % (D / VEC)) * VEC;
+        int j = row0 + row;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (j < nrows) {
+            long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
+            v = *reinterpret_cast<const uint4 *>(q + b * a.q_sb + hh * a.q_sh + col);
+        }
+        *reinterpret_cast<uint4 *>(&dst[int2{row, col}]) = v;
+    }
+    // wgmma reads shared memory through the async proxy.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// The kernel. SRC provides, for an item: ntiles(item) (tiles to process, after dynamic lengths),
+// valid(item, t) (valid keys of tile t, <= 0 to skip it), and load(item, t, k, v, kbar, vbar).
+template<typename T, int D, typename SRC>
+__global__ void __launch_bounds__(NTHREADS, 1)
+stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant__ SRC src) {
+    using TL = tiles<T, D>;
+    using q_tile = typename TL::q_tile;
+    using kv_tile = typename TL::kv_tile;
+    constexpr int STAGES = TL::STAGES;
+
+    extern __shared__ int __shm[];
+    tma_swizzle_allocator al((int *)&__shm[0]);
+    q_tile(&q_smem)[NWG] = al.allocate<q_tile, NWG>();
+    kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
+    kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
+    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES];
+
+    const int *it = a.items + (long)blockIdx.x * ITEM_INTS;
+    const bool kvsplit = it[F_FLAGS] & 1;
+    const int ntiles = src.ntiles(it);
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            init_semaphore(k_full[s], 0, 1);
+            init_semaphore(v_full[s], 0, 1);
+            init_semaphore(done[s], NWG, 0);
+        }
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x / 128;
+    if (wg == NWG) {
+        warpgroup::decrease_registers<40>();
+        if (threadIdx.x % 128 == 0) {
+            for (int t = 0; t < ntiles; t++) {
+                int s = t % STAGES;
+                if (t >= STAGES) wait(done[s], ((t / STAGES) - 1) & 1);
+                tma::expect_bytes(k_full[s], sizeof(kv_tile));
+                tma::expect_bytes(v_full[s], sizeof(kv_tile));
+                src.load(it, t, k_smem[s], v_smem[s], k_full[s], v_full[s]);
+            }
+        }
+        return;
+    }
+    warpgroup::increase_registers<160>();
+
+    const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
+    const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
+    const int slot = it[F_SLOT] + (kvsplit ? wg : 0);
+    load_q<T, D>(q_smem[wg], a, seq0, h, row0, nrows);
+    named_sync(1 + wg);
+
+    rt_fl<16, TILE> att;
+    typename dt<T>::template rt_t<16, TILE> att_lp;
+    rt_fl<16, D> o;
+    col_vec<rt_fl<16, TILE>> m, m_prev, l;
+    warp::neg_infty(m);
+    warp::zero(l);
+    warp::zero(o);
+    const int lane = threadIdx.x % 32;
+    bool any = false;
+
+    for (int t = 0; t < ntiles; t++) {
+        int s = t % STAGES, ph = (t / STAGES) & 1;
+        // Both warpgroups wait for every tile, even one they skip, so that their arrivals on
+        // done[s] can never run a phase ahead of the producer.
+        wait(k_full[s], ph);
+        int valid = src.valid(it, t);
+        bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
+        if (mine) {
+            any = true;
+            warpgroup::mm_ABt(att, q_smem[wg], k_smem[s]);
+            warpgroup::mma_async_wait();
+            warp::mul(att, att, a.scale_log2);
+            if (valid < TILE) {
+                #pragma unroll
+                for (int j = 0; j < TILE / 16; j++) {
+                    #pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        int col = j * 16 + 2 * (lane % 4) + (k >= 2 ? 8 : 0);
+                        if (col >= valid) att.tiles[0][j].data[k].x = -INFINITY;
+                        if (col + 1 >= valid) att.tiles[0][j].data[k].y = -INFINITY;
+                    }
+                }
+            }
+            warp::copy(m_prev, m);
+            warp::row_max(m, att, m);          // finite: every processed tile has a valid key
+            warp::sub_row(att, att, m);
+            warp::exp2(att, att);
+            warp::sub(m_prev, m_prev, m);
+            warp::exp2(m_prev, m_prev);        // exp2(-inf) = 0 on the first tile
+            warp::mul(l, l, m_prev);
+            warp::row_sum(l, att, l);
+            warp::mul_row(o, o, m_prev);
+            warp::copy(att_lp, att);
+            wait(v_full[s], ph);
+            warpgroup::mma_AB(o, att_lp, v_smem[s]);
+            warpgroup::mma_async_wait();
+        }
+        if (warpgroup::laneid() == 0) arrive(done[s], 1);
+    }
+
+    // Epilogue: normalised partial out and natural-log lse of this warpgroup's rows.
+    const int wrow = (warpid() % 4) * 16 + lane / 4;
+    #pragma unroll
+    for (int half_ = 0; half_ < 2; half_++) {
+        int j = row0 + wrow + half_ * 8;
+        if (j >= nrows || j - row0 >= TILE) continue;
+        long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
+        long grow = (long)slot * a.rows_total + b * a.hq + hh;
+        float mv = half_ ? m[0][0].y : m[0][0].x;
+        float lv = half_ ? l[0][0].y : l[0][0].x;
+        float inv = any ? 1.f / lv : 0.f;
+        float *dst = a.part_out + grow * D;
+        #pragma unroll
+        for (int c = 0; c < D / 16; c++) {
+            int col = c * 16 + 2 * (lane % 4);
+            float2 v0 = o.tiles[0][c].data[half_ ? 1 : 0];
+            float2 v1 = o.tiles[0][c].data[half_ ? 3 : 2];
+            *reinterpret_cast<float2 *>(dst + col) = make_float2(v0.x * inv, v0.y * inv);
+            *reinterpret_cast<float2 *>(dst + col + 8) = make_float2(v1.x * inv, v1.y * inv);
+        }
+        if (lane % 4 == 0) a.part_lse[grow] = any ? (mv + log2f(lv)) * 0.69314718055994531f : -INFINITY;
+    }
+}
+
+template<typename T, int D, typename SRC>
+void launch_stacked(const common_args &a, const SRC &src, int num_items, cudaStream_t stream) {
+    auto kern = stacked_attn_kernel<T, D, SRC>;
+    constexpr size_t smem = tiles<T, D>::smem;
+    static bool configured = false;  // one attribute call per instantiation; not a stream op
+    if (!configured) {
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        configured = true;
+    }
+    if (num_items > 0) kern<<<num_items, NTHREADS, smem, stream>>>(a, src);
+}
+
+}  // namespace attn_tk

@@ -1,0 +1,157 @@
+"""Work-item tables of the tk kernels (host side, built once per shape or per ChunkTable).
+
+Every attention phase runs as items of ``csrc/stacked.cuh``: a block of stacked query rows
+against a range of K/V tiles, writing a partial state into a slot. An item is 12 int32
+(see ``ItemField`` in stacked.cuh). Slots are laid out so that each (slot, row) is written by
+at most one item; the merge kernel combines every slot of a row, skipping ``lse = -inf``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ITEM_INTS = 12
+TILE = 64       # keys per tile, query rows per consumer warpgroup
+NWG = 2         # consumer warpgroups per CTA
+BLOCK_ROWS = TILE * NWG
+# A kv-split item's warpgroups take alternate tiles and write slot and slot + 1: every split
+# owns two slots.
+SLOTS_PER_SPLIT = NWG
+MIN_TILES_ROWS = 4   # fewest tiles of a row-split item (more splits only add merge traffic)
+MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
+
+F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
+
+
+def num_splits(base_items: int, ntiles: int, kv_split: bool, target: int) -> int:
+    """Split-K factor: enough items to fill ``target`` CTAs, never slices under the minimum."""
+    if ntiles <= 0 or base_items <= 0:
+        return 1
+    min_tiles = MIN_TILES_KV if kv_split else MIN_TILES_ROWS
+    most = max(1, ntiles // min_tiles)
+    return max(1, min(most, math.ceil(target / base_items)))
+
+
+def _item(kv_split, src, gidx, head, seq0, nrows, row0, t0, t1, keylen, slot):
+    return [int(kv_split), src, gidx, head, seq0, nrows, row0, t0, t1, keylen, slot, 0]
+
+
+def _row_blocks(nrows: int):
+    """(row0, kv_split) of the CTA row blocks of ``nrows`` stacked rows."""
+    if nrows <= TILE:
+        return [(0, True)]
+    return [(r0, nrows - r0 <= TILE) for r0 in range(0, nrows, BLOCK_ROWS)]
+
+
+def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, num_sms: int):
+    """Items of ``shared_prefix_attention``.
+
+    Parameters
+    ----------
+    levels : list of ``(G_i, P_i)``; source ``i`` is level ``i``, source ``len(levels)`` the suffix.
+    suffix : ``S`` (0: no suffix source).
+    ragged : True when ``suffix_lens`` is given (the kernel reads each length on the device).
+
+    Returns
+    -------
+    items : int32 ``[num_items, 12]`` (prefix items first: they are the long ones).
+    nslot : number of partial slots.
+    """
+    r = hq // hkv
+    target = 2 * num_sms
+    items, slot = [], 0
+    for src, (g, p) in enumerate(levels):
+        nseq = batch // g
+        rows = nseq * r
+        blocks = _row_blocks(rows)
+        ntiles = math.ceil(p / TILE)
+        nsplit = num_splits(g * hkv * len(blocks), ntiles, all(kv for _, kv in blocks), target)
+        per = math.ceil(ntiles / nsplit)
+        for j in range(nsplit):
+            t0, t1 = j * per, min(ntiles, (j + 1) * per)
+            for gi in range(g):
+                for h in range(hkv):
+                    for row0, kv in blocks:
+                        items.append(_item(kv, src, gi, h, gi * nseq, rows, row0, t0, t1, p, slot + SLOTS_PER_SPLIT * j))
+        slot += SLOTS_PER_SPLIT * nsplit
+    if suffix > 0:
+        src = len(levels)
+        ntiles = math.ceil(suffix / TILE)
+        nsplit = num_splits(batch * hkv, ntiles, True, target)
+        per = math.ceil(ntiles / nsplit)
+        for j in range(nsplit):
+            t0, t1 = j * per, min(ntiles, (j + 1) * per)
+            for b in range(batch):
+                for h in range(hkv):
+                    items.append(_item(True, src, b, h, b, r, 0, t0, t1, -1 if ragged else suffix,
+                                       slot + SLOTS_PER_SPLIT * j))
+        slot += SLOTS_PER_SPLIT * nsplit
+    return np.asarray(items, dtype=np.int32).reshape(-1, ITEM_INTS), slot
+
+
+def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, num_sms: int):
+    """Items of ``chunk_attention`` for one ChunkTable (its ``host`` numpy arrays).
+
+    Shared chunks read by the same range of sequences are consecutive on those sequences'
+    paths; each such run becomes one chunk-first group (rows ``[begin, end) x r``). A
+    sequence's private chunks become its sequence-first items.
+
+    Returns
+    -------
+    items : int32 ``[num_items, 12]``; chunk_list : int32 (the items' chunk ids, concatenated);
+    nslot : number of partial slots.
+    """
+    r = hq // hkv
+    tpc = math.ceil(chunk_size / TILE)
+    target = 2 * num_sms
+    sc, sh, sb, se = host["seq_chunks"], host["shared_chunks"], host["shared_begin"], host["shared_end"]
+    rng = {int(c): (int(b), int(e)) for c, b, e in zip(sh, sb, se)}
+    groups: dict = {}
+    for c, be in rng.items():
+        groups.setdefault(be, None)
+    for be in groups:
+        row = sc[be[0]]
+        groups[be] = [int(c) for c in row[row >= 0] if int(c) in rng and rng[int(c)] == be]
+    chunk_list: list = []
+    items: list = []
+    nxt = np.zeros(num_seqs, dtype=np.int64)  # first free slot of each row
+    # Outer ranges first, so nested groups stack their slots above their ancestors'.
+    for (b, e) in sorted(groups, key=lambda be: (be[0], -be[1])):
+        chunks = groups[(b, e)]
+        off = len(chunk_list)
+        chunk_list += chunks
+        rows = (e - b) * r
+        blocks = _row_blocks(rows)
+        ntiles = len(chunks) * tpc
+        nsplit = num_splits(hkv * len(blocks), ntiles, all(kv for _, kv in blocks), target)
+        per = math.ceil(ntiles / nsplit)
+        base = int(nxt[b:e].max())
+        for j in range(nsplit):
+            t0, t1 = j * per, min(ntiles, (j + 1) * per)
+            for h in range(hkv):
+                for row0, kv in blocks:
+                    items.append(_item(kv, 0, off, h, b, rows, row0, t0, t1, 0, base + SLOTS_PER_SPLIT * j))
+        nxt[b:e] = base + SLOTS_PER_SPLIT * nsplit
+    priv = host["private_chunks"]
+    longest = max([int((p >= 0).sum()) for p in priv] + [0]) * tpc
+    nsplit = num_splits(num_seqs * hkv, longest, True, target)
+    for n in range(num_seqs):
+        chunks = [int(c) for c in priv[n] if c >= 0]
+        if not chunks:
+            continue
+        off = len(chunk_list)
+        chunk_list += chunks
+        ntiles = len(chunks) * tpc
+        per = math.ceil(ntiles / nsplit)
+        base = int(nxt[n])
+        for j in range(nsplit):
+            t0, t1 = j * per, min(ntiles, (j + 1) * per)
+            if t0 >= t1:
+                continue
+            for h in range(hkv):
+                items.append(_item(True, 0, off, h, n, r, 0, t0, t1, 0, base + SLOTS_PER_SPLIT * j))
+        nxt[n] = base + SLOTS_PER_SPLIT * nsplit
+    nslot = int(nxt.max()) if num_seqs else 0
+    return (np.asarray(items, dtype=np.int32).reshape(-1, ITEM_INTS),
+            np.asarray(chunk_list if chunk_list else [0], dtype=np.int32), nslot)

@@ -1,0 +1,373 @@
+"""The ``tk`` backend: its Python side everywhere, its kernels on an sm_90 GPU.
+
+On a CPU machine the availability reasons, cache keys, THUNDERKITTENS_ROOT handling, argument
+marshalling and the work-item plans are tested (the plans by executing them with a float64
+emulation of the kernel's semantics); GPU tests skip with the backend's reason.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+import attn
+from attn.problems import chunk_problem, merge_problem, shared_prefix_problem
+from attn.reference import reference
+from attn.testing import Oracle
+from attn.tk_ext import backend as tkb
+from attn.tk_ext import build, plan
+from attn.torch_backend import merge
+from attn.workloads import Workload, make_inputs, to_chunk_form
+from cases import CASES
+
+W = Workload
+
+
+# ---- availability and build ------------------------------------------------------------
+
+def test_no_cuda_reason(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reasons = tkb.TKBackend().unavailable_reasons() if build._module is None else build.environment_reasons()
+    assert any("no CUDA device" in r for r in reasons)
+
+
+def test_capability_reason(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    reasons = build.environment_reasons()
+    assert any("compute capability 8.0 is not 9.0" in r for r in reasons)
+
+
+def test_tk_root_missing_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("THUNDERKITTENS_ROOT", str(tmp_path / "nowhere"))
+    assert build.tk_root() is None
+    msg = " ".join(build.environment_reasons())
+    assert "THUNDERKITTENS_ROOT" in msg and build.TK_COMMIT in msg and "git clone" in msg
+
+
+def test_tk_root_env_and_cwd(monkeypatch, tmp_path):
+    fake = tmp_path / "tk"
+    (fake / "include").mkdir(parents=True)
+    (fake / "include" / "kittens.cuh").write_text("// stub\n")
+    monkeypatch.setenv("THUNDERKITTENS_ROOT", str(fake))
+    assert build.tk_root() == fake.resolve()
+    # Without the variable: the repository's third_party first, then the current directory's.
+    monkeypatch.delenv("THUNDERKITTENS_ROOT")
+    monkeypatch.setattr(build, "REPO_ROOT", tmp_path / "elsewhere")
+    cwd = tmp_path / "work"
+    (cwd / "third_party").mkdir(parents=True)
+    (cwd / "third_party" / "ThunderKittens").symlink_to(fake)
+    monkeypatch.chdir(cwd)
+    assert build.tk_root() == fake.resolve()
+
+
+def test_cache_key_depends_on_arch_torch_and_sources(monkeypatch):
+    root = build.tk_root()
+    k90 = build.cache_key("sm_90", root)
+    assert k90 == build.cache_key("sm_90", root)
+    assert k90 != build.cache_key("sm_100", root)
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + "+other")
+    assert k90 != build.cache_key("sm_90", root)
+    monkeypatch.undo()
+    real = build._hashed_files()
+    monkeypatch.setattr(build, "_hashed_files", lambda: real[:-1])
+    assert k90 != build.cache_key("sm_90", root)
+
+
+def test_cache_dir_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
+    assert build.build_dir("abc") == tmp_path / "tk-abc"
+    monkeypatch.delenv("ATTN_CACHE_DIR")
+    assert build.build_dir("abc") == build.Path.home() / ".cache" / "attn" / "tk-abc"
+
+
+def test_failed_build_reason_names_log(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(build, "environment_reasons", lambda: [])
+    monkeypatch.setattr(build, "_failure", None)
+    assert build.unavailable_reasons() == []
+    d = build.build_dir()
+    d.mkdir(parents=True)
+    (d / "FAILED").write_text(str(d / "build.log"))
+    reasons = build.unavailable_reasons()
+    assert len(reasons) == 1 and str(d / "build.log") in reasons[0]
+
+
+def test_build_main_without_environment(monkeypatch, capsys):
+    monkeypatch.setattr(build, "environment_reasons", lambda: ["no CUDA device (test)"])
+    assert build.main([]) == 1
+    assert "no CUDA device (test)" in capsys.readouterr().err
+
+
+def test_build_args_flags(tmp_path):
+    root = build.tk_root() or tmp_path
+    args = build.build_args(root, tmp_path, "k")
+    flags = " ".join(args["extra_cuda_cflags"])
+    assert "arch=compute_90a,code=sm_90a" in flags and "-DKITTENS_HOPPER" in flags and "-std=c++20" in flags
+    assert "-lcuda" in args["extra_ldflags"]
+    assert str(root / "include") in args["extra_include_paths"]
+    assert sorted(os.path.basename(s) for s in args["sources"]) == [
+        "bindings.cpp", "chunk_attn.cu", "merge.cu", "shared_prefix.cu"]
+
+
+def test_import_does_not_build():
+    assert build._module is None or torch.cuda.is_available()
+
+
+# ---- support and marshalling ----------------------------------------------------------
+
+def test_not_supported_reasons():
+    b = tkb.TKBackend()
+    inp = make_inputs(W("", 2, 4, 2, ((1, 8),), 4, 96), torch.float32)
+    reasons = " ".join(b.not_supported_reasons(shared_prefix_problem(*inp.args())))
+    assert "dtype float32" in reasons and "head dim 96" in reasons
+    lv = tuple((1, 8) for _ in range(6))
+    inp = make_inputs(W("", 2, 4, 2, lv, 4, 64), torch.bfloat16)
+    assert any("K/V sources" in r for r in b.not_supported_reasons(shared_prefix_problem(*inp.args())))
+    inp = make_inputs(W("", 2, 34, 2, ((1, 8),), 4, 64), torch.bfloat16)
+    assert any("Hq/Hkv = 17" in r for r in b.not_supported_reasons(shared_prefix_problem(*inp.args())))
+
+
+def test_prep_kv_and_q():
+    x = torch.randn(4, 8, 2, 64).to(torch.bfloat16)
+    assert tkb.prep_kv(x) is x
+    t = x.transpose(1, 2)
+    assert tkb.prep_kv(t).is_contiguous() and torch.equal(tkb.prep_kv(t), t)
+    flat = torch.randn(4 * 8 * 2 * 64 + 1).to(torch.bfloat16)
+    mis = flat[1:].view(4, 8, 2, 64)  # contiguous, 2 bytes off alignment
+    assert mis.data_ptr() % 16 != 0
+    fixed = tkb.prep_kv(mis)
+    assert fixed.data_ptr() % 16 == 0 and torch.equal(fixed, mis)
+    q = torch.randn(3, 4, 64).to(torch.bfloat16)
+    assert tkb.prep_q(q) is q
+    qs = torch.randn(3, 4, 72).to(torch.bfloat16)[..., :64]  # row stride 72: a multiple of 8
+    assert tkb.prep_q(qs) is qs
+    qo = torch.randn(3, 4, 65).to(torch.bfloat16)[..., :64]
+    assert tkb.prep_q(qo).is_contiguous() and torch.equal(tkb.prep_q(qo), qo)
+
+
+# ---- the plans, executed by a float64 emulation of the kernel ---------------------------
+
+def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale):
+    """Partial states of ``items``; ``keys_of(item, t)`` gives tile ``t``'s (k, v, valid)."""
+    po = torch.zeros(nslot, rows_total, d, dtype=torch.float64)
+    pl = torch.full((nslot, rows_total), float("-inf"), dtype=torch.float64)
+    written = set()
+    for it in items.tolist():
+        kv, _, _, h, seq0, nrows, row0, t0, t1 = it[:9]
+        slot = it[plan.F_SLOT]
+        ntiles = keys_of(it, None)
+        for w in range(plan.NWG):
+            if kv:
+                rows, tiles, sl = range(row0, min(row0 + plan.TILE, nrows)), range(w, ntiles, plan.NWG), slot + w
+            else:
+                lo = row0 + w * plan.TILE
+                rows, tiles, sl = range(lo, min(lo + plan.TILE, nrows)), range(ntiles), slot
+            ks, vs = [], []
+            for t in tiles:
+                k, v, valid = keys_of(it, t)
+                if valid > 0:
+                    ks.append(k[:valid])
+                    vs.append(v[:valid])
+            for j in rows:
+                b, hh = seq0 + j // r, h * r + j % r
+                g = b * hq + hh
+                assert (sl, g) not in written, "two items write one (slot, row)"
+                written.add((sl, g))
+                if ks:
+                    s = torch.cat(ks) @ q_rows[b, hh] * scale
+                    pl[sl, g] = torch.logsumexp(s, 0)
+                    po[sl, g] = torch.softmax(s, 0) @ torch.cat(vs)
+    return po, pl
+
+
+def _run_level_emulation(p):
+    global q_rows
+    q_rows = p.q.double()
+    levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
+    items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
+                                   p.suffix_lens is not None, num_sms=3)
+    srcs = list(zip(p.prefix_k, p.prefix_v))
+    if p.suffix_capacity:
+        srcs.append((p.suffix_k, p.suffix_v))
+    lens = p.suffix_lens.tolist() if p.suffix_lens is not None else None
+
+    def keys_of(it, t):
+        _, src, gidx, h = it[:4]
+        kl = it[plan.F_KEYLEN] if it[plan.F_KEYLEN] >= 0 else lens[gidx]
+        if t is None:
+            return max(0, min(it[plan.F_TILE1], math.ceil(kl / plan.TILE)) - it[plan.F_TILE0])
+        k, v = srcs[src]
+        lo = (it[plan.F_TILE0] + t) * plan.TILE
+        return k[gidx, lo:lo + plan.TILE, h].double(), v[gidx, lo:lo + plan.TILE, h].double(), kl - lo
+
+    b, hq, d = p.q.shape
+    return _emulate_items(items, nslot, b * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale)
+
+
+def _run_chunk_emulation(p):
+    global q_rows
+    q_rows = p.q.double()
+    t = p.table
+    items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
+    tpc = math.ceil(p.chunk_size / plan.TILE)
+    lens = t.host["chunk_lens"]
+
+    def keys_of(it, tt):
+        if tt is None:
+            return it[plan.F_TILE1] - it[plan.F_TILE0]
+        g = it[plan.F_TILE0] + tt
+        c = int(clist[it[plan.F_GIDX] + g // tpc])
+        lo = (g % tpc) * plan.TILE
+        h = it[plan.F_HEAD]
+        return p.k_chunks[c, h, lo:lo + plan.TILE].double(), p.v_chunks[c, h, lo:lo + plan.TILE].double(), int(lens[c]) - lo
+
+    n, hq, d = p.q.shape
+    return _emulate_items(items, nslot, n * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale)
+
+
+PLAN_CASES = [c for c in CASES if not c.gpu_only] + [
+    # Forces row-split blocks (> 64 stacked rows), a partial last block, and split-K.
+    pytest.param(type(CASES[0])("rows200-split", "shared_prefix",
+                                lambda dt, dev: make_inputs(W("", 50, 8, 2, ((1, 700), (5, 130)), 150, 64, ragged=True),
+                                                            dt, dev, seed=3))),
+    pytest.param(type(CASES[0])("chunk128-rows", "chunk",
+                                lambda dt, dev: to_chunk_form(make_inputs(W("", 40, 8, 2, ((1, 600), (4, 200)), 90, 64,
+                                                                            ragged=True), dt, dev, seed=4), 128, shuffle=True))),
+]
+
+
+@pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
+def test_plan_emulation_matches_reference(case):
+    inp = case.inputs(torch.float64, "cpu")
+    p = case.problem(inp)
+    po, pl = (_run_level_emulation if case.op == "shared_prefix" else _run_chunk_emulation)(p)
+    out, lse = merge(po, pl)
+    ref_out, ref_lse = reference(p)
+    b, hq = p.q.shape[:2]
+    assert torch.allclose(out.view(b, hq, -1), ref_out, atol=1e-10, rtol=0)
+    both = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse.view(b, hq)), both)
+    assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
+
+
+def test_level_plan_splits_long_prefix():
+    items, nslot = plan.level_plan(256, 32, 8, [(1, 8192)], 256, False, num_sms=132)
+    prefix = items[items[:, plan.F_SRC] == 0]
+    assert len(set(prefix[:, plan.F_TILE0].tolist())) > 1  # split along the prefix
+    assert (prefix[:, plan.F_FLAGS] == 0).all()            # 1024 stacked rows: row-split blocks
+    assert nslot == plan.SLOTS_PER_SPLIT * (len(set(prefix[:, plan.F_TILE0].tolist())) + 1)
+
+
+# ---- GPU: agreement, tk vs triton, CUDA graphs ------------------------------------------
+
+@pytest.fixture(scope="module")
+def tk():
+    b = attn.get_backend("tk")
+    reasons = b.unavailable_reasons()
+    if reasons:
+        pytest.skip("tk unavailable: " + "; ".join(reasons))
+    return b
+
+
+def _call(case_op, inp, backend):
+    if case_op == "shared_prefix":
+        return attn.shared_prefix_attention(*inp.args(), return_lse=True, backend=backend)
+    return attn.chunk_attention(*inp.args(), return_lse=True, backend=backend)
+
+
+GPU_CASES = [c for c in CASES] + [
+    type(CASES[0])(f"spec-{w.name}{'-ragged' if rag else ''}-{form}",
+                   "shared_prefix" if form == "level" else "chunk",
+                   (lambda w, rag, form: (lambda dt, dev: (lambda inp: inp if form == "level" else to_chunk_form(inp, 64))(
+                       make_inputs(w.with_(ragged=rag), dt, dev, seed=30))))(w, rag, form), True)
+    for w in (W("chunkattn-mha", 32, 32, 32, ((1, 2048),), 256),
+              W("hydragen-mqa", 256, 8, 1, ((1, 2048),), 256),
+              W("gqa-8b", 32, 32, 8, ((1, 8192),), 256),
+              W("gqa-8b-long", 4, 32, 8, ((1, 32768),), 256),
+              W("tree-3level", 128, 32, 8, ((1, 2048), (8, 512), (32, 128)), 64),
+              W("no-share", 16, 32, 8, (), 2048))
+    for rag in (False, True) for form in ("level", "chunk")
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.id)
+def test_gpu_agreement(tk, case, dtype):
+    if dtype == torch.float16 and case.id.startswith("spec-") and "chunkattn" not in case.id:
+        pytest.skip("fp16 checked on the small cases and chunkattn-mha (keeps the GPU run short)")
+    inp = case.inputs(dtype, "cuda")
+    p = case.problem(inp)
+    if tk.not_supported_reasons(p):
+        pytest.skip("; ".join(tk.not_supported_reasons(p)))
+    out, lse = _call(case.op, inp, "tk")
+    verdict = Oracle(p).judge(out, lse)
+    assert verdict.ok, str(verdict)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id.startswith("spec-") and "ragged" in c.id], ids=lambda c: c.id)
+def test_gpu_tk_vs_triton(tk, case):
+    tr = attn.get_backend("triton")
+    if tr.unavailable_reasons():
+        pytest.skip("triton unavailable: " + "; ".join(tr.unavailable_reasons()))
+    inp = case.inputs(torch.bfloat16, "cuda")
+    p = case.problem(inp)
+    oracle = Oracle(p)
+    a_out, a_lse = _call(case.op, inp, "tk")
+    b_out, b_lse = _call(case.op, inp, "triton")
+    ja, jb = oracle.judge(a_out, a_lse), oracle.judge(b_out, b_lse)
+    assert ja.ok and jb.ok, f"tk: {ja}; triton: {jb}"
+    keep = ~oracle.empty.to(a_out.device)
+    assert float((a_out.float() - b_out.float()).abs()[keep].max()) <= ja.out_bound + jb.out_bound
+    assert float((a_lse - b_lse).abs()[keep].max()) <= ja.lse_bound + jb.lse_bound
+
+
+@pytest.mark.gpu
+def test_gpu_merge_states(tk):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    outs = torch.randn(5, 7, 4, 128, generator=g).to("cuda", torch.bfloat16)
+    lses = torch.randn(5, 7, 4, generator=g).cuda() * 3
+    lses[:, 0, 0] = float("-inf")  # a row no state attends
+    lses[2, 1, :] = float("-inf")
+    out, lse = attn.merge_states(outs, lses, backend="tk")
+    ref_out, ref_lse = merge(outs.double(), lses.double())
+    assert torch.isneginf(lse[0, 0]) and (out[0, 0] == 0).all()
+    fin = torch.isfinite(ref_lse)
+    assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-4)
+    assert torch.allclose(out.double()[fin], ref_out[fin], atol=2 * 2.0**-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["shared_prefix", "chunk", "merge"])
+def test_gpu_cuda_graph_capture_and_replay(tk, op):
+    w = W("", 8, 8, 2, ((1, 300), (2, 70)), 100, 128, ragged=True)
+    inp = make_inputs(w, torch.bfloat16, "cuda", seed=1)
+    if op == "chunk":
+        inp = to_chunk_form(inp, 64, shuffle=True)
+    if op == "merge":
+        outs = torch.randn(3, 8, 8, 128, device="cuda").to(torch.bfloat16)
+        lses = torch.randn(3, 8, 8, device="cuda")
+        fn = lambda: attn.merge_states(outs, lses, backend="tk")  # noqa: E731
+        q = outs
+    else:
+        fn = lambda: _call(op, inp, "tk")  # noqa: E731
+        q = inp.q
+    fn()  # eager first: builds and caches the item tables
+    torch.cuda.synchronize()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, g_lse = fn()
+    q.copy_(torch.randn_like(q))  # new values in the captured buffer
+    graph.replay()
+    torch.cuda.synchronize()
+    e_out, e_lse = fn()
+    assert torch.equal(g_out, e_out) and torch.equal(g_lse, e_lse)
