@@ -166,42 +166,52 @@ def main(argv=None) -> int:
     bar = _progress(len(cases), "compare")
     key, inputs, oracle = None, None, None
     sdpa_s: dict = {}
-    for w, dt, name, op in cases:
-        bar.set_postfix_str(f"{w.id} {name} {dt} {op}")
-        if key != (w.id, dt):
-            inputs = oracle = None
-            if gpu:
-                torch.cuda.empty_cache()
-            inputs, key = build_inputs(w, DTYPES[dt], device), (w.id, dt)
-            if not a.no_check:
-                oracle, checks[w.id] = make_oracle(inputs)
-        reasons = backend_reasons(name, inputs, op)
-        if reasons:
-            skipped.append({"workload": w.id, "backend": name, "dtype": dt, "op": op, "reasons": reasons})
-            bar.update()
-            continue
-        fn = op_callable(name, inputs, op)
-        result = fn()
-        rec = {"workload": w.id, "op": op, "backend": name, "dtype": dt, "params": workload_params(w)}
-        if oracle is not None:
+    interrupted = False
+    try:
+        for w, dt, name, op in cases:
+            bar.set_postfix_str(f"{w.id} {name} {dt} {op}")
+            if key != (w.id, dt):
+                inputs = oracle = None
+                if gpu:
+                    torch.cuda.empty_cache()
+                inputs, key = build_inputs(w, DTYPES[dt], device), (w.id, dt)
+                if not a.no_check:
+                    oracle, checks[w.id] = make_oracle(inputs)
+            reasons = backend_reasons(name, inputs, op)
+            if reasons:
+                skipped.append({"workload": w.id, "backend": name, "dtype": dt, "op": op, "reasons": reasons})
+                bar.update()
+                continue
+            rec = {"workload": w.id, "op": op, "backend": name, "dtype": dt, "params": workload_params(w)}
+            try:
+                fn = op_callable(name, inputs, op)
+                result = fn()
+            except Exception as e:  # a crashing backend is a failed row, not the end of the table
+                rec.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+                records.append(rec)
+                bar.update()
+                continue
+            if oracle is not None:
+                if name == SDPA:
+                    err, bound = _out_check(oracle, result)
+                    rec.update(max_err=err, err_bound=bound, ok=bool(err <= bound and torch.isfinite(result).all()))
+                else:
+                    ag = oracle.judge(*result)
+                    rec.update(max_err=ag.out_err, err_bound=ag.out_bound, lse_err=ag.lse_err, lse_bound=ag.lse_bound,
+                               ok=ag.ok)
+            del result
+            t = time_op(fn, device, rounds=rounds)
+            del fn
             if name == SDPA:
-                err, bound = _out_check(oracle, result)
-                rec.update(max_err=err, err_bound=bound, ok=bool(err <= bound and torch.isfinite(result).all()))
-            else:
-                ag = oracle.judge(*result)
-                rec.update(max_err=ag.out_err, err_bound=ag.out_bound, lse_err=ag.lse_err, lse_bound=ag.lse_bound,
-                           ok=ag.ok)
-        del result
-        t = time_op(fn, device, rounds=rounds)
-        del fn
-        if name == SDPA:
-            sdpa_s[key] = t.median_s
-        rec["timing"] = t.as_dict()
-        # sdpa comes first in each (workload, dtype) group, so its time is known here
-        rec.update(metrics(w, DTYPES[dt], t.median_s, suffix_lens=inputs.suffix_lens, ceilings=ceil,
-                           sdpa_seconds=sdpa_s.get(key)))
-        records.append(rec)
-        bar.update()
+                sdpa_s[key] = t.median_s
+            rec["timing"] = t.as_dict()
+            # sdpa comes first in each (workload, dtype) group, so its time is known here
+            rec.update(metrics(w, DTYPES[dt], t.median_s, suffix_lens=inputs.suffix_lens, ceilings=ceil,
+                               sdpa_seconds=sdpa_s.get(key)))
+            records.append(rec)
+            bar.update()
+    except KeyboardInterrupt:  # keep and save what was measured so far
+        interrupted = True
     bar.close()
     print(_table(records, fmt))
     print(f"\ndevice: {info['gpu'] or 'CPU (no GPU: host timer, no roofline)'}"
@@ -220,12 +230,17 @@ def main(argv=None) -> int:
     (out / "compare.json").write_text(json.dumps(doc, indent=1))
     png = run_plot(records, out / "compare.png", f"python -m attn compare on {info['gpu'] or 'CPU'}")
     print(f"\nsaved {out / 'compare.json'} and {png}")
+    for r in records:
+        if r.get("error"):
+            print(f"error {r['workload']}[{r['backend']}-{r['dtype']}-{r['op']}]: {r['error']}")
+    if interrupted:
+        print(f"INTERRUPTED after {len(records) + len(skipped)} of {len(cases)} cases")
     failed = [r for r in records if r.get("ok") is False]
     if failed:
         print(f"FAIL: {len(failed)} result(s) outside the spec's error bound: "
               + ", ".join(f"{r['workload']}[{r['backend']}-{r['dtype']}-{r['op']}]" for r in failed))
         return 1
-    return 0
+    return 130 if interrupted else 0
 
 
 def _table(records: list, fmt) -> str:
