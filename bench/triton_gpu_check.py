@@ -65,12 +65,78 @@ def kernel_breakdown(fn, iters: int = 5) -> list:
     return [(e.name[:40], round(e.time_range.elapsed_us(), 1)) for e in last]
 
 
+SHARED_CONFIGS = [  # (block_m or None for the heuristic's, block_n, warps, stages)
+    (None, 64, 8, 2), (None, 64, 8, 3), (None, 128, 8, 2), (None, 128, 8, 3), (None, 32, 8, 3),
+    (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3),
+]
+DECODE_CONFIGS = [(64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 4, 2), (128, 8, 3), (32, 4, 4), (64, 2, 4)]
+
+
+def phase_callable(inputs, kind: str, force: dict):
+    """Only the ``kind`` ("prefix" or "suffix") launches of shared_prefix_attention, planned
+    under ``force``; every phase writes partial states (no fold)."""
+    from attn.triton import config
+    from attn.triton.segment import launch_segment
+    from attn.triton.shared_prefix import plan
+    p = inputs.problem("shared_prefix")
+    with config.forced(**force):
+        steps = plan(p)
+    b, hq, d = p.q.shape
+    total = sum(st[2] for st in steps)
+    po = torch.empty(total, b, hq, d, dtype=torch.float32, device=p.device)
+    pl = torch.empty(total, b, hq, dtype=torch.float32, device=p.device)
+
+    def run():
+        base = 0
+        for k, i, splits, split_len, tiles in steps:
+            if k == kind:
+                kk, vv, ll = (p.prefix_k[i], p.prefix_v[i], None) if k == "prefix" else (p.suffix_k, p.suffix_v, p.suffix_lens)
+                launch_segment(p.q, kk, vv, ll, po, pl, base, splits, split_len, p.scale, tiles)
+            base += splits
+    return run, [st for st in steps if st[0] == kind]
+
+
+def sweep(dev, ceil, names) -> list:
+    """Median µs of the prefix and suffix phases under each tile configuration."""
+    from attn.cases import build_inputs, spec_variants
+    from attn.timing import time_op
+    out = []
+    for w in spec_variants():
+        if w.name not in names or w.ragged:
+            continue
+        inputs = build_inputs(w, torch.bfloat16, dev)
+        for kind, configs in (("prefix", SHARED_CONFIGS), ("suffix", DECODE_CONFIGS)):
+            if kind == "prefix" and not w.levels or kind == "suffix" and not w.suffix:
+                continue
+            for cfg in configs:
+                if kind == "prefix":
+                    bm, bn, warps, stages = cfg
+                    force = {"shared_block_n": bn, "shared_warps": warps, "shared_stages": stages}
+                    if bm:
+                        force["block_m"] = bm
+                else:
+                    bn, warps, stages = cfg
+                    force = {"decode_block_n": bn, "decode_warps": warps, "decode_stages": stages}
+                try:
+                    fn, steps = phase_callable(inputs, kind, force)
+                    us = time_op(fn, dev, rounds=5).median_s * 1e6
+                    desc = [(st[2], st[3], st[4].block_m) for st in steps]
+                except Exception as e:
+                    us, desc = float("nan"), repr(e)[:120]
+                out.append({"workload": w.name, "phase": kind, "config": cfg, "us": us, "splits": desc})
+                log(f"sweep {w.name:14s} {kind:6s} {cfg} {us:8.1f} us  splits/len/bm {desc}")
+        del inputs
+        torch.cuda.empty_cache()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--test-timeout", type=int, default=200)
     ap.add_argument("--only", nargs="*", default=None, help="workload names to time")
+    ap.add_argument("--sweep", nargs="*", default=None, help="workloads whose phases to time per tile config")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
@@ -90,6 +156,10 @@ def main(argv=None) -> int:
     c = ceilings(dev)
     report["ceilings"] = c.as_dict()
     log("ceilings", report["ceilings"])
+    if args.sweep:
+        report["sweep"] = sweep(dev, c, args.sweep)
+        with open(os.path.join(args.out, "sweep.json"), "w") as f:
+            json.dump(report["sweep"], f, indent=1, default=str)
     rows = []
     for w in spec_variants():
         if args.only and w.name not in args.only:

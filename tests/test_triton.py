@@ -63,6 +63,8 @@ def test_shared_prefix_split_k_paths(triton_backend, dtype):
     _check_shared(w, dtype, prefix_split=32, suffix_split=32)
     # Split prefix, one-split suffix: the suffix phase folds the prefix states in.
     _check_shared(w.with_(head_dim=128), dtype, seed=1, prefix_split=32)
+    # Lengths that are multiples of the key block: the unmasked path.
+    _check_shared(W("even", 4, 8, 2, ((1, 128), (2, 64)), 64, 64), dtype, seed=2, prefix_split=64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -78,6 +80,8 @@ def test_chunk_split_and_tiling_paths(triton_backend, dtype):
     # one private chunk per sequence-first split (merged by the merge kernel).
     _check_chunk(w, 16, dtype, chunks_per_item=1, block_m=16, private_split=1)
     _check_chunk(w, 32, dtype, seed=1)
+    # Every chunk full: the kernels take their unmasked path.
+    _check_chunk(W("full", 4, 8, 2, ((1, 64), (2, 32)), 32, 64), 16, dtype, seed=2)
 
 
 def test_gqa_ratio_16_and_chunk_size_48(triton_backend):

@@ -29,11 +29,31 @@ from .tile import attend_block, finish, merge_state
 
 
 @triton.jit
+def _chunk_block(q, KC, VC, CLENS, IDS, blk, kvh, m_i, l_i, acc, qk_scale,
+                 stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
+                 MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr):
+    """Key block ``blk`` of the chunk list ``IDS``: block ``blk % BLOCKS_PER_CHUNK`` of chunk
+    ``IDS[blk // BLOCKS_PER_CHUNK]``, masked by the chunk's length when ``MASKED``."""
+    c = tl.load(IDS + blk // BLOCKS_PER_CHUNK).to(tl.int64)
+    offs_t = (blk % BLOCKS_PER_CHUNK) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    if MASKED:
+        n_ok = offs_t < tl.load(CLENS + c)
+    else:
+        n_ok = offs_t >= 0
+    k_ptrs = KC + c * stride_kc + kvh * stride_kh + offs_t[None, :] * stride_kt + offs_d[:, None]
+    v_ptrs = VC + c * stride_vc + kvh * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :]
+    return attend_block(q, k_ptrs, v_ptrs, n_ok, m_i, l_i, acc, qk_scale, MASKED, IEEE)
+
+
+@triton.jit
 def _chunk_first_kernel(
     Q, KC, VC, CLENS, IT_BEGIN, IT_END, IT_C0, IT_C1, IT_ROW, IT_CHUNKS, PO, PL,
     stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
     num_q_heads, ratio, qk_scale,
-    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr,
 ):
     it = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -53,14 +73,12 @@ def _chunk_first_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    for i in range(c0, c1):
-        c = tl.load(IT_CHUNKS + i).to(tl.int64)
-        clen = tl.load(CLENS + c)
-        k_base = KC + c * stride_kc + kvh * stride_kh
-        v_base = VC + c * stride_vc + kvh * stride_vh
-        for n0 in range(0, clen, BLOCK_N):
-            m_i, l_i, acc = attend_block(q, k_base, v_base, stride_kt, stride_vt, n0, clen, m_i, l_i, acc,
-                                         qk_scale, IEEE, BLOCK_N, D)
+    # One flat loop over the key blocks of all the item's chunks, so that the compiler
+    # pipelines the loads across chunk boundaries.
+    for blk in range(c0 * BLOCKS_PER_CHUNK, c1 * BLOCKS_PER_CHUNK):
+        m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, IT_CHUNKS, blk, kvh, m_i, l_i, acc, qk_scale,
+                                     stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
+                                     MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
     out, lse = finish(m_i, l_i, acc)
     prow = (tl.load(IT_ROW + it) + local).to(tl.int64) * num_q_heads + head
     tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
@@ -73,8 +91,8 @@ def _seq_first_kernel(
     stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
     stride_priv, stride_items, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
     num_kv_heads, num_q_heads, ratio, chunks_per_split, qk_scale,
-    FINAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
+    FINAL: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -92,14 +110,10 @@ def _seq_first_kernel(
 
     i0 = split * chunks_per_split
     i1 = tl.minimum(i0 + chunks_per_split, tl.load(NPRIV + n))
-    for i in range(i0, i1):
-        c = tl.load(PRIV + n64 * stride_priv + i).to(tl.int64)
-        clen = tl.load(CLENS + c)
-        k_base = KC + c * stride_kc + kvh * stride_kh
-        v_base = VC + c * stride_vc + kvh * stride_vh
-        for n0 in range(0, clen, BLOCK_N):
-            m_i, l_i, acc = attend_block(q, k_base, v_base, stride_kt, stride_vt, n0, clen, m_i, l_i, acc,
-                                         qk_scale, IEEE, BLOCK_N, D)
+    for blk in range(i0 * BLOCKS_PER_CHUNK, i1 * BLOCKS_PER_CHUNK):
+        m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, PRIV + n64 * stride_priv, blk, kvh, m_i, l_i, acc,
+                                     qk_scale, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh,
+                                     stride_vt, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
 
     # The cached chunk-first states of this sequence, folded in once (by split 0).
     num_items = tl.where(split == 0, tl.load(NITEMS + n), 0)
@@ -120,24 +134,48 @@ def _t(a, device) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a, dtype=np.int64), dtype=torch.int32, device=device)
 
 
-def work_items(table, ratio: int, num_kv_heads: int, block_m: int, device: torch.device) -> dict:
+def _items_per_range(ranges: dict, tiles: dict, num_kv_heads: int, chunk_size: int, slot_count: int) -> int:
+    """Chunks per work item: the fewest items whose programs fill the GPU's waves (within
+    2 %), with items of at least ~256 keys (shorter ones cost more in partial states)."""
+    forced = config.forced_value("chunks_per_item", None)
+    if forced is not None:
+        return forced
+    longest = max(len(cs) for cs in ranges.values())
+    if slot_count <= 1:
+        return longest
+    floor = min(longest, config.cdiv(256, chunk_size))
+    best, best_eff = longest, 0.0
+    for s in range(1, longest + 1):
+        per = config.cdiv(longest, s)
+        if per < floor:
+            break
+        progs = sum(config.cdiv(len(cs), per) * num_kv_heads * tiles[rg] for rg, cs in ranges.items())
+        waves = config.cdiv(progs, slot_count)
+        eff = progs / (waves * slot_count)
+        if eff > best_eff + 0.02:
+            best, best_eff = per, eff
+        if waves >= 4:
+            break
+    return best
+
+
+def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles: config.Tiles,
+               device: torch.device) -> dict:
     """Chunk-first work items of ``table`` (host-side, computed once per table and launch shape).
 
     Shared chunks with one sequence range form a tree node; its chunks are cut into items of
-    at most ``L`` chunks, ``L`` chosen so that the items' programs about fill the GPU (more
-    items mean more partial states to write and merge).
+    at most ``L`` chunks (:func:`_items_per_range`). Also: each sequence's items, its number
+    of private chunks, and whether every shared / private chunk is full (then no masks).
     """
     h = table.host
+    block_m = tiles.block_m
     sh, sb, se = h["shared_chunks"], h["shared_begin"], h["shared_end"]
     ranges: dict = {}
     for c, b, e in zip(sh.tolist(), sb.tolist(), se.tolist()):
         ranges.setdefault((b, e), []).append(c)
-    tiles = {rg: config.cdiv((rg[1] - rg[0]) * ratio, block_m) for rg in ranges}
-    work = sum(len(cs) * num_kv_heads * tiles[rg] for rg, cs in ranges.items())
-    per = config.forced_value("chunks_per_item", None)
-    if per is None:
-        per = max(1, config.cdiv(work, config.target_programs(device)))
-    key = (ratio, num_kv_heads, block_m, per)
+    tile_count = {rg: config.cdiv((rg[1] - rg[0]) * ratio, block_m) for rg in ranges}
+    per = _items_per_range(ranges, tile_count, num_kv_heads, chunk_size, config.slots(tiles, device)) if ranges else 1
+    key = (ratio, num_kv_heads, chunk_size, block_m, per)
     cache = h.setdefault("triton", {})
     if key in cache:
         return cache[key]
@@ -157,6 +195,7 @@ def work_items(table, ratio: int, num_kv_heads: int, block_m: int, device: torch
     for n, c in enumerate(covers):
         seq_items[n, : len(c)] = c
     priv = h["private_chunks"]
+    lens = h["chunk_lens"]
     meta = {
         "num_items": len(begin), "rows": rows,
         "begin": _t(begin, device), "end": _t(end, device), "c0": _t(c0, device), "c1": _t(c1, device),
@@ -164,6 +203,8 @@ def work_items(table, ratio: int, num_kv_heads: int, block_m: int, device: torch
         "num_seq_items": _t([len(c) for c in covers], device),
         "num_private": _t((priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs), device),
         "max_private": int(priv.shape[1]),
+        "shared_full": bool((lens[sh] == chunk_size).all()) if sh.size else True,
+        "private_full": bool((lens[priv[priv >= 0]] == chunk_size).all()) if priv.size else True,
     }
     cache[key] = meta
     return meta
@@ -185,7 +226,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
 
     st = config.shared_tiles(t.max_group_size * ratio, d, dev)
     st_n = min(st.block_n, max(16, config.next_pow2(csize)))
-    meta = work_items(t, ratio, hkv, st.block_m, dev)
+    meta = work_items(t, ratio, hkv, csize, st, dev)
     po = torch.empty(max(1, meta["rows"]), hq, d, dtype=torch.float32, device=dev)
     pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
     if meta["num_items"]:
@@ -196,7 +237,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
             vc.stride(0), vc.stride(1), vc.stride(2),
             hq, ratio, qk_scale,
-            IEEE=ieee, BLOCK_M=st.block_m, BLOCK_N=st_n, D=d,
+            MASKED=not (meta["shared_full"] and csize % st_n == 0), IEEE=ieee, BLOCK_M=st.block_m,
+            BLOCK_N=st_n, BLOCKS_PER_CHUNK=config.cdiv(csize, st_n), D=d,
             num_warps=st.num_warps, num_stages=st.num_stages,
         )
 
@@ -205,9 +247,9 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     max_priv = meta["max_private"]
     per = config.forced_value("private_split", None)
     if per is None:
-        want = config.cdiv(config.target_programs(dev), n * hkv)
         # A split shorter than ~256 keys costs more in partial states than it gains.
-        per = max(config.cdiv(max_priv, max(1, want)), config.cdiv(256, csize))
+        want = config.best_splits(n * hkv, config.cdiv(max_priv, config.cdiv(256, csize)), config.slots(dt, dev))
+        per = max(1, config.cdiv(max_priv, want))
     splits = max(1, config.cdiv(max_priv, per))
     if splits == 1:
         so, sl = out, lse
@@ -224,7 +266,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         max(1, t.private_chunks.stride(0)) if t.private_chunks.dim() == 2 else 0, meta["seq_items"].stride(0),
         so4.stride(0), so4.stride(1), so4.stride(2), sl3.stride(0), sl3.stride(1),
         hkv, hq, ratio, per, qk_scale,
-        FINAL=splits == 1, IEEE=ieee, BLOCK_H=dt.block_m, BLOCK_N=dt_n, D=d,
+        FINAL=splits == 1, MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
+        BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d,
         num_warps=dt.num_warps, num_stages=dt.num_stages,
     )
     if splits > 1:

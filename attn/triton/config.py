@@ -24,7 +24,8 @@ def forced(**kw):
     Keys: ``prefix_split`` / ``suffix_split`` (tokens per split of the level-form phases),
     ``block_m`` (stacked rows per tile of the shared phases), ``chunks_per_item`` (shared
     chunks per chunk-first work item), ``private_split`` (private chunks per split of the
-    sequence-first phase).
+    sequence-first phase), ``shared_block_n`` / ``shared_warps`` / ``shared_stages`` and
+    ``decode_block_n`` / ``decode_warps`` / ``decode_stages`` (tiles).
     """
     old = dict(_FORCE)
     _FORCE.update(kw)
@@ -74,10 +75,15 @@ class Tiles:
     num_stages: int
 
 
+def _tiles(prefix: str, bm: int, bn: int, warps: int, stages: int) -> Tiles:
+    return Tiles(bm, _FORCE.get(prefix + "block_n", bn), _FORCE.get(prefix + "warps", warps),
+                 _FORCE.get(prefix + "stages", stages))
+
+
 def shared_tiles(rows: int, d: int, device: torch.device) -> Tiles:
     """Tiles of the stacked-query phases (prefix levels, chunk-first).
 
-    Many stacked rows make the phase compute-bound: 128 x 64 tiles with 8 warps, as
+    Many stacked rows make the phase compute-bound: 128-row tiles with 8 warps, as
     FlashAttention-2 on Hopper. Few rows (small groups) would waste most of a 128-row tile,
     so the tile shrinks to the rows (never below 16, the smallest ``tl.dot`` M).
     """
@@ -88,9 +94,9 @@ def shared_tiles(rows: int, d: int, device: torch.device) -> Tiles:
     else:
         bm = min(128, max(16, next_pow2(rows)))
     if device.type != "cuda" or interpreting():
-        return Tiles(bm, 32, 4, 1)
+        return _tiles("shared_", bm, 32, 4, 1)
     warps = 8 if bm >= 128 and d >= 128 else 4
-    return Tiles(bm, 64, warps, 3 if d <= 64 or bm <= 64 else 2)
+    return _tiles("shared_", bm, 64, warps, 3 if d <= 64 or bm <= 64 else 2)
 
 
 def decode_tiles(ratio: int, d: int, device: torch.device) -> Tiles:
@@ -98,27 +104,55 @@ def decode_tiles(ratio: int, d: int, device: torch.device) -> Tiles:
     of ``ratio`` query heads, padded to 16 rows, streaming keys in blocks of 64."""
     bm = max(16, next_pow2(ratio))
     if device.type != "cuda" or interpreting():
-        return Tiles(bm, 32, 4, 1)
-    return Tiles(bm, 64, 4, 3)
+        return _tiles("decode_", bm, 32, 4, 1)
+    return _tiles("decode_", bm, 64, 4, 3)
 
 
-def num_splits(length: int, base_programs: int, block_n: int, device: torch.device, key: str,
+def slots(tiles: Tiles, device: torch.device) -> int:
+    """Programs that run at once: one per SM for 8-warp tiles (they fill the register file),
+    two for the smaller ones."""
+    sms = target_programs(device)
+    return sms if sms == 1 or tiles.num_warps >= 8 else 2 * sms
+
+
+def best_splits(base_programs: int, max_splits: int, slot_count: int) -> int:
+    """Splits ``s <= max_splits`` whose ``base_programs * s`` programs waste the least of
+    their last wave; fewer splits unless more gain over 2 %.
+
+    A grid of 1.1 waves runs as long as one of 2 waves: the number of programs matters as
+    much as their count being large.
+    """
+    if slot_count <= 1:
+        return 1
+    best, best_eff = 1, 0.0
+    for s in range(1, max(1, max_splits) + 1):
+        progs = base_programs * s
+        waves = cdiv(progs, slot_count)
+        eff = progs / (waves * slot_count)
+        if eff > best_eff + 0.02:
+            best, best_eff = s, eff
+        if waves >= 4:
+            break
+    return best
+
+
+def num_splits(length: int, base_programs: int, tiles: Tiles, device: torch.device, key: str,
                min_split: int = 256) -> tuple[int, int]:
     """``(splits, split_len)`` cutting ``length`` keys so that ``base_programs * splits``
-    fills the GPU; each split is a multiple of ``block_n`` long and non-empty.
+    programs fill the GPU's waves; each split is a multiple of the key block and non-empty.
 
     Splits shorter than ``min_split`` keys would cost more in partial states written and
     merged than they gain in parallelism.
     """
+    bn = tiles.block_n
     if length <= 0:
-        return 0, block_n
+        return 0, bn
     if key in _FORCE:
         split_len = _FORCE[key]
     else:
-        want = cdiv(target_programs(device), max(1, base_programs))
-        want = max(1, min(want, cdiv(length, min_split)))
+        want = best_splits(base_programs, cdiv(length, min_split), slots(tiles, device))
         split_len = cdiv(length, want)
-    split_len = cdiv(split_len, block_n) * block_n
+    split_len = cdiv(split_len, bn) * bn
     return cdiv(length, split_len), split_len
 
 

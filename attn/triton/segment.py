@@ -33,7 +33,7 @@ def _segment_kernel(
     stride_vg, stride_vp, stride_vh,
     stride_pp, stride_pb, stride_ph,
     num_kv_heads, seqs_per_group, ratio, length, split_len, part_base, qk_scale,
-    HAS_LENS: tl.constexpr, FOLD: tl.constexpr, IEEE: tl.constexpr,
+    HAS_LENS: tl.constexpr, FOLD: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -56,14 +56,20 @@ def _segment_kernel(
     start = split * split_len
     end = tl.minimum(start + split_len, length)
 
-    k_base = K + g.to(tl.int64) * stride_kg + kvh * stride_kh
-    v_base = V + g.to(tl.int64) * stride_vg + kvh * stride_vh
+    # Pointers are built once and advanced by a scalar: no per-block index arithmetic.
+    offs_n = start + tl.arange(0, BLOCK_N)
+    k_ptrs = (K + g.to(tl.int64) * stride_kg + kvh * stride_kh
+              + offs_n.to(tl.int64)[None, :] * stride_kp + offs_d[:, None])
+    v_ptrs = (V + g.to(tl.int64) * stride_vg + kvh * stride_vh
+              + offs_n.to(tl.int64)[:, None] * stride_vp + offs_d[None, :])
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        m_i, l_i, acc = attend_block(q, k_base, v_base, stride_kp, stride_vp, n0, end, m_i, l_i, acc, qk_scale,
-                                     IEEE, BLOCK_N, D)
+        m_i, l_i, acc = attend_block(q, k_ptrs, v_ptrs, n0 + tl.arange(0, BLOCK_N) < end, m_i, l_i, acc,
+                                     qk_scale, not EVEN, IEEE)
+        k_ptrs += BLOCK_N * stride_kp
+        v_ptrs += BLOCK_N * stride_vp
     if FOLD:
         # Last phase (one split): fold in the earlier phases' states of these rows and
         # write the final output, instead of writing one more partial state to merge.
@@ -109,7 +115,8 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
         v.stride(0), v.stride(1), v.stride(2),
         b * hq, hq, 1,
         hkv, b // g, ratio, length, split_len, part_base, scale * LOG2E,
-        HAS_LENS=lens is not None, FOLD=fold_into is not None, IEEE=q.dtype == torch.float32,
+        HAS_LENS=lens is not None, FOLD=fold_into is not None,
+        EVEN=lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0, IEEE=q.dtype == torch.float32,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )

@@ -27,12 +27,12 @@ def plan(p: SharedPrefixProblem):
         rows = (b // g) * ratio
         tiles = config.shared_tiles(rows, d, dev)
         base = g * hkv * config.cdiv(rows, tiles.block_m)
-        splits, split_len = config.num_splits(length, base, tiles.block_n, dev, "prefix_split")
+        splits, split_len = config.num_splits(length, base, tiles, dev, "prefix_split")
         steps.append(("prefix", i, splits, split_len, tiles))
     s = p.suffix_capacity
     if s > 0:
         tiles = config.decode_tiles(ratio, d, dev)
-        splits, split_len = config.num_splits(s, b * hkv, tiles.block_n, dev, "suffix_split")
+        splits, split_len = config.num_splits(s, b * hkv, tiles, dev, "suffix_split")
         steps.append(("suffix", -1, splits, split_len, tiles))
     return steps
 

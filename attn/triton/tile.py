@@ -12,25 +12,30 @@ import triton.language as tl
 
 
 @triton.jit
-def attend_block(q, k_base, v_base, stride_kt, stride_vt, n0, end, m_i, l_i, acc, qk_scale,
-                 IEEE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-    """Attend ``q [M, D]`` to keys ``n0 .. n0 + BLOCK_N`` (those ``< end``) at
-    ``k_base + t * stride_kt`` (values at ``v_base + t * stride_vt``); returns the updated ``(m, l, acc)``."""
-    offs_n = n0 + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    n_ok = offs_n < end
-    toks = offs_n.to(tl.int64)
-    k = tl.load(k_base + toks[None, :] * stride_kt + offs_d[:, None], mask=n_ok[None, :], other=0.0)
+def attend_block(q, k_ptrs, v_ptrs, n_ok, m_i, l_i, acc, qk_scale,
+                 MASKED: tl.constexpr, IEEE: tl.constexpr):
+    """Attend ``q [M, D]`` to one block of keys: ``k_ptrs [D, N]``, ``v_ptrs [N, D]``;
+    ``n_ok [N]`` marks the valid keys (only read when ``MASKED``: full blocks skip the
+    masks). Returns the updated ``(m, l, acc)``."""
+    if MASKED:
+        k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
     if IEEE:
         s = tl.dot(q, k, input_precision="ieee")
     else:
         s = tl.dot(q, k)
-    s = tl.where(n_ok[None, :], s * qk_scale, float("-inf"))
+    s = s * qk_scale
+    if MASKED:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_base + toks[:, None] * stride_vt + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
+    else:
+        v = tl.load(v_ptrs)
     if IEEE:
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
     else:
