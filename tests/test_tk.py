@@ -7,6 +7,8 @@ emulation of the kernel's semantics); GPU tests skip with the backend's reason.
 from __future__ import annotations
 
 import math
+
+import numpy as np
 import os
 
 import pytest
@@ -371,3 +373,17 @@ def test_gpu_cuda_graph_capture_and_replay(tk, op):
     torch.cuda.synchronize()
     e_out, e_lse = fn()
     assert torch.equal(g_out, e_out) and torch.equal(g_lse, e_lse)
+
+
+def test_schedule_assigns_every_item_once_and_balances():
+    items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, True, num_sms=132)
+    sched, offs = plan.schedule(items, 132)
+    assert offs[0] == 0 and offs[-1] == len(items) and (np.diff(offs) >= 1).all()
+    assert sorted(map(tuple, sched.tolist())) == sorted(map(tuple, items.tolist()))
+    cost = sched[:, plan.F_TILE1] - sched[:, plan.F_TILE0] + plan.ITEM_OVERHEAD
+    loads = [cost[offs[c]:offs[c + 1]].sum() for c in range(len(offs) - 1)]
+    assert max(loads) <= cost.sum() / len(loads) + cost.max()
+    few, offs2 = plan.schedule(items[:5], 132)
+    assert len(offs2) == 6  # never more CTAs than items
+    empty, offs3 = plan.schedule(items[:0], 132)
+    assert offs3.tolist() == [0]

@@ -86,7 +86,7 @@ class TKBackend(Backend):
 
     # ---- ops ----------------------------------------------------------------------
     def level_items(self, p: SharedPrefixProblem):
-        """The cached device item table and slot count of ``p``'s shape."""
+        """The cached device item table, CTA ranges and slot count of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                p.suffix_lens is not None, str(p.device))
@@ -94,7 +94,8 @@ class TKBackend(Backend):
         if hit is None:
             items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
                                            p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
-            hit = (torch.as_tensor(items).to(p.device), nslot)
+            items, ctas = plan.schedule(items, self._num_sms(p.device))
+            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot)
             self._plans[key] = hit
         return hit
 
@@ -108,36 +109,38 @@ class TKBackend(Backend):
             vs.append(prep_kv(p.suffix_v))
         if not ks or b == 0:
             return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
-        items, nslot = self.level_items(p)
+        items, ctas, nslot = self.level_items(p)
         q = prep_q(p.q)
         po = torch.empty(nslot, b * hq, d, dtype=torch.float32, device=p.device)
         pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=p.device)
-        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, p.scale, po, pl)
+        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl)
         return self._merge(ext, po, pl, (b, hq, d), p.dtype)
 
     def chunk_items(self, p: ChunkProblem):
-        """The device item table, chunk list and slot count of ``p.table`` (cached on the table)."""
+        """The device item table, CTA ranges, chunk list and slot count of ``p.table`` (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
         key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device))
         hit = cache.get(key)
         if hit is None:
             items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
                                                   p.chunk_size, self._num_sms(p.device))
-            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(clist).to(p.device), nslot)
+            items, ctas = plan.schedule(items, self._num_sms(p.device))
+            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
+                   torch.as_tensor(clist).to(p.device), nslot)
             cache[key] = hit
         return hit
 
     def run_chunk(self, p: ChunkProblem):
         ext = self._ext()
         n, hq, d = p.q.shape
-        items, clist, nslot = self.chunk_items(p)
+        items, ctas, clist, nslot = self.chunk_items(p)
         if n == 0 or nslot == 0 or items.shape[0] == 0:
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
         po = torch.empty(nslot, n * hq, d, dtype=torch.float32, device=p.device)
         pl = torch.full((nslot, n * hq), float("-inf"), dtype=torch.float32, device=p.device)
         ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
-                           items, p.scale, po, pl)
+                           items, ctas, p.scale, po, pl)
         return self._merge(ext, po, pl, (n, hq, d), p.dtype)
 
     @staticmethod

@@ -155,3 +155,34 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     nslot = int(nxt.max()) if num_seqs else 0
     return (np.asarray(items, dtype=np.int32).reshape(-1, ITEM_INTS),
             np.asarray(chunk_list if chunk_list else [0], dtype=np.int32), nslot)
+
+
+ITEM_OVERHEAD = 1.0  # fixed cost of an item (q load, epilogue), in tiles
+
+
+def schedule(items: np.ndarray, num_ctas: int):
+    """Assign items to persistent CTAs: longest first, each to the least-loaded CTA (LPT).
+
+    Returns
+    -------
+    items : the same rows, reordered so that each CTA's items are contiguous (longest first).
+    cta_items : int32 ``[ctas + 1]``: CTA ``c`` runs rows ``[cta_items[c], cta_items[c + 1])``.
+    """
+    import heapq
+
+    n = items.shape[0]
+    ctas = max(0, min(num_ctas, n))
+    if ctas == 0:
+        return items, np.zeros(1, dtype=np.int32)
+    cost = (items[:, F_TILE1] - items[:, F_TILE0]).astype(np.float64) + ITEM_OVERHEAD
+    order = np.argsort(-cost, kind="stable")
+    heap = [(0.0, c) for c in range(ctas)]
+    lists: list = [[] for _ in range(ctas)]
+    for i in order.tolist():
+        load, c = heapq.heappop(heap)
+        lists[c].append(i)
+        heapq.heappush(heap, (load + cost[i], c))
+    perm = np.asarray([i for lst in lists for i in lst], dtype=np.int64)
+    offsets = np.zeros(ctas + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(lst) for lst in lists])
+    return np.ascontiguousarray(items[perm]), offsets

@@ -46,7 +46,7 @@ template<typename T, int D> struct level_src {
 
 template<typename T, int D>
 static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
-                const at::Tensor &lens, const at::Tensor &items, float scale, float *po, float *pl) {
+                const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, float *po, float *pl) {
     using S = level_src<T, D>;
     using lgl = typename S::lgl;
     auto mk = [&](const std::vector<at::Tensor> &xs, int i) {
@@ -57,10 +57,10 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
     S src{mk(ks, 0), mk(vs, 0), mk(ks, 1), mk(vs, 1), mk(ks, 2), mk(vs, 2),
           mk(ks, 3), mk(vs, 3), mk(ks, 4), mk(vs, 4), mk(ks, 5), mk(vs, 5),
           lens.defined() ? lens.data_ptr<int>() : nullptr};
-    common_args a{items.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
+    common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / ks[0].size(2)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl};
-    launch_stacked<T, D>(a, src, (int)items.size(0), c10::cuda::getCurrentCUDAStream());
+    launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace attn_tk
@@ -69,7 +69,7 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
 // q [B, Hq, D]; ks, vs: the level tensors [G_i, P_i, Hkv, D] then the suffix [B, S, Hkv, D];
 // items int32 [num_items, 12]; part_out float [nslot, B*Hq, D]; part_lse float [nslot, B*Hq].
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
-                               c10::optional<at::Tensor> lens, at::Tensor items, double scale,
+                               c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                at::Tensor part_out, at::Tensor part_lse) {
     using namespace attn_tk;
     TORCH_CHECK(!ks.empty() && ks.size() == vs.size() && ks.size() <= (size_t)MAX_SRC, "tk: 1..6 K/V sources");
@@ -79,11 +79,11 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     float *po = part_out.data_ptr<float>(), *pl = part_lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, s, po, pl);
-        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, s, po, pl);
+        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, pl);
+        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, pl);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, s, po, pl);
-        else attn_tk::run<half, 128>(q, ks, vs, l, items, s, po, pl);
+        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, pl);
+        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, pl);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -16,6 +16,9 @@
 // both consume every tile); items with at most 64 rows (decode) split the tiles instead
 // ("kv split": warpgroup w takes tiles w, w+NWG, ... and writes slot + w), so that decode
 // keeps both warpgroups busy.
+// The grid is persistent (one CTA per SM): the host balances items over CTAs (plan.schedule)
+// and each CTA runs its items back to back with one continuous K/V ring, so no CTA launch,
+// prologue or epilogue ever leaves the memory pipe idle.
 #pragma once
 
 #include "kittens.cuh"
@@ -58,6 +61,7 @@ template<typename T, int D> struct tiles {
 // What every item needs besides its K/V source.
 struct common_args {
     const int *items;          // [num_items, ITEM_INTS]
+    const int *cta_items;      // [num_ctas + 1]: CTA c runs items [cta_items[c], cta_items[c + 1])
     const void *q;             // [B, Hq, D]
     long q_sb, q_sh;           // strides of q (elements); stride 1 in D
     int hq, r;                 // query heads, query heads per kv head
@@ -110,10 +114,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES];
 
-    const int *it = a.items + (long)blockIdx.x * ITEM_INTS;
-    const bool kvsplit = it[F_FLAGS] & 1;
-    const int ntiles = src.ntiles(it);
-
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
             init_semaphore(k_full[s], 0, 1);
@@ -123,104 +123,120 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     }
     __syncthreads();
 
+    // Persistent: this CTA runs items [first, last) of the (host-balanced) table, and the
+    // tile ring runs on across items, so the producer streams the next item's K/V while the
+    // consumers finish the current one.
+    const int first = a.cta_items[blockIdx.x], last = a.cta_items[blockIdx.x + 1];
     const int wg = threadIdx.x / 128;
     if (wg == NWG) {
         warpgroup::decrease_registers<40>();
         if (threadIdx.x % 128 == 0) {
-            for (int t = 0; t < ntiles; t++) {
-                int s = t % STAGES;
-                if (t >= STAGES) wait(done[s], ((t / STAGES) - 1) & 1);
-                tma::expect_bytes(k_full[s], sizeof(kv_tile));
-                tma::expect_bytes(v_full[s], sizeof(kv_tile));
-                src.load(it, t, k_smem[s], v_smem[s], k_full[s], v_full[s]);
+            int g = 0;
+            for (int i = first; i < last; i++) {
+                const int *it = a.items + (long)i * ITEM_INTS;
+                const int n = src.ntiles(it);
+                for (int t = 0; t < n; t++, g++) {
+                    int s = g % STAGES;
+                    if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
+                    tma::expect_bytes(k_full[s], sizeof(kv_tile));
+                    tma::expect_bytes(v_full[s], sizeof(kv_tile));
+                    src.load(it, t, k_smem[s], v_smem[s], k_full[s], v_full[s]);
+                }
             }
         }
         return;
     }
     warpgroup::increase_registers<160>();
 
-    const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
-    const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
-    const int slot = it[F_SLOT] + (kvsplit ? wg : 0);
-    load_q<T, D>(q_smem[wg], a, seq0, h, row0, nrows);
-    named_sync(1 + wg);
-
-    rt_fl<16, TILE> att;
-    typename dt<T>::template rt_t<16, TILE> att_lp;
-    rt_fl<16, D> o;
-    col_vec<rt_fl<16, TILE>> m, m_prev, l;
-    warp::neg_infty(m);
-    warp::zero(l);
-    warp::zero(o);
     const int lane = threadIdx.x % 32;
-    bool any = false;
+    int g = 0;
+    for (int i = first; i < last; i++) {
+        const int *it = a.items + (long)i * ITEM_INTS;
+        const bool kvsplit = it[F_FLAGS] & 1;
+        const int ntiles = src.ntiles(it);
+        const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
+        const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
+        const int slot = it[F_SLOT] + (kvsplit ? wg : 0);
+        named_sync(1 + wg);  // every warp is done with the previous item's q tile
+        load_q<T, D>(q_smem[wg], a, seq0, h, row0, nrows);
+        named_sync(1 + wg);
 
-    for (int t = 0; t < ntiles; t++) {
-        int s = t % STAGES, ph = (t / STAGES) & 1;
-        // Both warpgroups wait for every tile, even one they skip, so that their arrivals on
-        // done[s] can never run a phase ahead of the producer.
-        wait(k_full[s], ph);
-        int valid = src.valid(it, t);
-        bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
-        if (mine) {
-            any = true;
-            warpgroup::mm_ABt(att, q_smem[wg], k_smem[s]);
-            warpgroup::mma_async_wait();
-            warp::mul(att, att, a.scale_log2);
-            if (valid < TILE) {
-                #pragma unroll
-                for (int j = 0; j < TILE / 16; j++) {
+        rt_fl<16, TILE> att;
+        typename dt<T>::template rt_t<16, TILE> att_lp;
+        rt_fl<16, D> o;
+        col_vec<rt_fl<16, TILE>> m, m_prev, l;
+        warp::neg_infty(m);
+        warp::zero(l);
+        warp::zero(o);
+        bool any = false;
+
+        for (int t = 0; t < ntiles; t++, g++) {
+            int s = g % STAGES, ph = (g / STAGES) & 1;
+            // Both warpgroups wait for every tile, even one they skip, so that their arrivals
+            // on done[s] can never run a phase ahead of the producer.
+            wait(k_full[s], ph);
+            int valid = src.valid(it, t);
+            bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
+            if (mine) {
+                any = true;
+                warpgroup::mm_ABt(att, q_smem[wg], k_smem[s]);
+                warpgroup::mma_async_wait();
+                warp::mul(att, att, a.scale_log2);
+                if (valid < TILE) {
                     #pragma unroll
-                    for (int k = 0; k < 4; k++) {
-                        int col = j * 16 + 2 * (lane % 4) + (k >= 2 ? 8 : 0);
-                        if (col >= valid) att.tiles[0][j].data[k].x = -INFINITY;
-                        if (col + 1 >= valid) att.tiles[0][j].data[k].y = -INFINITY;
+                    for (int j = 0; j < TILE / 16; j++) {
+                        #pragma unroll
+                        for (int k = 0; k < 4; k++) {
+                            int col = j * 16 + 2 * (lane % 4) + (k >= 2 ? 8 : 0);
+                            if (col >= valid) att.tiles[0][j].data[k].x = -INFINITY;
+                            if (col + 1 >= valid) att.tiles[0][j].data[k].y = -INFINITY;
+                        }
                     }
                 }
+                warp::copy(m_prev, m);
+                warp::row_max(m, att, m);          // finite: every processed tile has a valid key
+                warp::sub_row(att, att, m);
+                warp::exp2(att, att);
+                warp::sub(m_prev, m_prev, m);
+                warp::exp2(m_prev, m_prev);        // exp2(-inf) = 0 on the first tile
+                warp::mul(l, l, m_prev);
+                warp::row_sum(l, att, l);
+                warp::mul_row(o, o, m_prev);
+                warp::copy(att_lp, att);
+                wait(v_full[s], ph);
+                warpgroup::mma_AB(o, att_lp, v_smem[s]);
+                warpgroup::mma_async_wait();
             }
-            warp::copy(m_prev, m);
-            warp::row_max(m, att, m);          // finite: every processed tile has a valid key
-            warp::sub_row(att, att, m);
-            warp::exp2(att, att);
-            warp::sub(m_prev, m_prev, m);
-            warp::exp2(m_prev, m_prev);        // exp2(-inf) = 0 on the first tile
-            warp::mul(l, l, m_prev);
-            warp::row_sum(l, att, l);
-            warp::mul_row(o, o, m_prev);
-            warp::copy(att_lp, att);
-            wait(v_full[s], ph);
-            warpgroup::mma_AB(o, att_lp, v_smem[s]);
-            warpgroup::mma_async_wait();
+            if (warpgroup::laneid() == 0) arrive(done[s], 1);
         }
-        if (warpgroup::laneid() == 0) arrive(done[s], 1);
-    }
 
-    // Epilogue: normalised partial out and natural-log lse of this warpgroup's rows.
-    const int wrow = (warpid() % 4) * 16 + lane / 4;
-    #pragma unroll
-    for (int half_ = 0; half_ < 2; half_++) {
-        int j = row0 + wrow + half_ * 8;
-        if (j >= nrows || j - row0 >= TILE) continue;
-        long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
-        long grow = (long)slot * a.rows_total + b * a.hq + hh;
-        float mv = half_ ? m[0][0].y : m[0][0].x;
-        float lv = half_ ? l[0][0].y : l[0][0].x;
-        float inv = any ? 1.f / lv : 0.f;
-        float *dst = a.part_out + grow * D;
+        // Epilogue: normalised partial out and natural-log lse of this warpgroup's rows.
+        const int wrow = (warpid() % 4) * 16 + lane / 4;
         #pragma unroll
-        for (int c = 0; c < D / 16; c++) {
-            int col = c * 16 + 2 * (lane % 4);
-            float2 v0 = o.tiles[0][c].data[half_ ? 1 : 0];
-            float2 v1 = o.tiles[0][c].data[half_ ? 3 : 2];
-            *reinterpret_cast<float2 *>(dst + col) = make_float2(v0.x * inv, v0.y * inv);
-            *reinterpret_cast<float2 *>(dst + col + 8) = make_float2(v1.x * inv, v1.y * inv);
+        for (int half_ = 0; half_ < 2; half_++) {
+            int j = row0 + wrow + half_ * 8;
+            if (j >= nrows || j - row0 >= TILE) continue;
+            long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
+            long grow = (long)slot * a.rows_total + b * a.hq + hh;
+            float mv = half_ ? m[0][0].y : m[0][0].x;
+            float lv = half_ ? l[0][0].y : l[0][0].x;
+            float inv = any ? 1.f / lv : 0.f;
+            float *dst = a.part_out + grow * D;
+            #pragma unroll
+            for (int c = 0; c < D / 16; c++) {
+                int col = c * 16 + 2 * (lane % 4);
+                float2 v0 = o.tiles[0][c].data[half_ ? 1 : 0];
+                float2 v1 = o.tiles[0][c].data[half_ ? 3 : 2];
+                *reinterpret_cast<float2 *>(dst + col) = make_float2(v0.x * inv, v0.y * inv);
+                *reinterpret_cast<float2 *>(dst + col + 8) = make_float2(v1.x * inv, v1.y * inv);
+            }
+            if (lane % 4 == 0) a.part_lse[grow] = any ? (mv + log2f(lv)) * 0.69314718055994531f : -INFINITY;
         }
-        if (lane % 4 == 0) a.part_lse[grow] = any ? (mv + log2f(lv)) * 0.69314718055994531f : -INFINITY;
     }
 }
 
 template<typename T, int D, typename SRC>
-void launch_stacked(const common_args &a, const SRC &src, int num_items, cudaStream_t stream) {
+void launch_stacked(const common_args &a, const SRC &src, int num_ctas, cudaStream_t stream) {
     auto kern = stacked_attn_kernel<T, D, SRC>;
     constexpr size_t smem = tiles<T, D>::smem;
     static bool configured = false;  // one attribute call per instantiation; not a stream op
@@ -228,7 +244,7 @@ void launch_stacked(const common_args &a, const SRC &src, int num_items, cudaStr
         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         configured = true;
     }
-    if (num_items > 0) kern<<<num_items, NTHREADS, smem, stream>>>(a, src);
+    if (num_ctas > 0) kern<<<num_ctas, NTHREADS, smem, stream>>>(a, src);
 }
 
 }  // namespace attn_tk
