@@ -224,7 +224,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     qk_scale = p.scale * LOG2E
     kc, vc = p.k_chunks, p.v_chunks
 
-    st = config.shared_tiles(t.max_group_size * ratio, d, dev)
+    st = config.shared_tiles(t.max_group_size * ratio, d, q.dtype, dev)
     st_n = min(st.block_n, max(16, config.next_pow2(csize)))
     meta = work_items(t, ratio, hkv, csize, st, dev)
     po = torch.empty(max(1, meta["rows"]), hq, d, dtype=torch.float32, device=dev)
@@ -242,7 +242,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             num_warps=st.num_warps, num_stages=st.num_stages,
         )
 
-    dt = config.decode_tiles(ratio, d, dev)
+    dt = config.decode_tiles(ratio, d, q.dtype, dev)
     dt_n = min(dt.block_n, max(16, config.next_pow2(csize)))
     max_priv = meta["max_private"]
     per = config.forced_value("private_split", None)

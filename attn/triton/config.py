@@ -80,12 +80,15 @@ def _tiles(prefix: str, bm: int, bn: int, warps: int, stages: int) -> Tiles:
                  _FORCE.get(prefix + "stages", stages))
 
 
-def shared_tiles(rows: int, d: int, device: torch.device) -> Tiles:
+def shared_tiles(rows: int, d: int, dtype: torch.dtype, device: torch.device) -> Tiles:
     """Tiles of the stacked-query phases (prefix levels, chunk-first).
 
     Many stacked rows make the phase compute-bound: 128-row tiles with 8 warps, as
-    FlashAttention-2 on Hopper. Few rows (small groups) would waste most of a 128-row tile,
-    so the tile shrinks to the rows (never below 16, the smallest ``tl.dot`` M).
+    FlashAttention-2 on Hopper, and 3 pipeline stages (measured on an H200, bf16, D = 128:
+    128 x 128 x 3 stages beat 128 x 64 x 2 stages by 1.5x; see notes/triton.md). Few rows
+    (small groups) would waste most of a 128-row tile, so the tile shrinks to the rows
+    (never below 16, the smallest ``tl.dot`` M). float32 tiles are twice the bytes: smaller
+    key blocks and 2 stages keep them in shared memory.
     """
     if "block_m" in _FORCE:
         bm = _FORCE["block_m"]
@@ -95,17 +98,22 @@ def shared_tiles(rows: int, d: int, device: torch.device) -> Tiles:
         bm = min(128, max(16, next_pow2(rows)))
     if device.type != "cuda" or interpreting():
         return _tiles("shared_", bm, 32, 4, 1)
-    warps = 8 if bm >= 128 and d >= 128 else 4
-    return _tiles("shared_", bm, 64, warps, 3 if d <= 64 or bm <= 64 else 2)
+    warps = 8 if bm >= 128 else 4
+    if dtype == torch.float32:
+        return _tiles("shared_", bm, 32, warps, 2)
+    return _tiles("shared_", bm, 128 if bm >= 128 and d >= 128 else 64, warps, 3)
 
 
-def decode_tiles(ratio: int, d: int, device: torch.device) -> Tiles:
+def decode_tiles(ratio: int, d: int, dtype: torch.dtype, device: torch.device) -> Tiles:
     """Tiles of the per-sequence phases (suffix, sequence-first): one sequence's GQA group
-    of ``ratio`` query heads, padded to 16 rows, streaming keys in blocks of 64."""
+    of ``ratio`` query heads, padded to 16 rows, streaming keys in blocks of 64 through 4
+    pipeline stages (the best of the H200 sweep on the memory-bound no-share workload)."""
     bm = max(16, next_pow2(ratio))
     if device.type != "cuda" or interpreting():
         return _tiles("decode_", bm, 32, 4, 1)
-    return _tiles("decode_", bm, 64, 4, 3)
+    if dtype == torch.float32:
+        return _tiles("decode_", bm, 32, 4, 3)
+    return _tiles("decode_", bm, 64, 4, 4)
 
 
 def slots(tiles: Tiles, device: torch.device) -> int:

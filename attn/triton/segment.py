@@ -33,7 +33,7 @@ def _segment_kernel(
     stride_vg, stride_vp, stride_vh,
     stride_pp, stride_pb, stride_ph,
     num_kv_heads, seqs_per_group, ratio, length, split_len, part_base, qk_scale,
-    HAS_LENS: tl.constexpr, FOLD: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
+    HAS_LENS: tl.constexpr, FOLD: tl.constexpr, FOLD_PARTS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -73,7 +73,8 @@ def _segment_kernel(
     if FOLD:
         # Last phase (one split): fold in the earlier phases' states of these rows and
         # write the final output, instead of writing one more partial state to merge.
-        for k in range(0, part_base):
+        # Unrolled, so that the loads of all the states are in flight together.
+        for k in tl.static_range(FOLD_PARTS):
             prow = k * stride_pp + seq * stride_pb + head * stride_ph
             o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
             lse_k = tl.load(PL + prow, mask=row_ok, other=float("-inf"))
@@ -116,6 +117,7 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
         b * hq, hq, 1,
         hkv, b // g, ratio, length, split_len, part_base, scale * LOG2E,
         HAS_LENS=lens is not None, FOLD=fold_into is not None,
+        FOLD_PARTS=part_base if fold_into is not None else 0,
         EVEN=lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0, IEEE=q.dtype == torch.float32,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages,

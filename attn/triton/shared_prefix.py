@@ -25,13 +25,13 @@ def plan(p: SharedPrefixProblem):
     for i, lk in enumerate(p.prefix_k):
         g, length = lk.shape[:2]
         rows = (b // g) * ratio
-        tiles = config.shared_tiles(rows, d, dev)
+        tiles = config.shared_tiles(rows, d, p.dtype, dev)
         base = g * hkv * config.cdiv(rows, tiles.block_m)
         splits, split_len = config.num_splits(length, base, tiles, dev, "prefix_split")
         steps.append(("prefix", i, splits, split_len, tiles))
     s = p.suffix_capacity
     if s > 0:
-        tiles = config.decode_tiles(ratio, d, dev)
+        tiles = config.decode_tiles(ratio, d, p.dtype, dev)
         splits, split_len = config.num_splits(s, b * hkv, tiles, dev, "suffix_split")
         steps.append(("suffix", -1, splits, split_len, tiles))
     return steps
