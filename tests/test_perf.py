@@ -105,3 +105,17 @@ def test_graph_timing_agrees_with_do_bench():
     print(f"graph replay {ours.median_us:.1f} us ({ours.method}, {ours.calls} calls/round), do_bench {theirs * 1e6:.1f} us")
     assert ours.method == "cuda-graph", ours.note
     assert abs(ours.median_s / theirs - 1) < 0.05
+
+
+@pytest.mark.gpu
+def test_no_kernel_streams_faster_than_the_bandwidth_ceiling():
+    """The roofline is only a floor if the measured bandwidth is the real one: sdpa on
+    no-share (one flash kernel streaming 0.5 GB of K/V) must not beat it by more than noise."""
+    from attn.timing import ceilings
+
+    c = ceilings()
+    inp = cases.build_inputs(spec_workload("no-share"), torch.bfloat16, "cuda")
+    t = time_op(cases.op_callable(cases.SDPA, inp, cases.SDPA_OP), "cuda")
+    m = metrics(inp.workload, torch.bfloat16, t.median_s, ceilings=c)
+    print(f"ceiling {c.bandwidth / 1e12:.2f} TB/s by way {c.copy_TBps_by_way}; sdpa no-share {m['TBps']:.2f} TB/s")
+    assert m["roofline_fraction"] <= 1.05
