@@ -171,3 +171,25 @@ def test_no_host_synchronisation(triton_backend):
             b.run(p)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_strided_inputs(triton_backend, dtype):
+    # Only the head dim must be unit-stride: q sliced from a wider tensor, a permuted prefix,
+    # a permuted and a step-2 suffix.
+    g = torch.Generator().manual_seed(5)
+    rnd = lambda *s: torch.randn(*s, generator=g).to(dtype=dtype, device=DEVICE)  # noqa: E731
+    b, hq, hkv, d, p, s = 4, 8, 2, 64, 70, 33
+    q = rnd(b, hq, 2 * d)[:, :, :d]
+    pk, pv = rnd(1, hkv, p, d).permute(0, 2, 1, 3), rnd(1, hkv, p, d).permute(0, 2, 1, 3)
+    sk, sv = rnd(b, hkv, s, d).permute(0, 2, 1, 3), rnd(b, 2 * s, hkv, d)[:, ::2]
+    lens = torch.tensor([0, 5, 33, 17], dtype=torch.int32, device=DEVICE)
+    args = (q, [pk], [pv], sk, sv, lens)
+    out, lse = attn.shared_prefix_attention(*args, return_lse=True, backend="triton")
+    verdict = Oracle(shared_prefix_problem(*args)).judge(out, lse)
+    assert verdict.ok, str(verdict)
+    inp = to_chunk_form(make_inputs(W("c", 3, 8, 2, ((1, 40),), 20, 64), dtype, DEVICE), 16)
+    args = (torch.cat([inp.q, inp.q], 2)[:, :, :64], inp.k_chunks, inp.v_chunks, inp.table)
+    out, lse = attn.chunk_attention(*args, return_lse=True, backend="triton")
+    verdict = Oracle(chunk_problem(*args)).judge(out, lse)
+    assert verdict.ok and out.is_contiguous(), str(verdict)

@@ -216,7 +216,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     hkv, csize = p.num_kv_heads, p.chunk_size
     ratio = hq // hkv
     dev = q.device
-    out = torch.empty_like(q)
+    out = torch.empty(n, hq, d, dtype=q.dtype, device=dev)
     lse = torch.empty(n, hq, dtype=torch.float32, device=dev)
     if n == 0:
         return out, lse
