@@ -260,7 +260,11 @@ def test_level_plan_splits_long_prefix():
     prefix = items[items[:, plan.F_SRC] == 0]
     assert len(set(prefix[:, plan.F_TILE0].tolist())) > 1  # split along the prefix
     assert (prefix[:, plan.F_FLAGS] == 0).all()            # 1024 stacked rows: row-split blocks
-    assert nslot == plan.SLOTS_PER_SPLIT * (len(set(prefix[:, plan.F_TILE0].tolist())) + 1)
+    suffix = items[items[:, plan.F_SRC] == 1]
+    assert (suffix[:, plan.F_FLAGS] == 1).all()            # decode: kv-split, two slots per split
+    n_pre, n_suf = len(set(prefix[:, plan.F_TILE0].tolist())), len(set(suffix[:, plan.F_TILE0].tolist()))
+    assert nslot == n_pre + plan.SLOTS_PER_SPLIT * n_suf
+    assert prefix[:, plan.F_SLOT].max() < n_pre <= suffix[:, plan.F_SLOT].min()
 
 
 # ---- GPU: agreement, tk vs triton, CUDA graphs ------------------------------------------

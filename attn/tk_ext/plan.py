@@ -15,8 +15,8 @@ ITEM_INTS = 12
 TILE = 64       # keys per tile, query rows per consumer warpgroup
 NWG = 2         # consumer warpgroups per CTA
 BLOCK_ROWS = TILE * NWG
-# A kv-split item's warpgroups take alternate tiles and write slot and slot + 1: every split
-# owns two slots.
+# A kv-split item's warpgroups take alternate tiles and write slot and slot + 1, so each split
+# of a phase with kv-split items owns two slots (a phase of row-split items only, one).
 SLOTS_PER_SPLIT = NWG
 MIN_TILES_ROWS = 4   # fewest tiles of a row-split item (more splits only add merge traffic)
 MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
@@ -24,13 +24,22 @@ MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
 F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
 
 
-def num_splits(base_items: int, ntiles: int, kv_split: bool, target: int) -> int:
-    """Split-K factor: enough items to fill ``target`` CTAs, never slices under the minimum."""
-    if ntiles <= 0 or base_items <= 0:
+def split_cap(total_tiles: int, num_ctas: int) -> int:
+    """Most tiles one item should take so that the persistent CTAs balance.
+
+    CTAs run about ``total / num_ctas`` tiles each; items of at most half that let the
+    longest-first schedule even them out, while fewer, longer items keep the number of
+    partial slots (merge traffic) down.
+    """
+    return max(MIN_TILES_ROWS, math.ceil(total_tiles / (2 * max(1, num_ctas))))
+
+
+def num_splits(ntiles: int, kv_split: bool, cap: int) -> int:
+    """Split-K factor of ``ntiles`` tiles: slices of at most ``cap``, never under the minimum."""
+    if ntiles <= 0:
         return 1
     min_tiles = MIN_TILES_KV if kv_split else MIN_TILES_ROWS
-    most = max(1, ntiles // min_tiles)
-    return max(1, min(most, math.ceil(target / base_items)))
+    return max(1, min(math.ceil(ntiles / cap), ntiles // min_tiles))
 
 
 def _item(kv_split, src, gidx, head, seq0, nrows, row0, t0, t1, keylen, slot):
@@ -59,34 +68,28 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
     nslot : number of partial slots.
     """
     r = hq // hkv
-    target = 2 * num_sms
-    items, slot = [], 0
+    phases = []  # (src, groups, rows per group, row blocks, tiles, keylen)
     for src, (g, p) in enumerate(levels):
-        nseq = batch // g
-        rows = nseq * r
-        blocks = _row_blocks(rows)
-        ntiles = math.ceil(p / TILE)
-        nsplit = num_splits(g * hkv * len(blocks), ntiles, all(kv for _, kv in blocks), target)
+        rows = (batch // g) * r
+        phases.append((src, g, rows, _row_blocks(rows), math.ceil(p / TILE), p))
+    if suffix > 0:
+        phases.append((len(levels), batch, r, _row_blocks(r), math.ceil(suffix / TILE), -1 if ragged else suffix))
+    cap = split_cap(sum(g * hkv * len(bl) * nt for _, g, _, bl, nt, _ in phases), num_sms)
+    items, slot = [], 0
+    for src, g, rows, blocks, ntiles, keylen in phases:
+        kv_all = all(kv for _, kv in blocks)
+        nsplit = num_splits(ntiles, kv_all, cap)
+        width = SLOTS_PER_SPLIT if any(kv for _, kv in blocks) else 1
         per = math.ceil(ntiles / nsplit)
+        suffix_phase = src == len(levels)
         for j in range(nsplit):
             t0, t1 = j * per, min(ntiles, (j + 1) * per)
             for gi in range(g):
+                seq0 = gi if suffix_phase else gi * (batch // g)
                 for h in range(hkv):
                     for row0, kv in blocks:
-                        items.append(_item(kv, src, gi, h, gi * nseq, rows, row0, t0, t1, p, slot + SLOTS_PER_SPLIT * j))
-        slot += SLOTS_PER_SPLIT * nsplit
-    if suffix > 0:
-        src = len(levels)
-        ntiles = math.ceil(suffix / TILE)
-        nsplit = num_splits(batch * hkv, ntiles, True, target)
-        per = math.ceil(ntiles / nsplit)
-        for j in range(nsplit):
-            t0, t1 = j * per, min(ntiles, (j + 1) * per)
-            for b in range(batch):
-                for h in range(hkv):
-                    items.append(_item(True, src, b, h, b, r, 0, t0, t1, -1 if ragged else suffix,
-                                       slot + SLOTS_PER_SPLIT * j))
-        slot += SLOTS_PER_SPLIT * nsplit
+                        items.append(_item(kv, src, gi, h, seq0, rows, row0, t0, t1, keylen, slot + width * j))
+        slot += width * nsplit
     return np.asarray(items, dtype=np.int32).reshape(-1, ITEM_INTS), slot
 
 
@@ -104,7 +107,6 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     """
     r = hq // hkv
     tpc = math.ceil(chunk_size / TILE)
-    target = 2 * num_sms
     sc, sh, sb, se = host["seq_chunks"], host["shared_chunks"], host["shared_begin"], host["shared_end"]
     rng = {int(c): (int(b), int(e)) for c, b, e in zip(sh, sb, se)}
     groups: dict = {}
@@ -113,6 +115,10 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     for be in groups:
         row = sc[be[0]]
         groups[be] = [int(c) for c in row[row >= 0] if int(c) in rng and rng[int(c)] == be]
+    priv = [[int(c) for c in row if c >= 0] for row in host["private_chunks"]]
+    total = sum(hkv * len(_row_blocks((e - b) * r)) * len(ch) * tpc for (b, e), ch in groups.items())
+    total += sum(hkv * len(ch) * tpc for ch in priv)
+    cap = split_cap(total, num_sms)
     chunk_list: list = []
     items: list = []
     nxt = np.zeros(num_seqs, dtype=np.int64)  # first free slot of each row
@@ -124,31 +130,27 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
         rows = (e - b) * r
         blocks = _row_blocks(rows)
         ntiles = len(chunks) * tpc
-        nsplit = num_splits(hkv * len(blocks), ntiles, all(kv for _, kv in blocks), target)
+        nsplit = num_splits(ntiles, all(kv for _, kv in blocks), cap)
+        width = SLOTS_PER_SPLIT if any(kv for _, kv in blocks) else 1
         per = math.ceil(ntiles / nsplit)
         base = int(nxt[b:e].max())
         for j in range(nsplit):
             t0, t1 = j * per, min(ntiles, (j + 1) * per)
             for h in range(hkv):
                 for row0, kv in blocks:
-                    items.append(_item(kv, 0, off, h, b, rows, row0, t0, t1, 0, base + SLOTS_PER_SPLIT * j))
-        nxt[b:e] = base + SLOTS_PER_SPLIT * nsplit
-    priv = host["private_chunks"]
-    longest = max([int((p >= 0).sum()) for p in priv] + [0]) * tpc
-    nsplit = num_splits(num_seqs * hkv, longest, True, target)
-    for n in range(num_seqs):
-        chunks = [int(c) for c in priv[n] if c >= 0]
+                    items.append(_item(kv, 0, off, h, b, rows, row0, t0, t1, 0, base + width * j))
+        nxt[b:e] = base + width * nsplit
+    for n, chunks in enumerate(priv):
         if not chunks:
             continue
         off = len(chunk_list)
         chunk_list += chunks
         ntiles = len(chunks) * tpc
+        nsplit = num_splits(ntiles, True, cap)
         per = math.ceil(ntiles / nsplit)
         base = int(nxt[n])
         for j in range(nsplit):
             t0, t1 = j * per, min(ntiles, (j + 1) * per)
-            if t0 >= t1:
-                continue
             for h in range(hkv):
                 items.append(_item(True, 0, off, h, n, r, 0, t0, t1, 0, base + SLOTS_PER_SPLIT * j))
         nxt[n] = base + SLOTS_PER_SPLIT * nsplit

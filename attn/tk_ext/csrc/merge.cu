@@ -17,30 +17,46 @@ template<> __device__ inline float from_f<float>(float x) { return x; }
 template<> __device__ inline __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template<> __device__ inline __half from_f<__half>(float x) { return __float2half(x); }
 
-// One warp per row; each lane holds D / 32 columns.
+// One warp per row; each lane holds D / 32 columns. The lanes read the K lses in parallel
+// (lane k holds state k's weight), so no load waits on another: a row costs about one
+// memory latency plus its bytes, not K latencies.
 template<typename TI, typename TO>
 __global__ void merge_kernel(const TI *__restrict__ outs, const float *__restrict__ lses, TO *__restrict__ out,
                              float *__restrict__ lse, int K, long R, int D) {
     long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= R) return;
-    float m = -INFINITY;
-    for (int k = 0; k < K; k++) m = fmaxf(m, lses[k * R + row]);
     float acc[8];
     #pragma unroll
     for (int i = 0; i < 8; i++) acc[i] = 0.f;
-    float l = 0.f;
-    if (m != -INFINITY) {
-        for (int k = 0; k < K; k++) {
-            float s = lses[k * R + row];
-            if (s == -INFINITY) continue;
-            float w = __expf(s - m);
-            l += w;
-            const TI *src = outs + ((long)k * R + row) * D;
+    float m = -INFINITY, l = 0.f;
+    for (int k0 = 0; k0 < K; k0 += 32) {
+        float s = k0 + lane < K ? lses[(long)(k0 + lane) * R + row] : -INFINITY;
+        float mk = s;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, o));
+        if (mk == -INFINITY) continue;
+        float m_new = fmaxf(m, mk);
+        float rescale = m == -INFINITY ? 0.f : __expf(m - m_new);
+        l *= rescale;
+        #pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] *= rescale;
+        m = m_new;
+        float w = s == -INFINITY ? 0.f : __expf(s - m);
+        float ws = w;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, o);
+        l += ws;
+        int kn = min(32, K - k0);
+        #pragma unroll 4
+        for (int k = 0; k < kn; k++) {
+            float wk = __shfl_sync(0xffffffffu, w, k);
+            if (wk == 0.f) continue;  // a state with no keys: its out is never read
+            const TI *src = outs + ((long)(k0 + k) * R + row) * D;
             #pragma unroll
             for (int i = 0; i < 8; i++) {
                 int c = lane + 32 * i;
-                if (c < D) acc[i] += w * to_f<TI>(src[c]);
+                if (c < D) acc[i] += wk * to_f<TI>(src[c]);
             }
         }
     }

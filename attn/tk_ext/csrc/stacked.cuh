@@ -11,7 +11,8 @@
 // a partial buffer; merge.cu combines the slots of each row.
 //
 // CTA layout: NWG consumer warpgroups (64 query rows each, wgmma) + 1 producer warpgroup
-// whose first warp streams K/V tiles with TMA through a STAGES-deep ring of shared tiles.
+// whose first warp streams K/V tiles with TMA through a STAGES-deep ring of shared tiles and
+// whose second warp gathers the next item's query rows into a second buffer of query tiles.
 // Items with more than 64 rows split the rows between the consumer warpgroups ("row split",
 // both consume every tile); items with at most 64 rows (decode) split the tiles instead
 // ("kv split": warpgroup w takes tiles w, w+NWG, ... and writes slot + w), so that decode
@@ -52,10 +53,11 @@ template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; te
 template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; template<int R, int C> using rt_t = rt_hf<R, C>; };
 
 template<typename T, int D> struct tiles {
-    static constexpr int STAGES = D == 64 ? 4 : 3;
+    // Deep rings: decode items are memory-bound and the ring must cover item switches.
+    static constexpr int STAGES = D == 64 ? 8 : 4;
     using q_tile = typename dt<T>::template st_t<TILE, D>;
     using kv_tile = typename dt<T>::template st_t<TILE, D>;
-    static constexpr size_t smem = sizeof(q_tile) * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
+    static constexpr size_t smem = sizeof(q_tile) * 2 * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
 };
 
 // What every item needs besides its K/V source.
@@ -75,15 +77,15 @@ __device__ inline void named_sync(int id) {
     asm volatile("bar.sync %0, %1;\n" :: "r"(id), "n"(128) : "memory");
 }
 
-// Loads this warpgroup's 64 stacked query rows into shared memory (zero beyond nrows).
+// Loads 64 stacked query rows into shared memory (zero beyond nrows), by one warp.
 // The rows are gathered (row j is sequence seq0 + j / r, head h * r + j % r), so this is a
 // plain vectorised load, not TMA.
 template<typename T, int D, typename QT>
 __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, int row0, int nrows) {
     constexpr int VEC = 8;  // 16 bytes
     const T *q = reinterpret_cast<const T *>(a.q);
-    int tid = threadIdx.x % 128;
-    for (int i = tid; i < TILE * (D / VEC); i += 128) {
+    int tid = threadIdx.x % 32;
+    for (int i = tid; i < TILE * (D / VEC); i += 32) {
         int row = i / (D / VEC), col = (i % (D / VEC)) * VEC;
         int j = row0 + row;
         uint4 v = make_uint4(0, 0, 0, 0);
@@ -109,16 +111,21 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 
     extern __shared__ int __shm[];
     tma_swizzle_allocator al((int *)&__shm[0]);
-    q_tile(&q_smem)[NWG] = al.allocate<q_tile, NWG>();
+    // Two buffers of NWG query tiles: the producer fills item i + 1's while item i runs.
+    q_tile(&q_smem)[2 * NWG] = al.allocate<q_tile, 2 * NWG>();
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
-    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES];
+    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[2], q_empty[2];
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
             init_semaphore(k_full[s], 0, 1);
             init_semaphore(v_full[s], 0, 1);
             init_semaphore(done[s], NWG, 0);
+        }
+        for (int b = 0; b < 2; b++) {
+            init_semaphore(q_full[b], 1, 0);
+            init_semaphore(q_empty[b], NWG, 0);
         }
     }
     __syncthreads();
@@ -129,7 +136,20 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     const int first = a.cta_items[blockIdx.x], last = a.cta_items[blockIdx.x + 1];
     const int wg = threadIdx.x / 128;
     if (wg == NWG) {
-        warpgroup::decrease_registers<40>();
+        warpgroup::decrease_registers<56>();
+        if (warpid() % 4 == 1) {
+            // Query warp: gathers each item's stacked query rows one item ahead.
+            for (int i = first; i < last; i++) {
+                const int *it = a.items + (long)i * ITEM_INTS;
+                const int li = i - first, b = li & 1;
+                if (li >= 2) wait(q_empty[b], ((li >> 1) - 1) & 1);
+                const bool kv = it[F_FLAGS] & 1;
+                for (int w = 0; w < (kv ? 1 : NWG); w++)
+                    load_q<T, D>(q_smem[b * NWG + w], a, it[F_SEQ0], it[F_HEAD], it[F_ROW0] + w * TILE, it[F_NROWS]);
+                __syncwarp();
+                if (laneid() == 0) arrive(q_full[b], 1);
+            }
+        }
         if (threadIdx.x % 128 == 0) {
             int g = 0;
             for (int i = first; i < last; i++) {
@@ -157,9 +177,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
         const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
         const int slot = it[F_SLOT] + (kvsplit ? wg : 0);
-        named_sync(1 + wg);  // every warp is done with the previous item's q tile
-        load_q<T, D>(q_smem[wg], a, seq0, h, row0, nrows);
-        named_sync(1 + wg);
+        const int li = i - first, qb = li & 1;
+        q_tile &qt = q_smem[qb * NWG + (kvsplit ? 0 : wg)];  // kv split: both read one tile
+        wait(q_full[qb], (li >> 1) & 1);
 
         rt_fl<16, TILE> att;
         typename dt<T>::template rt_t<16, TILE> att_lp;
@@ -179,7 +199,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
             if (mine) {
                 any = true;
-                warpgroup::mm_ABt(att, q_smem[wg], k_smem[s]);
+                warpgroup::mm_ABt(att, qt, k_smem[s]);
                 warpgroup::mma_async_wait();
                 warp::mul(att, att, a.scale_log2);
                 if (valid < TILE) {
@@ -209,6 +229,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             }
             if (warpgroup::laneid() == 0) arrive(done[s], 1);
         }
+        named_sync(1 + wg);  // every warp's wgmma on qt has completed
+        if (warpgroup::laneid() == 0) arrive(q_empty[qb], 1);
 
         // Epilogue: normalised partial out and natural-log lse of this warpgroup's rows.
         const int wrow = (warpid() % 4) * 16 + lane / 4;
