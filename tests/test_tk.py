@@ -384,7 +384,8 @@ def test_schedule_assigns_every_item_once_and_balances():
     sched, offs = plan.schedule(items, 132)
     assert offs[0] == 0 and offs[-1] == len(items) and (np.diff(offs) >= 1).all()
     assert sorted(map(tuple, sched.tolist())) == sorted(map(tuple, items.tolist()))
-    cost = sched[:, plan.F_TILE1] - sched[:, plan.F_TILE0] + plan.ITEM_OVERHEAD
+    weight = np.where(sched[:, plan.F_FLAGS] & 1, plan.KV_TILE_COST, plan.ROW_TILE_COST)
+    cost = (sched[:, plan.F_TILE1] - sched[:, plan.F_TILE0]) * weight + plan.ITEM_OVERHEAD
     loads = [cost[offs[c]:offs[c + 1]].sum() for c in range(len(offs) - 1)]
     assert max(loads) <= cost.sum() / len(loads) + cost.max()
     few, offs2 = plan.schedule(items[:5], 132)

@@ -20,26 +20,33 @@ BLOCK_ROWS = TILE * NWG
 SLOTS_PER_SPLIT = NWG
 MIN_TILES_ROWS = 4   # fewest tiles of a row-split item (more splits only add merge traffic)
 MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
+# Cost of a tile in a CTA's time: in a row-split item both warpgroups compute on every tile
+# (and the K/V tiles mostly hit L2), in a kv-split item one does, so it costs about half.
+ROW_TILE_COST, KV_TILE_COST = 2.0, 1.0
 
 F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
 
 
-def split_cap(total_tiles: int, num_ctas: int) -> int:
-    """Most tiles one item should take so that the persistent CTAs balance.
+def tile_cost(kv_split) -> float:
+    return KV_TILE_COST if kv_split else ROW_TILE_COST
 
-    CTAs run about ``total / num_ctas`` tiles each; items of at most half that let the
+
+def split_cap(total_cost: float, num_ctas: int) -> float:
+    """Most cost one item should take so that the persistent CTAs balance.
+
+    CTAs run about ``total / num_ctas`` each; items of at most half that let the
     longest-first schedule even them out, while fewer, longer items keep the number of
     partial slots (merge traffic) down.
     """
-    return max(MIN_TILES_ROWS, math.ceil(total_tiles / (2 * max(1, num_ctas))))
+    return max(MIN_TILES_ROWS * ROW_TILE_COST, total_cost / (2 * max(1, num_ctas)))
 
 
-def num_splits(ntiles: int, kv_split: bool, cap: int) -> int:
-    """Split-K factor of ``ntiles`` tiles: slices of at most ``cap``, never under the minimum."""
+def num_splits(ntiles: int, kv_split: bool, cap: float) -> int:
+    """Split-K factor of ``ntiles`` tiles: slices of at most ``cap`` cost, never under the minimum."""
     if ntiles <= 0:
         return 1
     min_tiles = MIN_TILES_KV if kv_split else MIN_TILES_ROWS
-    return max(1, min(math.ceil(ntiles / cap), ntiles // min_tiles))
+    return max(1, min(math.ceil(ntiles * tile_cost(kv_split) / cap), ntiles // min_tiles))
 
 
 def _item(kv_split, src, gidx, head, seq0, nrows, row0, t0, t1, keylen, slot):
@@ -74,7 +81,7 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
         phases.append((src, g, rows, _row_blocks(rows), math.ceil(p / TILE), p))
     if suffix > 0:
         phases.append((len(levels), batch, r, _row_blocks(r), math.ceil(suffix / TILE), -1 if ragged else suffix))
-    cap = split_cap(sum(g * hkv * len(bl) * nt for _, g, _, bl, nt, _ in phases), num_sms)
+    cap = split_cap(sum(g * hkv * nt * tile_cost(kv) for _, g, _, bl, nt, _ in phases for _, kv in bl), num_sms)
     items, slot = [], 0
     for src, g, rows, blocks, ntiles, keylen in phases:
         kv_all = all(kv for _, kv in blocks)
@@ -116,8 +123,9 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
         row = sc[be[0]]
         groups[be] = [int(c) for c in row[row >= 0] if int(c) in rng and rng[int(c)] == be]
     priv = [[int(c) for c in row if c >= 0] for row in host["private_chunks"]]
-    total = sum(hkv * len(_row_blocks((e - b) * r)) * len(ch) * tpc for (b, e), ch in groups.items())
-    total += sum(hkv * len(ch) * tpc for ch in priv)
+    total = sum(hkv * len(ch) * tpc * tile_cost(kv) for (b, e), ch in groups.items()
+                for _, kv in _row_blocks((e - b) * r))
+    total += sum(hkv * len(ch) * tpc * KV_TILE_COST for ch in priv)
     cap = split_cap(total, num_sms)
     chunk_list: list = []
     items: list = []
@@ -159,7 +167,7 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
             np.asarray(chunk_list if chunk_list else [0], dtype=np.int32), nslot)
 
 
-ITEM_OVERHEAD = 1.0  # fixed cost of an item (q load, epilogue), in tiles
+ITEM_OVERHEAD = 1.0  # fixed cost of an item (epilogue, pipeline bubbles), in kv-split tiles
 
 
 def schedule(items: np.ndarray, num_ctas: int):
@@ -176,7 +184,8 @@ def schedule(items: np.ndarray, num_ctas: int):
     ctas = max(0, min(num_ctas, n))
     if ctas == 0:
         return items, np.zeros(1, dtype=np.int32)
-    cost = (items[:, F_TILE1] - items[:, F_TILE0]).astype(np.float64) + ITEM_OVERHEAD
+    weight = np.where(items[:, F_FLAGS] & 1, KV_TILE_COST, ROW_TILE_COST)
+    cost = (items[:, F_TILE1] - items[:, F_TILE0]) * weight + ITEM_OVERHEAD
     order = np.argsort(-cost, kind="stable")
     heap = [(0.0, c) for c in range(ctas)]
     lists: list = [[] for _ in range(ctas)]

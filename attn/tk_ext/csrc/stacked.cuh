@@ -77,9 +77,9 @@ __device__ inline void named_sync(int id) {
     asm volatile("bar.sync %0, %1;\n" :: "r"(id), "n"(128) : "memory");
 }
 
-// Loads 64 stacked query rows into shared memory (zero beyond nrows), by one warp.
-// The rows are gathered (row j is sequence seq0 + j / r, head h * r + j % r), so this is a
-// plain vectorised load, not TMA.
+// Loads 64 stacked query rows into shared memory (zero beyond nrows), by one warp, with
+// cp.async so that all of a lane's 16-byte copies are in flight at once. The rows are gathered
+// (row j is sequence seq0 + j / r, head h * r + j % r), so this is not a TMA box.
 template<typename T, int D, typename QT>
 __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, int row0, int nrows) {
     constexpr int VEC = 8;  // 16 bytes
@@ -88,14 +88,21 @@ __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, in
     for (int i = tid; i < TILE * (D / VEC); i += 32) {
         int row = i / (D / VEC), col = (i % (D / VEC)) * VEC;
         int j = row0 + row;
-        uint4 v = make_uint4(0, 0, 0, 0);
+        const T *src = q;
+        int bytes = 0;  // 0: zero-fill a padding row
         if (j < nrows) {
             long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
-            v = *reinterpret_cast<const uint4 *>(q + b * a.q_sb + hh * a.q_sh + col);
+            src = q + b * a.q_sb + hh * a.q_sh + col;
+            bytes = 16;
         }
-        *reinterpret_cast<uint4 *>(&dst[int2{row, col}]) = v;
+        uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(&dst[int2{row, col}]));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(s), "l"(src), "r"(bytes) : "memory");
     }
-    // wgmma reads shared memory through the async proxy.
+}
+
+// Makes this lane's finished cp.async copies visible to wgmma (the async proxy).
+__device__ inline void load_q_wait() {
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
@@ -146,6 +153,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 const bool kv = it[F_FLAGS] & 1;
                 for (int w = 0; w < (kv ? 1 : NWG); w++)
                     load_q<T, D>(q_smem[b * NWG + w], a, it[F_SEQ0], it[F_HEAD], it[F_ROW0] + w * TILE, it[F_NROWS]);
+                load_q_wait();
                 __syncwarp();
                 if (laneid() == 0) arrive(q_full[b], 1);
             }
