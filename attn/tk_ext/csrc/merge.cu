@@ -4,6 +4,7 @@
 // partial buffers need only their lse initialised. A row with no key gets out = 0, lse = -inf.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <type_traits>
 #include "common.h"
 
 namespace attn_tk {
@@ -69,6 +70,53 @@ __global__ void merge_kernel(const TI *__restrict__ outs, const float *__restric
     if (lane == 0) lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
+// The internal path (float32 partials, D <= 128): lane l owns columns [4l, 4l + 4), so each
+// state costs one 16-byte load per lane instead of D / 32 scalar loads.
+template<typename TO>
+__global__ void merge_f4_kernel(const float *__restrict__ outs, const float *__restrict__ lses, TO *__restrict__ out,
+                                float *__restrict__ lse, int K, long R, int D) {
+    long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= R) return;
+    const bool mine = lane * 4 < D;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    float m = -INFINITY, l = 0.f;
+    for (int k0 = 0; k0 < K; k0 += 32) {
+        float s = k0 + lane < K ? lses[(long)(k0 + lane) * R + row] : -INFINITY;
+        float mk = s;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, o));
+        if (mk == -INFINITY) continue;
+        float m_new = fmaxf(m, mk);
+        float rescale = m == -INFINITY ? 0.f : __expf(m - m_new);
+        l *= rescale;
+        acc.x *= rescale; acc.y *= rescale; acc.z *= rescale; acc.w *= rescale;
+        m = m_new;
+        float w = s == -INFINITY ? 0.f : __expf(s - m);
+        float ws = w;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, o);
+        l += ws;
+        int kn = min(32, K - k0);
+        #pragma unroll 4
+        for (int k = 0; k < kn; k++) {
+            float wk = __shfl_sync(0xffffffffu, w, k);
+            if (wk == 0.f || !mine) continue;  // a state with no keys: its out is never read
+            float4 v = reinterpret_cast<const float4 *>(outs + ((long)(k0 + k) * R + row) * D)[lane];
+            acc.x += wk * v.x; acc.y += wk * v.y; acc.z += wk * v.z; acc.w += wk * v.w;
+        }
+    }
+    float inv = l > 0.f ? 1.f / l : 0.f;
+    if (mine) {
+        TO *dst = out + row * D + lane * 4;
+        dst[0] = from_f<TO>(acc.x * inv);
+        dst[1] = from_f<TO>(acc.y * inv);
+        dst[2] = from_f<TO>(acc.z * inv);
+        dst[3] = from_f<TO>(acc.w * inv);
+    }
+    if (lane == 0) lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
 template<typename TI, typename TO>
 static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &out, at::Tensor &lse) {
     int K = (int)outs.size(0);
@@ -77,6 +125,14 @@ static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &o
     if (R == 0) return;
     constexpr int ROWS = 8;
     dim3 grid((unsigned)((R + ROWS - 1) / ROWS));
+    if constexpr (std::is_same_v<TI, float>) {
+        if (D % 4 == 0 && D <= 128) {
+            merge_f4_kernel<TO><<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+                outs.data_ptr<float>(), lses.data_ptr<float>(), reinterpret_cast<TO *>(out.data_ptr()),
+                lse.data_ptr<float>(), K, R, D);
+            return;
+        }
+    }
     merge_kernel<TI, TO><<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),
         reinterpret_cast<TO *>(out.data_ptr()), lse.data_ptr<float>(), K, R, D);
