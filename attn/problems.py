@@ -193,7 +193,7 @@ def _check_lengths_in_range(lens: torch.Tensor, s: int) -> None:
         return
     if lens.numel() == 0:
         return
-    lo, hi = int(lens.min()), int(lens.max())
+    lo, hi = (int(x) for x in torch.aminmax(lens))  # one host sync, not two
     if lo < 0 or hi > s:
         raise ValueError(f"suffix_lens must lie in [0, S={s}], got values in [{lo}, {hi}]")
 
