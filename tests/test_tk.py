@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import attn
-from attn.problems import chunk_problem, merge_problem, shared_prefix_problem
+from attn.problems import shared_prefix_problem
 from attn.reference import reference
 from attn.testing import Oracle
 from attn.tk_ext import backend as tkb

@@ -59,6 +59,7 @@ void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, a
                        at::Tensor chunk_lens, at::Tensor items, at::Tensor cta_items, double scale,
                        at::Tensor part_out, at::Tensor part_lse) {
     using namespace attn_tk;
+    const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");
     TORCH_CHECK(k_chunks.is_contiguous() && v_chunks.is_contiguous(), "tk: chunk pools must be contiguous");
     const int d = (int)q.size(2);

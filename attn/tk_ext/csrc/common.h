@@ -1,6 +1,7 @@
 // Torch-side includes and the entry points each .cu file defines (registered in bindings.cpp).
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/Optional.h>

@@ -144,6 +144,7 @@ static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &o
 // out [R, D] (bfloat16, float16 or float32), lse float32 [R].
 void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse) {
     using namespace attn_tk;
+    const c10::cuda::CUDAGuard guard(outs.device());  // launch on the tensors' GPU
     TORCH_CHECK(outs.is_contiguous() && lses.is_contiguous() && out.is_contiguous() && lse.is_contiguous(),
                 "tk merge: contiguous tensors expected");
     TORCH_CHECK(outs.size(2) <= 256, "tk merge: head dim at most 256");

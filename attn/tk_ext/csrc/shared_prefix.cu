@@ -72,6 +72,7 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                at::Tensor part_out, at::Tensor part_lse) {
     using namespace attn_tk;
+    const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(!ks.empty() && ks.size() == vs.size() && ks.size() <= (size_t)MAX_SRC, "tk: 1..6 K/V sources");
     TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");
     at::Tensor l = lens.has_value() ? *lens : at::Tensor();

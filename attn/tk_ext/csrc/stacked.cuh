@@ -269,10 +269,13 @@ template<typename T, int D, typename SRC>
 void launch_stacked(const common_args &a, const SRC &src, int num_ctas, cudaStream_t stream) {
     auto kern = stacked_attn_kernel<T, D, SRC>;
     constexpr size_t smem = tiles<T, D>::smem;
-    static bool configured = false;  // one attribute call per instantiation; not a stream op
-    if (!configured) {
+    // One attribute call per instantiation and device (not a stream op, so graph-safe).
+    static bool configured[64] = {};
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev >= 64 || !configured[dev]) {
         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        configured = true;
+        if (dev < 64) configured[dev] = true;
     }
     if (num_ctas > 0) kern<<<num_ctas, NTHREADS, smem, stream>>>(a, src);
 }
