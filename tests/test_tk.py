@@ -392,3 +392,67 @@ def test_schedule_assigns_every_item_once_and_balances():
     assert len(offs2) == 6  # never more CTAs than items
     empty, offs3 = plan.schedule(items[:0], 132)
     assert offs3.tolist() == [0]
+
+
+def _fake_build_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(build, "environment_reasons", lambda: [])
+    monkeypatch.setattr(build, "tk_root", lambda: tmp_path)
+    monkeypatch.setattr(build, "_module", None)
+    monkeypatch.setattr(build, "_failure", None)
+
+
+def test_concurrent_builds_are_serialised(monkeypatch, tmp_path):
+    import threading
+    import time
+
+    from torch.utils import cpp_extension
+
+    _fake_build_env(monkeypatch, tmp_path)
+    state = {"inside": 0, "most": 0, "calls": 0}
+    guard = threading.Lock()
+
+    def fake_load(**kw):
+        with guard:
+            state["inside"] += 1
+            state["calls"] += 1
+            state["most"] = max(state["most"], state["inside"])
+        assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0a"
+        time.sleep(0.2)
+        with guard:
+            state["inside"] -= 1
+        return type("Mod", (), {"__file__": kw["name"]})()
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+
+    def worker():
+        # Each thread stands for a process: its own module cache, its own open of the lock file.
+        build._module = None
+        build.load()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state["calls"] >= 1 and state["most"] == 1
+
+
+def test_failed_build_writes_log_and_marker(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    _fake_build_env(monkeypatch, tmp_path)
+
+    def broken(**kw):
+        raise RuntimeError("nvcc: error: boom")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    with pytest.raises(build.TKBuildError, match="build.log"):
+        build.load()
+    d = build.build_dir()
+    assert "boom" in (d / "build.log").read_text()
+    assert (d / "FAILED").is_file()
+    monkeypatch.setattr(build, "_failure", None)  # a fresh process still sees the failure
+    assert any(str(d / "build.log") in r for r in build.unavailable_reasons())
+    with pytest.raises(build.TKBuildError, match="failed to build earlier"):
+        build.load()
