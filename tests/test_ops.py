@@ -138,7 +138,7 @@ def _states(k, seed, empty=()):
     lses = torch.randn(k, 3, 5, generator=g, dtype=torch.float64) * 3
     for i in empty:
         lses[i] = float("-inf")
-    return outs, lses
+    return outs.to(DEVICE), lses.to(DEVICE)
 
 
 def test_merge_is_associative_and_order_independent(backend):
