@@ -16,10 +16,7 @@ from .problems import ChunkProblem, MergeProblem, SharedPrefixProblem
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation and lse dtype: float64 for float64 inputs, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -115,14 +112,14 @@ class TorchBackend(Backend):
 
     def run_merge(self, p: MergeProblem):
         out, lse = merge(p.outs, p.lses)
-        return out.to(p.dtype), lse.to(_lse_dtype(p.dtype))
+        return out.to(p.dtype), lse.to(_acc_dtype(p.dtype))
 
     @staticmethod
     def _finish(outs, lses, q):
         if not outs:
-            return torch.zeros_like(q), torch.full(q.shape[:2], float("-inf"), dtype=_lse_dtype(q.dtype), device=q.device)
+            return torch.zeros_like(q), torch.full(q.shape[:2], float("-inf"), dtype=_acc_dtype(q.dtype), device=q.device)
         if len(outs) == 1:
             out, lse = outs[0], lses[0]
         else:
             out, lse = merge(torch.stack(outs), torch.stack(lses))
-        return out.to(q.dtype), lse.to(_lse_dtype(q.dtype))
+        return out.to(q.dtype), lse.to(_acc_dtype(q.dtype))

@@ -7,7 +7,7 @@ same keys and values.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -88,7 +88,6 @@ class ChunkInputs:
     k_chunks: torch.Tensor
     v_chunks: torch.Tensor
     table: ChunkTable
-    extra: dict = field(default_factory=dict)
 
     def args(self) -> tuple:
         return (self.q, self.k_chunks, self.v_chunks, self.table)
