@@ -34,14 +34,18 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("backend_name", selected_backends(metafunc.config))
 
 
-@pytest.fixture
-def backend(backend_name):
+def require_backend(name: str):
     """The backend instance; skips with the backend's own reasons when it cannot run here."""
-    b = attn.get_backend(backend_name)
+    b = attn.get_backend(name)
     reasons = b.unavailable_reasons()
     if reasons:
-        pytest.skip(f"backend {backend_name} unavailable: " + "; ".join(reasons))
+        pytest.skip(f"backend {name} unavailable: " + "; ".join(reasons))
     return b
+
+
+@pytest.fixture
+def backend(backend_name):
+    return require_backend(backend_name)
 
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

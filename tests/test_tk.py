@@ -23,6 +23,7 @@ from attn.tk_ext import build, plan
 from attn.torch_backend import merge
 from attn.workloads import Workload, make_inputs, to_chunk_form
 from cases import CASES
+from conftest import require_backend
 
 W = Workload
 
@@ -271,11 +272,7 @@ def test_level_plan_splits_long_prefix():
 
 @pytest.fixture(scope="module")
 def tk():
-    b = attn.get_backend("tk")
-    reasons = b.unavailable_reasons()
-    if reasons:
-        pytest.skip("tk unavailable: " + "; ".join(reasons))
-    return b
+    return require_backend("tk")
 
 
 def _call(case_op, inp, backend):

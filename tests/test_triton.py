@@ -13,18 +13,14 @@ import attn
 from attn.problems import chunk_problem, merge_problem, shared_prefix_problem
 from attn.testing import Oracle
 from attn.workloads import Workload, make_inputs, to_chunk_form
-from conftest import DEVICE
+from conftest import DEVICE, require_backend
 
 W = Workload
 
 
 @pytest.fixture
 def triton_backend():
-    b = attn.get_backend("triton")
-    reasons = b.unavailable_reasons()
-    if reasons:
-        pytest.skip("triton unavailable: " + "; ".join(reasons))
-    return b
+    return require_backend("triton")
 
 
 def _config():
