@@ -66,12 +66,7 @@ def run_plot(records: list, path, title: str) -> Path:
     axes[-1].set_xticks(range(len(groups)))
     axes[-1].set_xticklabels(groups, rotation=60, ha="right", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def history_plot(points: list, name: str, path, title: str = "") -> Path:
@@ -93,6 +88,10 @@ def history_plot(points: list, name: str, path, title: str = "") -> Path:
             ax.annotate(f"{100 * p[2]:.0f}% roof", (x, p[1]), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=7)
     ax.set_title(title or name)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
