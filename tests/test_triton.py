@@ -39,13 +39,14 @@ def _check_shared(w, dtype, seed=0, **force):
     assert verdict.ok, f"{w} {dtype} {force}: {verdict}"
 
 
-def _check_chunk(w, c, dtype, seed=0, **force):
-    inp = to_chunk_form(make_inputs(w, dtype, DEVICE, seed=seed), c, shuffle=True, seed=seed)
+def _check_chunk(w, c, dtype, seed=0, shuffle=True, **force):
+    inp = to_chunk_form(make_inputs(w, dtype, DEVICE, seed=seed), c, shuffle=shuffle, seed=seed)
     problem = chunk_problem(*inp.args())
     with _config().forced(**force):
         out, lse = attn.chunk_attention(*inp.args(), return_lse=True, backend="triton")
     verdict = Oracle(problem).judge(out, lse)
-    assert verdict.ok, f"{w} C={c} {dtype} {force}: {verdict}"
+    assert verdict.ok, f"{w} C={c} {dtype} shuffle={shuffle} {force}: {verdict}"
+    return inp
 
 
 DTYPES = [torch.float16, torch.float32]
@@ -78,6 +79,43 @@ def test_chunk_split_and_tiling_paths(triton_backend, dtype):
     _check_chunk(w, 32, dtype, seed=1)
     # Every chunk full: the kernels take their unmasked path.
     _check_chunk(W("full", 4, 8, 2, ((1, 64), (2, 32)), 32, 64), 16, dtype, seed=2)
+
+
+def _contig_flags(inp):
+    meta = next(iter(inp.table.host["triton"].values()))
+    return meta["shared_contig"], meta["private_contig"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_chunk_consecutive_ids_path(triton_backend, dtype):
+    # A pool filled in order: every work item and every sequence's private chunks are runs of
+    # consecutive ids, so both phases compute chunk ids instead of loading them.
+    w = W("runs", 6, 8, 2, ((1, 70), (2, 33)), 50, 64, ragged=True)
+    inp = _check_chunk(w, 16, dtype, shuffle=False, chunks_per_item=2, block_m=16, private_split=1)
+    assert _contig_flags(inp) == (True, True)
+    # Full chunks (unmasked), one split, C larger than the decode key block.
+    inp = _check_chunk(W("runs-full", 4, 8, 2, ((1, 128), (2, 64)), 64, 64), 64, dtype, seed=1, shuffle=False,
+                       decode_block_n=32)
+    assert _contig_flags(inp) == (True, True)
+    # The same in-order pool with the path switched off, and a shuffled pool: ids are loaded.
+    inp = _check_chunk(w, 16, dtype, seed=2, shuffle=False, contiguous=False)
+    assert _contig_flags(inp) == (False, False)
+    inp = _check_chunk(w, 16, dtype, seed=3, shuffle=True)
+    assert _contig_flags(inp) == (False, False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_overlapped_phases_then_merge(triton_backend, dtype):
+    # The GPU's plan (phases on streams, then one merge / fold kernel) forced on any device;
+    # the interpreter runs the launches in order, which checks the plan's arithmetic.
+    w = W("overlap", 6, 8, 2, ((1, 70), (2, 33)), 50, 64, ragged=True)
+    _check_shared(w, dtype, overlap=True)
+    _check_shared(w, dtype, seed=1, overlap=True, prefix_split=32, suffix_split=32)
+    _check_chunk(w, 16, dtype, seed=2, overlap=True)
+    _check_chunk(w, 16, dtype, seed=3, shuffle=False, overlap=True, private_split=1, chunks_per_item=1)
+    # And the in-order plan where the GPU would overlap.
+    _check_shared(w, dtype, seed=4, overlap=False)
+    _check_chunk(w, 32, dtype, seed=5, overlap=False)
 
 
 def test_gqa_ratio_16_and_chunk_size_48(triton_backend):

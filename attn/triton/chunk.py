@@ -10,6 +10,9 @@
   sequence to its private chunks (``table.private_chunks``), folds in the cached partial
   states of the items covering it (split 0 only) and normalises. With several splits (long
   private tails and few sequences) the splits' states are merged by :mod:`.merge`.
+- **Overlapped** (on a GPU, when both phases have work): chunk-first (tensor cores) and
+  sequence-first (HBM) run concurrently on streams (:mod:`attn.streams`), sequence-first
+  writing partial states, and ``_fold_kernel`` merges both into the output.
 
 Partial chunks are masked by ``table.chunk_lens``. The work items are host metadata derived
 once per table (cached in ``table.host["triton"]``), never per call.
@@ -22,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ..problems import ChunkProblem
+from ..streams import concurrently
 from . import config
 from .merge import launch_merge
 from .segment import LOG2E
@@ -29,13 +33,22 @@ from .tile import attend_block, finish, merge_state
 
 
 @triton.jit
-def _chunk_block(q, KC, VC, CLENS, IDS, blk, kvh, m_i, l_i, acc, qk_scale,
+def _chunk_block(q, KC, VC, CLENS, IDS, first, blk, kvh, m_i, l_i, acc, qk_scale,
                  stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
-                 MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr):
     """Key block ``blk`` of the chunk list ``IDS``: block ``blk % BLOCKS_PER_CHUNK`` of chunk
-    ``IDS[blk // BLOCKS_PER_CHUNK]``, masked by the chunk's length when ``MASKED``."""
-    c = tl.load(IDS + blk // BLOCKS_PER_CHUNK).to(tl.int64)
+    ``IDS[blk // BLOCKS_PER_CHUNK]``, masked by the chunk's length when ``MASKED``.
+
+    ``CONTIG``: the list is a run of consecutive ids, ``IDS[i] = first + i``. The chunk id is
+    then arithmetic on the loop counter instead of a load, so the K/V addresses of later
+    blocks are known ahead and the software pipeliner prefetches them as in the segment
+    kernel (an id loaded inside the loop leaves the loads one block deep: 1.2-1.5x slower).
+    """
+    if CONTIG:
+        c = (first + blk // BLOCKS_PER_CHUNK).to(tl.int64)
+    else:
+        c = tl.load(IDS + blk // BLOCKS_PER_CHUNK).to(tl.int64)
     offs_t = (blk % BLOCKS_PER_CHUNK) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     if MASKED:
@@ -52,8 +65,8 @@ def _chunk_first_kernel(
     Q, KC, VC, CLENS, IT_BEGIN, IT_END, IT_C0, IT_C1, IT_ROW, IT_CHUNKS, PO, PL,
     stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
     num_q_heads, ratio, qk_scale,
-    MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr,
+    CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr,
 ):
     it = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -70,15 +83,17 @@ def _chunk_first_kernel(
     c0 = tl.load(IT_C0 + it)
     # Tiles past this item's rows (the grid covers the largest group) do no work.
     c1 = tl.where(tile * BLOCK_M < rows, tl.load(IT_C1 + it), c0)
+    # Every item holds at least one chunk, so IT_CHUNKS[c0] exists.
+    first = tl.load(IT_CHUNKS + c0) - c0 if CONTIG else 0
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     # One flat loop over the key blocks of all the item's chunks, so that the compiler
     # pipelines the loads across chunk boundaries.
     for blk in range(c0 * BLOCKS_PER_CHUNK, c1 * BLOCKS_PER_CHUNK):
-        m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, IT_CHUNKS, blk, kvh, m_i, l_i, acc, qk_scale,
+        m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, IT_CHUNKS, first, blk, kvh, m_i, l_i, acc, qk_scale,
                                      stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
-                                     MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
+                                     CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
     out, lse = finish(m_i, l_i, acc)
     prow = (tl.load(IT_ROW + it) + local).to(tl.int64) * num_q_heads + head
     tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
@@ -91,7 +106,7 @@ def _seq_first_kernel(
     stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
     stride_priv, stride_items, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
     num_kv_heads, num_q_heads, ratio, chunks_per_split, qk_scale,
-    FINAL: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr,
+    FINAL: tl.constexpr, FOLD_ITEMS: tl.constexpr, CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -109,25 +124,71 @@ def _seq_first_kernel(
     acc = tl.zeros([BLOCK_H, D], tl.float32)
 
     i0 = split * chunks_per_split
-    i1 = tl.minimum(i0 + chunks_per_split, tl.load(NPRIV + n))
+    npriv = tl.load(NPRIV + n)
+    i1 = tl.minimum(i0 + chunks_per_split, npriv)
+    # A sequence without private chunks has no PRIV row to read (the table may be [N, 0]).
+    first = tl.load(PRIV + n64 * stride_priv, mask=npriv > 0, other=0) if CONTIG else 0
     for blk in range(i0 * BLOCKS_PER_CHUNK, i1 * BLOCKS_PER_CHUNK):
-        m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, PRIV + n64 * stride_priv, blk, kvh, m_i, l_i, acc,
-                                     qk_scale, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh,
-                                     stride_vt, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
+        m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, PRIV + n64 * stride_priv, first, blk, kvh, m_i, l_i,
+                                     acc, qk_scale, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh,
+                                     stride_vt, CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
 
-    # The cached chunk-first states of this sequence, folded in once (by split 0).
-    num_items = tl.where(split == 0, tl.load(NITEMS + n), 0)
-    for j in range(0, num_items):
-        item = tl.load(SEQ_ITEMS + n64 * stride_items + j)
-        prow = (tl.load(IT_ROW + item) + n - tl.load(IT_BEGIN + item)).to(tl.int64) * num_q_heads + head
-        o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=h_ok[:, None], other=0.0)
-        lse = tl.load(PL + prow, mask=h_ok, other=float("-inf"))
-        m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
+    if FOLD_ITEMS:
+        # The cached chunk-first states of this sequence, folded in once (by split 0).
+        num_items = tl.where(split == 0, tl.load(NITEMS + n), 0)
+        m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ITEMS + n64 * stride_items, num_items, n, IT_BEGIN, IT_ROW,
+                                    PO, PL, head, h_ok, num_q_heads, D)
 
     out, lse = finish(m_i, l_i, acc)
     orow = split.to(tl.int64) * stride_os + n64 * stride_on + head * stride_oh
     tl.store(OUT + orow[:, None] + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=h_ok[:, None])
     tl.store(LSE + split.to(tl.int64) * stride_ls + n64 * stride_ln + head, lse, mask=h_ok)
+
+
+@triton.jit
+def _fold_items(m_i, l_i, acc, ITEMS, num_items, n, IT_BEGIN, IT_ROW, PO, PL, head, h_ok, num_q_heads,
+                D: tl.constexpr):
+    """Fold the chunk-first partial states of sequence ``n`` (its items ``ITEMS[:num_items]``)
+    into the running state of its heads ``head``."""
+    offs_d = tl.arange(0, D)
+    for j in range(0, num_items):
+        item = tl.load(ITEMS + j)
+        prow = (tl.load(IT_ROW + item) + n - tl.load(IT_BEGIN + item)).to(tl.int64) * num_q_heads + head
+        o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=h_ok[:, None], other=0.0)
+        lse = tl.load(PL + prow, mask=h_ok, other=float("-inf"))
+        m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _fold_kernel(SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, SO, SL, OUT, LSE,
+                 stride_items, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
+                 num_kv_heads, num_q_heads, ratio, splits,
+                 BLOCK_H: tl.constexpr, D: tl.constexpr):
+    """After overlapped phases: sequence ``n``'s chunk-first states and its ``splits``
+    sequence-first states (``SO``, ``SL``) merged into the output."""
+    pid = tl.program_id(0)
+    n = pid // num_kv_heads
+    kvh = pid % num_kv_heads
+    offs_h = tl.arange(0, BLOCK_H)
+    h_ok = offs_h < ratio
+    head = kvh * ratio + offs_h
+    offs_d = tl.arange(0, D)
+    n64 = n.to(tl.int64)
+    m_i = tl.full([BLOCK_H], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, D], tl.float32)
+    m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ITEMS + n64 * stride_items, tl.load(NITEMS + n), n, IT_BEGIN,
+                                IT_ROW, PO, PL, head, h_ok, num_q_heads, D)
+    for s in range(0, splits):
+        srow = s * stride_os + n64 * stride_on + head * stride_oh
+        o = tl.load(SO + srow[:, None] + offs_d[None, :], mask=h_ok[:, None], other=0.0)
+        lse = tl.load(SL + s * stride_ls + n64 * stride_ln + head, mask=h_ok, other=float("-inf"))
+        m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
+    out, lse = finish(m_i, l_i, acc)
+    orow = n64 * num_q_heads + head
+    tl.store(OUT + orow[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=h_ok[:, None])
+    tl.store(LSE + orow, lse, mask=h_ok)
 
 
 def _t(a, device) -> torch.Tensor:
@@ -159,6 +220,12 @@ def _items_per_range(ranges: dict, tiles: dict, num_kv_heads: int, chunk_size: i
     return best
 
 
+def _consecutive(ids) -> bool:
+    """Whether ``ids`` is a run ``a, a + 1, a + 2, ...`` (a fresh cache fills its pool in order)."""
+    ids = np.asarray(ids)
+    return bool(ids.size == 0 or (np.diff(ids) == 1).all())
+
+
 def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles: config.Tiles,
                device: torch.device) -> dict:
     """Chunk-first work items of ``table`` (host-side, computed once per table and launch shape).
@@ -175,7 +242,7 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles: con
         ranges.setdefault((b, e), []).append(c)
     tile_count = {rg: config.cdiv((rg[1] - rg[0]) * ratio, block_m) for rg in ranges}
     per = _items_per_range(ranges, tile_count, num_kv_heads, chunk_size, config.slots(tiles, device)) if ranges else 1
-    key = (ratio, num_kv_heads, chunk_size, block_m, per)
+    key = (ratio, num_kv_heads, chunk_size, block_m, per, config.forced_value("contiguous", True))
     cache = h.setdefault("triton", {})
     if key in cache:
         return cache[key]
@@ -196,6 +263,11 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles: con
         seq_items[n, : len(c)] = c
     priv = h["private_chunks"]
     lens = h["chunk_lens"]
+    if config.forced_value("contiguous", True):
+        shared_contig = all(_consecutive(chunks[a:b]) for a, b in zip(c0, c1))
+        private_contig = all(_consecutive(row[row >= 0]) for row in priv)
+    else:
+        shared_contig = private_contig = False
     meta = {
         "num_items": len(begin), "rows": rows,
         "begin": _t(begin, device), "end": _t(end, device), "c0": _t(c0, device), "c1": _t(c1, device),
@@ -205,6 +277,7 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles: con
         "max_private": int(priv.shape[1]),
         "shared_full": bool((lens[sh] == chunk_size).all()) if sh.size else True,
         "private_full": bool((lens[priv[priv >= 0]] == chunk_size).all()) if priv.size else True,
+        "shared_contig": shared_contig, "private_contig": private_contig,
     }
     cache[key] = meta
     return meta
@@ -223,13 +296,18 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     ieee = q.dtype == torch.float32
     qk_scale = p.scale * LOG2E
     kc, vc = p.k_chunks, p.v_chunks
+    max_priv = int(t.private_chunks.shape[1]) if t.private_chunks.dim() == 2 else 0
+    # Both phases present: on a GPU they run concurrently and a fold kernel merges them;
+    # otherwise split 0 of the sequence-first phase folds the chunk-first states in.
+    overlap = config.overlap_phases(int(t.host["shared_chunks"].size > 0) + int(max_priv > 0), dev)
 
-    st = config.shared_tiles(t.max_group_size * ratio, d, q.dtype, dev)
+    st = config.shared_tiles(t.max_group_size * ratio, d, q.dtype, dev, overlap=overlap)
     st_n = min(st.block_n, max(16, config.next_pow2(csize)))
     meta = work_items(t, ratio, hkv, csize, st, dev)
     po = torch.empty(max(1, meta["rows"]), hq, d, dtype=torch.float32, device=dev)
     pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
-    if meta["num_items"]:
+
+    def chunk_first():
         grid = (meta["num_items"], hkv, config.cdiv(t.max_group_size * ratio, st.block_m))
         _chunk_first_kernel[grid](
             q, kc, vc, t.chunk_lens, meta["begin"], meta["end"], meta["c0"], meta["c1"], meta["row"],
@@ -237,39 +315,52 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
             vc.stride(0), vc.stride(1), vc.stride(2),
             hq, ratio, qk_scale,
-            MASKED=not (meta["shared_full"] and csize % st_n == 0), IEEE=ieee, BLOCK_M=st.block_m,
-            BLOCK_N=st_n, BLOCKS_PER_CHUNK=config.cdiv(csize, st_n), D=d,
+            CONTIG=meta["shared_contig"], MASKED=not (meta["shared_full"] and csize % st_n == 0), IEEE=ieee,
+            BLOCK_M=st.block_m, BLOCK_N=st_n, BLOCKS_PER_CHUNK=config.cdiv(csize, st_n), D=d,
             num_warps=st.num_warps, num_stages=st.num_stages,
         )
 
-    dt = config.decode_tiles(ratio, d, q.dtype, dev)
+    dt = config.decode_tiles(ratio, d, q.dtype, dev, overlap=overlap)
     dt_n = min(dt.block_n, max(16, config.next_pow2(csize)))
-    max_priv = meta["max_private"]
     per = config.forced_value("private_split", None)
     if per is None:
         # A split shorter than ~256 keys costs more in partial states than it gains.
         want = config.best_splits(n * hkv, config.cdiv(max_priv, config.cdiv(256, csize)), config.slots(dt, dev))
         per = max(1, config.cdiv(max_priv, want))
     splits = max(1, config.cdiv(max_priv, per))
-    if splits == 1:
-        so, sl = out, lse
+    final = splits == 1 and not overlap
+    if final:
+        so, sl = out.view(1, n, hq, d), lse.view(1, n, hq)
     else:
         so = torch.empty(splits, n, hq, d, dtype=torch.float32, device=dev)
         sl = torch.empty(splits, n, hq, dtype=torch.float32, device=dev)
-    so4 = so.view(1, n, hq, d) if splits == 1 else so
-    sl3 = sl.view(1, n, hq) if splits == 1 else sl
-    _seq_first_kernel[(n * hkv, splits)](
-        q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private"], meta["seq_items"],
-        meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so4, sl3,
-        q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
-        vc.stride(0), vc.stride(1), vc.stride(2),
-        max(1, t.private_chunks.stride(0)) if t.private_chunks.dim() == 2 else 0, meta["seq_items"].stride(0),
-        so4.stride(0), so4.stride(1), so4.stride(2), sl3.stride(0), sl3.stride(1),
-        hkv, hq, ratio, per, qk_scale,
-        FINAL=splits == 1, MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
-        BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d,
-        num_warps=dt.num_warps, num_stages=dt.num_stages,
-    )
+
+    def seq_first():
+        _seq_first_kernel[(n * hkv, splits)](
+            q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private"], meta["seq_items"],
+            meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl,
+            q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
+            vc.stride(0), vc.stride(1), vc.stride(2),
+            max(1, t.private_chunks.stride(0)) if t.private_chunks.dim() == 2 else 0, meta["seq_items"].stride(0),
+            so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
+            hkv, hq, ratio, per, qk_scale,
+            FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
+            MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
+            BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d,
+            num_warps=dt.num_warps, num_stages=dt.num_stages,
+        )
+
+    if overlap:
+        concurrently([chunk_first, seq_first], dev)
+        _fold_kernel[(n * hkv,)](
+            meta["seq_items"], meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl, out, lse,
+            meta["seq_items"].stride(0), so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
+            hkv, hq, ratio, splits, BLOCK_H=dt.block_m, D=d, num_warps=4,
+        )
+        return out, lse
+    if meta["num_items"]:
+        chunk_first()
+    seq_first()
     if splits > 1:
         launch_merge(so.view(splits, n * hq, d), sl.view(splits, n * hq), out.view(n * hq, d), lse.view(n * hq))
     return out, lse

@@ -25,7 +25,9 @@ def forced(**kw):
     ``block_m`` (stacked rows per tile of the shared phases), ``chunks_per_item`` (shared
     chunks per chunk-first work item), ``private_split`` (private chunks per split of the
     sequence-first phase), ``shared_block_n`` / ``shared_warps`` / ``shared_stages`` and
-    ``decode_block_n`` / ``decode_warps`` / ``decode_stages`` (tiles).
+    ``decode_block_n`` / ``decode_warps`` / ``decode_stages`` (tiles), ``contiguous=False``
+    (chunk kernels: never take the consecutive-chunk-id path), ``overlap`` (run the phases
+    of an op concurrently on streams and merge, or in order and fold).
     """
     old = dict(_FORCE)
     _FORCE.update(kw)
@@ -80,7 +82,21 @@ def _tiles(prefix: str, bm: int, bn: int, warps: int, stages: int) -> Tiles:
                  _FORCE.get(prefix + "stages", stages))
 
 
-def shared_tiles(rows: int, d: int, dtype: torch.dtype, device: torch.device) -> Tiles:
+def overlap_phases(phases: int, device: torch.device) -> bool:
+    """Whether the ``phases`` launches of one op run concurrently on streams (then a merge
+    kernel combines them) instead of in order (then the last folds the others in).
+
+    On a GPU with several phases, yes; ``forced(overlap=...)`` decides for the tests (the
+    interpreter runs the overlapped plan in order) and for the sweep.
+    """
+    if phases <= 1:
+        return False
+    if "overlap" in _FORCE:
+        return bool(_FORCE["overlap"])
+    return device.type == "cuda" and not interpreting()
+
+
+def shared_tiles(rows: int, d: int, dtype: torch.dtype, device: torch.device, overlap: bool = False) -> Tiles:
     """Tiles of the stacked-query phases (prefix levels, chunk-first).
 
     Many stacked rows make the phase compute-bound: 128-row tiles with 8 warps, as
@@ -101,19 +117,23 @@ def shared_tiles(rows: int, d: int, dtype: torch.dtype, device: torch.device) ->
     warps = 8 if bm >= 128 else 4
     if dtype == torch.float32:
         return _tiles("shared_", bm, 32, warps, 2)
-    return _tiles("shared_", bm, 128 if bm >= 128 and d >= 128 else 64, warps, 3)
+    # Overlapped with a decode phase, 64-key blocks leave half of the shared memory to the
+    # decode CTAs on the same SM (128-key blocks x 3 stages fill it alone).
+    wide = bm >= 128 and d >= 128 and not overlap
+    return _tiles("shared_", bm, 128 if wide else 64, warps, 3)
 
 
-def decode_tiles(ratio: int, d: int, dtype: torch.dtype, device: torch.device) -> Tiles:
+def decode_tiles(ratio: int, d: int, dtype: torch.dtype, device: torch.device, overlap: bool = False) -> Tiles:
     """Tiles of the per-sequence phases (suffix, sequence-first): one sequence's GQA group
     of ``ratio`` query heads, padded to 16 rows, streaming keys in blocks of 64 through 4
-    pipeline stages (the best of the H200 sweep on the memory-bound no-share workload)."""
+    pipeline stages (the best of the H200 sweep on the memory-bound no-share workload), or
+    2 when overlapped with a prefix phase, so that a decode CTA fits beside a prefix CTA."""
     bm = max(16, next_pow2(ratio))
     if device.type != "cuda" or interpreting():
         return _tiles("decode_", bm, 32, 4, 1)
     if dtype == torch.float32:
         return _tiles("decode_", bm, 32, 4, 3)
-    return _tiles("decode_", bm, 64, 4, 4)
+    return _tiles("decode_", bm, 64, 4, 2 if overlap else 4)
 
 
 def slots(tiles: Tiles, device: torch.device) -> int:

@@ -36,10 +36,13 @@ def attend_block(q, k_ptrs, v_ptrs, n_ok, m_i, l_i, acc, qk_scale,
         v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
     else:
         v = tl.load(v_ptrs)
+    # Rescale first and let the dot accumulate into acc: wgmma then adds in place instead
+    # of producing a second [M, D] tile to add (the order of Triton's Hopper attention tutorial).
+    acc = acc * alpha[:, None]
     if IEEE:
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        acc = tl.dot(p, v, acc, input_precision="ieee")
     else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = tl.dot(p.to(v.dtype), v, acc)
     return m_new, l_i, acc
 
 
