@@ -28,10 +28,32 @@ namespace attn_tk {
 
 using namespace kittens;
 
+// 1: row-split items run the FlashAttention-3 intra-warpgroup pipeline (QK^T of tile t+1 and
+// P_t V_t in flight while the softmax of tile t+1 runs); 0: every item runs the serial loop
+// (QK^T, wait, softmax, PV, wait). Kept as a fallback; kv-split (decode) items always run the
+// serial loop: they are memory-bound.
+#ifndef ATTN_TK_PIPELINE
+#define ATTN_TK_PIPELINE 1
+#endif
+
 constexpr int NWG = 2;               // consumer warpgroups
 constexpr int TILE = 64;             // keys per K/V tile, and rows per consumer warpgroup
 constexpr int NTHREADS = (NWG + 1) * 128;
 constexpr int ITEM_INTS = 12;
+// setmaxnreg budgets: the producer warps only compute addresses and issue copies (under 56 its
+// unrolled cp.async loop spills at D = 64), the consumers hold o (D / 2 floats per thread), a
+// float score tile (32), P (16) and the row statistics, and the pipelined loop keeps them live
+// across two wgmma groups. 128 * PRODUCER + NWG * 128 * CONSUMER must fit the 168 per thread
+// of the launch. The serial fallback keeps the budgets it was verified with.
+#ifndef ATTN_TK_PRODUCER_REGS
+#define ATTN_TK_PRODUCER_REGS 56
+#endif
+#ifndef ATTN_TK_CONSUMER_REGS
+#define ATTN_TK_CONSUMER_REGS (ATTN_TK_PIPELINE ? 224 : 160)
+#endif
+constexpr int PRODUCER_REGS = ATTN_TK_PRODUCER_REGS;
+constexpr int CONSUMER_REGS = ATTN_TK_CONSUMER_REGS;
+static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS <= 168 * NTHREADS, "register budget");
 
 // Fields of one work item (int32, ITEM_INTS per item).
 enum ItemField {
@@ -106,6 +128,53 @@ __device__ inline void load_q_wait() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// Pins a float register tile's values at this point of the program: an asm statement that
+// "writes" them, so that no use is scheduled above a preceding wgmma.wait_group (the compiler
+// sees the wgmma's outputs as ready when it is issued, not when the wait returns).
+template<typename RT>
+__device__ inline void reg_fence(RT &r) {
+    #pragma unroll
+    for (int i = 0; i < RT::height; i++) {
+        #pragma unroll
+        for (int j = 0; j < RT::width; j++) {
+            #pragma unroll
+            for (int k = 0; k < RT::packed_per_tile; k++) {
+                asm volatile("" : "+f"(r.tiles[i][j].data[k].x) :: "memory");
+                asm volatile("" : "+f"(r.tiles[i][j].data[k].y) :: "memory");
+            }
+        }
+    }
+}
+
+// One online-softmax step on a raw score tile: scale to log2 units, mask keys >= valid, update
+// the running max m and sum l, leave P = exp2(s - m) in att and the factor exp2(m_old - m) that
+// the output accumulated so far must be rescaled by in alpha (0 on the first tile: m_old = -inf).
+// m stays finite: every processed tile has a valid key.
+template<typename ATT, typename V>
+__device__ inline void softmax_step(ATT &att, V &m, V &l, V &alpha, int valid, float scale_log2) {
+    const int lane = threadIdx.x % 32;
+    warp::mul(att, att, scale_log2);
+    if (valid < TILE) {
+        #pragma unroll
+        for (int j = 0; j < TILE / 16; j++) {
+            #pragma unroll
+            for (int k = 0; k < 4; k++) {
+                int col = j * 16 + 2 * (lane % 4) + (k >= 2 ? 8 : 0);
+                if (col >= valid) att.tiles[0][j].data[k].x = -INFINITY;
+                if (col + 1 >= valid) att.tiles[0][j].data[k].y = -INFINITY;
+            }
+        }
+    }
+    warp::copy(alpha, m);
+    warp::row_max(m, att, m);
+    warp::sub_row(att, att, m);
+    warp::exp2(att, att);
+    warp::sub(alpha, alpha, m);
+    warp::exp2(alpha, alpha);
+    warp::mul(l, l, alpha);
+    warp::row_sum(l, att, l);
+}
+
 // The kernel. SRC provides, for an item: ntiles(item) (tiles to process, after dynamic lengths),
 // valid(item, t) (valid keys of tile t, <= 0 to skip it), and load(item, t, k, v, kbar, vbar).
 template<typename T, int D, typename SRC>
@@ -143,7 +212,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     const int first = a.cta_items[blockIdx.x], last = a.cta_items[blockIdx.x + 1];
     const int wg = threadIdx.x / 128;
     if (wg == NWG) {
-        warpgroup::decrease_registers<56>();
+        warpgroup::decrease_registers<PRODUCER_REGS>();
         if (warpid() % 4 == 1) {
             // Query warp: gathers each item's stacked query rows one item ahead.
             for (int i = first; i < last; i++) {
@@ -174,10 +243,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         }
         return;
     }
-    warpgroup::increase_registers<160>();
+    warpgroup::increase_registers<CONSUMER_REGS>();
 
     const int lane = threadIdx.x % 32;
-    int g = 0;
+    int g = 0;  // tiles consumed so far by this CTA: ring stage g % STAGES, phase (g / STAGES) & 1
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
         const bool kvsplit = it[F_FLAGS] & 1;
@@ -192,12 +261,69 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         rt_fl<16, TILE> att;
         typename dt<T>::template rt_t<16, TILE> att_lp;
         rt_fl<16, D> o;
-        col_vec<rt_fl<16, TILE>> m, m_prev, l;
+        col_vec<rt_fl<16, TILE>> m, alpha, l;
         warp::neg_infty(m);
         warp::zero(l);
         warp::zero(o);
         bool any = false;
 
+#if ATTN_TK_PIPELINE
+        if (!kvsplit) {
+            // FlashAttention-3 intra-warpgroup pipeline: S_t = Q K_t^T and O += P_{t-1} V_{t-1}
+            // are issued back to back as two wgmma groups; the softmax of S_t runs while the
+            // tensor cores still do P_{t-1} V_{t-1}. Stage of tile t-1 ("pending": its P is
+            // in att_lp, its V not yet consumed) is released only after that PV completed.
+            // Invariant: a pending tile is always the previous tile (a skipped tile flushes),
+            // so this warpgroup holds at most two ring stages and the producer, which needs
+            // tile t - STAGES released before it loads tile t, never waits on us.
+            bool pend = false;
+            int ps = 0, pph = 0;  // stage and phase of the pending tile
+            auto flush = [&]() {
+                wait(v_full[ps], pph);
+                warpgroup::mma_AB(o, att_lp, v_smem[ps]);
+                warpgroup::mma_async_wait<0>();
+                reg_fence(o);
+                if (warpgroup::laneid() == 0) arrive(done[ps], 1);
+                pend = false;
+            };
+            for (int t = 0; t < ntiles; t++, g++) {
+                const int s = g % STAGES, ph = (g / STAGES) & 1;
+                wait(k_full[s], ph);
+                const int valid = src.valid(it, t);
+                if (valid <= 0) {
+                    if (pend) flush();
+                    if (warpgroup::laneid() == 0) arrive(done[s], 1);
+                    continue;
+                }
+                any = true;
+                // Each branch retires every wgmma it issued: ptxas tracks in-flight wgmma
+                // registers path-insensitively, and a group still pending at a join makes it
+                // insert waits and serialize every wgmma of the kernel (C7518).
+                if (pend) {
+                    warpgroup::mm_ABt(att, qt, k_smem[s]);
+                    wait(v_full[ps], pph);
+                    warpgroup::mma_AB(o, att_lp, v_smem[ps]);
+                    warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
+                    reg_fence(att);
+                    softmax_step(att, m, l, alpha, valid, a.scale_log2);
+                    warpgroup::mma_async_wait<0>();  // o and att_lp are free again
+                    reg_fence(o);
+                    if (warpgroup::laneid() == 0) arrive(done[ps], 1);
+                } else {
+                    warpgroup::mm_ABt(att, qt, k_smem[s]);
+                    warpgroup::mma_async_wait<0>();
+                    reg_fence(att);
+                    softmax_step(att, m, l, alpha, valid, a.scale_log2);
+                }
+                warp::mul_row(o, o, alpha);
+                warp::copy(att_lp, att);
+                pend = true;
+                ps = s;
+                pph = ph;
+            }
+            if (pend) flush();
+        } else
+#endif
         for (int t = 0; t < ntiles; t++, g++) {
             int s = g % STAGES, ph = (g / STAGES) & 1;
             // Both warpgroups wait for every tile, even one they skip, so that their arrivals
@@ -209,27 +335,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 any = true;
                 warpgroup::mm_ABt(att, qt, k_smem[s]);
                 warpgroup::mma_async_wait();
-                warp::mul(att, att, a.scale_log2);
-                if (valid < TILE) {
-                    #pragma unroll
-                    for (int j = 0; j < TILE / 16; j++) {
-                        #pragma unroll
-                        for (int k = 0; k < 4; k++) {
-                            int col = j * 16 + 2 * (lane % 4) + (k >= 2 ? 8 : 0);
-                            if (col >= valid) att.tiles[0][j].data[k].x = -INFINITY;
-                            if (col + 1 >= valid) att.tiles[0][j].data[k].y = -INFINITY;
-                        }
-                    }
-                }
-                warp::copy(m_prev, m);
-                warp::row_max(m, att, m);          // finite: every processed tile has a valid key
-                warp::sub_row(att, att, m);
-                warp::exp2(att, att);
-                warp::sub(m_prev, m_prev, m);
-                warp::exp2(m_prev, m_prev);        // exp2(-inf) = 0 on the first tile
-                warp::mul(l, l, m_prev);
-                warp::row_sum(l, att, l);
-                warp::mul_row(o, o, m_prev);
+                softmax_step(att, m, l, alpha, valid, a.scale_log2);
+                warp::mul_row(o, o, alpha);
                 warp::copy(att_lp, att);
                 wait(v_full[s], ph);
                 warpgroup::mma_AB(o, att_lp, v_smem[s]);
