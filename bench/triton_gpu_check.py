@@ -130,6 +130,51 @@ def sweep(dev, ceil, names) -> list:
     return out
 
 
+VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch plan and tiles
+    "in-order": {"overlap": False},
+    "in-order-wide": {"overlap": False, "shared_block_n": 128, "decode_stages": 4},
+    "overlap": {},
+    "overlap-wide": {"shared_block_n": 128},
+    "overlap-d3": {"decode_stages": 3},
+    "overlap-d4": {"decode_stages": 4},
+    "overlap-s2": {"shared_stages": 2, "decode_stages": 3},
+    "overlap-ms1024": {"prefix_min_split": 1024},
+    "overlap-dn128": {"decode_block_n": 128},
+    "overlap-dn128-d3": {"decode_block_n": 128, "decode_stages": 3},
+    "ids-loaded": {"contiguous": False},
+}
+
+
+def variants(dev, names) -> list:
+    """Median µs (CUDA-graph replay, L2 flushed) of both ops of every spec workload (bf16,
+    uniform suffixes) under each :data:`VARIANTS` entry."""
+    from attn.cases import build_inputs, op_callable, spec_variants
+    from attn.timing import time_op
+    from attn.triton import config
+    out = []
+    for w in spec_variants():
+        if w.ragged or (names and w.name not in names):
+            continue
+        inputs = build_inputs(w, torch.bfloat16, dev)
+        for op in ("shared_prefix", "chunk"):
+            line = []
+            for name, force in VARIANTS.items():
+                if name == "ids-loaded" and op != "chunk":
+                    continue
+                try:
+                    with config.forced(**force):
+                        us = time_op(op_callable("triton", inputs, op), dev, rounds=5).median_s * 1e6
+                except Exception as e:
+                    us = float("nan")
+                    log(w.id, op, name, "ERROR", repr(e)[:200])
+                out.append({"workload": w.id, "op": op, "variant": name, "force": force, "us": us})
+                line.append(f"{name} {us:.1f}")
+            log(f"variants {w.id:14s} {op:13s} " + " | ".join(line))
+        del inputs
+        torch.cuda.empty_cache()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -137,6 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--test-timeout", type=int, default=200)
     ap.add_argument("--only", nargs="*", default=None, help="workload names to time")
     ap.add_argument("--sweep", nargs="*", default=None, help="workloads whose phases to time per tile config")
+    ap.add_argument("--variants", nargs="*", default=None,
+                    help="time both ops of these workloads (all if none named) under each launch-plan variant")
+    ap.add_argument("--no-table", action="store_true", help="skip the per-workload table")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
@@ -160,9 +208,13 @@ def main(argv=None) -> int:
         report["sweep"] = sweep(dev, c, args.sweep)
         with open(os.path.join(args.out, "sweep.json"), "w") as f:
             json.dump(report["sweep"], f, indent=1, default=str)
+    if args.variants is not None:
+        report["variants"] = variants(dev, args.variants)
+        with open(os.path.join(args.out, "variants.json"), "w") as f:
+            json.dump(report["variants"], f, indent=1, default=str)
     rows = []
     for w in spec_variants():
-        if args.only and w.name not in args.only:
+        if args.no_table or args.only and w.name not in args.only:
             continue
         t0 = time.time()
         inputs = build_inputs(w, torch.bfloat16, dev)

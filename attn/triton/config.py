@@ -96,6 +96,13 @@ def overlap_phases(phases: int, device: torch.device) -> bool:
     return device.type == "cuda" and not interpreting()
 
 
+def prefix_min_split(overlap: bool) -> int:
+    """Fewest keys per split of a prefix level. Run alone, a level is split down to 256 keys
+    to fill the GPU; overlapped, the other phases fill it, and every split costs a partial
+    state written and merged (``forced(prefix_min_split=...)`` for the sweep)."""
+    return _FORCE.get("prefix_min_split", 256)
+
+
 def shared_tiles(rows: int, d: int, dtype: torch.dtype, device: torch.device, overlap: bool = False) -> Tiles:
     """Tiles of the stacked-query phases (prefix levels, chunk-first).
 

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import config
+
 LOG2E = 1.4426950408889634
 
 
@@ -48,7 +50,10 @@ def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse:
     if r == 0:
         return
     block_d = triton.next_power_of_2(d)
-    block_r = max(1, min(64, 4096 // block_d))
+    # Enough programs for ~4 per SM: each walks its K states one after another, so few
+    # large programs leave the memory pipe waiting on each state's latency.
+    per_program = config.next_pow2(max(1, r // (4 * config.target_programs(outs.device)))) // 2 or 1
+    block_r = max(1, min(64, 4096 // block_d, per_program))
     _merge_kernel[(triton.cdiv(r, block_r),)](
         outs, lses, out, lse, k, r, outs.stride(0), lses.stride(0),
         BLOCK_R=block_r, D=d, BLOCK_D=block_d, num_warps=4,

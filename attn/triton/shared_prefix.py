@@ -37,7 +37,8 @@ def plan(p: SharedPrefixProblem):
         rows = (b // g) * ratio
         tiles = config.shared_tiles(rows, d, p.dtype, dev, overlap=overlap)
         base = g * hkv * config.cdiv(rows, tiles.block_m)
-        splits, split_len = config.num_splits(length, base, tiles, dev, "prefix_split")
+        splits, split_len = config.num_splits(length, base, tiles, dev, "prefix_split",
+                                              min_split=config.prefix_min_split(overlap))
         steps.append(("prefix", i, splits, split_len, tiles))
     s = p.suffix_capacity
     if s > 0:
