@@ -22,6 +22,8 @@
 // prologue or epilogue ever leaves the memory pipe idle.
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
 #include "kittens.cuh"
 
 namespace attn_tk {
@@ -93,10 +95,45 @@ struct common_args {
     float scale_log2;          // scale * log2(e)
     float *part_out;           // [nslot, rows_total, D]
     float *part_lse;           // [nslot, rows_total]
+    int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
 };
+
+// Consumer schedule of row-split items, chosen per launch (no rebuild to compare or fall back).
+enum Sched {
+    SCHED_SERIAL = 0,    // QK^T, wait, softmax, PV, wait
+    SCHED_PIPELINE = 1,  // FA3 intra-warpgroup pipeline
+    SCHED_PINGPONG = 2,  // pipeline + the two warpgroups take turns issuing their wgmmas
+};
+
+// ATTN_TK_SCHED=serial|pipeline|pingpong (default pingpong), read at every launch (host).
+inline int sched_mode() {
+#if ATTN_TK_PIPELINE
+    const char *e = std::getenv("ATTN_TK_SCHED");
+    if (e && !std::strcmp(e, "serial")) return SCHED_SERIAL;
+    if (e && !std::strcmp(e, "pipeline")) return SCHED_PIPELINE;
+    return SCHED_PINGPONG;
+#else
+    return SCHED_SERIAL;
+#endif
+}
 
 __device__ inline void named_sync(int id) {
     asm volatile("bar.sync %0, %1;\n" :: "r"(id), "n"(128) : "memory");
+}
+
+// Ping-pong (FA3): warpgroup w issues a tile's wgmmas only after the other one issued its
+// previous ones, so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
+// Barrier SCHED_BAR + w is "w's turn": w syncs on it (128 threads), the other warpgroup
+// arrives (128 more). Both warpgroups take the same branches on every row-split tile (same
+// item, same valid counts), so turns strictly alternate for the life of the CTA; warpgroup 1
+// grants the first turn. A grant left over at exit is harmless (barriers reset per CTA).
+constexpr int SCHED_BAR = 3;  // 1, 2: named_sync per warpgroup
+static_assert(NWG == 2, "ping-pong pairs two consumer warpgroups");
+__device__ inline void turn_wait(int wg) {
+    asm volatile("bar.sync %0, %1;\n" :: "r"(SCHED_BAR + wg), "n"(256) : "memory");
+}
+__device__ inline void turn_pass(int wg) {
+    asm volatile("bar.arrive %0, %1;\n" :: "r"(SCHED_BAR + (wg ^ 1)), "n"(256) : "memory");
 }
 
 // Loads 64 stacked query rows into shared memory (zero beyond nrows), by one warp, with
@@ -246,6 +283,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     warpgroup::increase_registers<CONSUMER_REGS>();
 
     const int lane = threadIdx.x % 32;
+    const bool pingpong = a.sched == SCHED_PINGPONG;
+    if (pingpong && wg == 1) turn_pass(wg);
     int g = 0;  // tiles consumed so far by this CTA: ring stage g % STAGES, phase (g / STAGES) & 1
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
@@ -268,7 +307,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         bool any = false;
 
 #if ATTN_TK_PIPELINE
-        if (!kvsplit) {
+        if (!kvsplit && a.sched != SCHED_SERIAL) {
             // FlashAttention-3 intra-warpgroup pipeline: S_t = Q K_t^T and O += P_{t-1} V_{t-1}
             // are issued back to back as two wgmma groups; the softmax of S_t runs while the
             // tensor cores still do P_{t-1} V_{t-1}. Stage of tile t-1 ("pending": its P is
@@ -300,9 +339,11 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 // registers path-insensitively, and a group still pending at a join makes it
                 // insert waits and serialize every wgmma of the kernel (C7518).
                 if (pend) {
+                    wait(v_full[ps], pph);  // before taking the turn: hold it only to issue
+                    if (pingpong) turn_wait(wg);
                     warpgroup::mm_ABt(att, qt, k_smem[s]);
-                    wait(v_full[ps], pph);
                     warpgroup::mma_AB(o, att_lp, v_smem[ps]);
+                    if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
                     reg_fence(att);
                     softmax_step(att, m, l, alpha, valid, a.scale_log2);
@@ -310,7 +351,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     reg_fence(o);
                     if (warpgroup::laneid() == 0) arrive(done[ps], 1);
                 } else {
+                    if (pingpong) turn_wait(wg);
                     warpgroup::mm_ABt(att, qt, k_smem[s]);
+                    if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<0>();
                     reg_fence(att);
                     softmax_step(att, m, l, alpha, valid, a.scale_log2);
