@@ -315,6 +315,11 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // Invariant: a pending tile is always the previous tile (a skipped tile flushes),
             // so this warpgroup holds at most two ring stages and the producer, which needs
             // tile t - STAGES released before it loads tile t, never waits on us.
+            // Q from registers (wgmma RS): with 64-key tiles a shared-memory Q would make
+            // Q K^T read A and B from shared memory for 64 x 64 x 16 per instruction, which
+            // is all of the SM's shared-memory bandwidth, with TMA writing the ring too.
+            typename dt<T>::template rt_t<16, D> q_reg;
+            warpgroup::load(q_reg, qt);
             bool pend = false;
             int ps = 0, pph = 0;  // stage and phase of the pending tile
             auto flush = [&]() {
@@ -341,7 +346,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if (pend) {
                     wait(v_full[ps], pph);  // before taking the turn: hold it only to issue
                     if (pingpong) turn_wait(wg);
-                    warpgroup::mm_ABt(att, qt, k_smem[s]);
+                    warpgroup::mm_ABt(att, q_reg, k_smem[s]);
                     warpgroup::mma_AB(o, att_lp, v_smem[ps]);
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
@@ -352,7 +357,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (warpgroup::laneid() == 0) arrive(done[ps], 1);
                 } else {
                     if (pingpong) turn_wait(wg);
-                    warpgroup::mm_ABt(att, qt, k_smem[s]);
+                    warpgroup::mm_ABt(att, q_reg, k_smem[s]);
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<0>();
                     reg_fence(att);
