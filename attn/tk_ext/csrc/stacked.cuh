@@ -190,6 +190,16 @@ __device__ inline void vec_fence(V &v) {
     asm volatile("" : "+f"(v[0][0].x), "+f"(v[0][0].y) :: "memory");
 }
 
+// TK's wgmma calls fence with fence.proxy.async too (a MEMBAR.ALL.CTA, which waits for this
+// thread's outstanding memory operations, e.g. the ring arrivals). The pipelined loop's wgmma
+// operands are registers and TMA-written tiles (already async proxy), so it issues only the
+// register fence that wgmma requires.
+template<typename RT>
+__device__ inline void wgmma_fence(RT &acc) {
+    reg_fence(acc);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
 // Sets the scores of keys >= valid (a tile past the end of its source) to -inf. In a row
 // layout tile, data[k] of a 16 x 16 subtile holds columns 2 * (lane % 4) + {0, 1}, plus 8 when
 // k >= 2, of row lane / 4, plus 8 when k is odd.
@@ -389,11 +399,24 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // is all of the SM's shared-memory bandwidth, with TMA writing the ring too.
             typename dt<T>::template rt_t<16, D> q_reg;
             warpgroup::load(q_reg, qt);
+            using att_t = decltype(att);
+            using o_t = decltype(o);
+            using p_t = decltype(att_lp);
+            using qr_t = decltype(q_reg);
+            // S = Q K^T and O += P V, each one committed wgmma group.
+            auto qk_async = [](att_t &sc, const qr_t &qr, const kv_tile &k) {
+                wgmma_fence(sc);
+                warpgroup::mma_ABt<att_t, qr_t, kv_tile, 0, 0>(sc, qr, k);
+            };
+            auto pv_async = [](o_t &acc, const p_t &p, const kv_tile &v) {
+                wgmma_fence(acc);
+                warpgroup::mma_AB<o_t, p_t, kv_tile, 0, 1>(acc, p, v);
+            };
             bool pend = false;
             int ps = 0, pph = 0;  // stage and phase of the pending tile
             auto flush = [&]() {
                 wait(v_full[ps], pph);
-                warpgroup::mma_AB(o, att_lp, v_smem[ps]);
+                pv_async(o, att_lp, v_smem[ps]);
                 warpgroup::mma_async_wait<0>();
                 reg_fence(o);
                 if (warpgroup::laneid() == 0) arrive(done[ps], 1);
@@ -415,8 +438,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if (pend) {
                     wait(v_full[ps], pph);  // before taking the turn: hold it only to issue
                     if (pingpong) turn_wait(wg);
-                    warpgroup::mm_ABt(att, q_reg, k_smem[s]);
-                    warpgroup::mma_AB(o, att_lp, v_smem[ps]);
+                    qk_async(att, q_reg, k_smem[s]);
+                    pv_async(o, att_lp, v_smem[ps]);
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
                     reg_fence(att);
@@ -436,7 +459,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (warpgroup::laneid() == 0) arrive(done[ps], 1);
                 } else {
                     if (pingpong) turn_wait(wg);
-                    warpgroup::mm_ABt(att, q_reg, k_smem[s]);
+                    qk_async(att, q_reg, k_smem[s]);
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<0>();
                     reg_fence(att);
