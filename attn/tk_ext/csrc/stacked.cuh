@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include "kittens.cuh"
+#include "tile_ops.cuh"
 
 namespace attn_tk {
 
@@ -39,7 +40,6 @@ using namespace kittens;
 #endif
 
 constexpr int NWG = 2;               // consumer warpgroups
-constexpr int TILE = 64;             // keys per K/V tile, and rows per consumer warpgroup
 constexpr int NTHREADS = (NWG + 1) * 128;
 constexpr int ITEM_INTS = 12;
 // setmaxnreg budgets: the producer warps only compute addresses and issue copies (under 56 its
@@ -163,132 +163,6 @@ __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, in
 __device__ inline void load_q_wait() {
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-// Pins a float register tile's values at this point of the program: an asm statement that
-// "writes" them, ordered with the (volatile) wgmma waits, so that no use is scheduled above a
-// preceding wgmma.wait_group (the compiler sees the wgmma's outputs as ready when it is
-// issued, not when the wait returns) and no computation of them sinks below a following one.
-template<typename RT>
-__device__ inline void reg_fence(RT &r) {
-    #pragma unroll
-    for (int i = 0; i < RT::height; i++) {
-        #pragma unroll
-        for (int j = 0; j < RT::width; j++) {
-            #pragma unroll
-            for (int k = 0; k < RT::packed_per_tile; k++) {
-                asm volatile("" : "+f"(r.tiles[i][j].data[k].x) :: "memory");
-                asm volatile("" : "+f"(r.tiles[i][j].data[k].y) :: "memory");
-            }
-        }
-    }
-}
-
-// The same for a column vector of a 16-row tile (two floats per thread).
-template<typename V>
-__device__ inline void vec_fence(V &v) {
-    asm volatile("" : "+f"(v[0][0].x), "+f"(v[0][0].y) :: "memory");
-}
-
-// TK's wgmma calls fence with fence.proxy.async too (a MEMBAR.ALL.CTA, which waits for this
-// thread's outstanding memory operations, e.g. the ring arrivals). The pipelined loop's wgmma
-// operands are registers and TMA-written tiles (already async proxy), so it issues only the
-// register fence that wgmma requires.
-template<typename RT>
-__device__ inline void wgmma_fence(RT &acc) {
-    reg_fence(acc);
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-
-// Sets the scores of keys >= valid (a tile past the end of its source) to -inf. In a row
-// layout tile, data[k] of a 16 x 16 subtile holds columns 2 * (lane % 4) + {0, 1}, plus 8 when
-// k >= 2, of row lane / 4, plus 8 when k is odd.
-template<typename ATT>
-__device__ inline void mask_tail(ATT &att, int valid) {
-    const int lane = threadIdx.x % 32;
-    #pragma unroll
-    for (int j = 0; j < TILE / 16; j++) {
-        #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            int col = j * 16 + 2 * (lane % 4) + (k >= 2 ? 8 : 0);
-            if (col >= valid) att.tiles[0][j].data[k].x = -INFINITY;
-            if (col + 1 >= valid) att.tiles[0][j].data[k].y = -INFINITY;
-        }
-    }
-}
-
-// One online-softmax step on a raw score tile: scale to log2 units, mask keys >= valid, update
-// the running max m and sum l, leave P = exp2(s - m) in att and the factor exp2(m_old - m) that
-// the output accumulated so far must be rescaled by in alpha (0 on the first tile: m_old = -inf).
-// m stays finite: every processed tile has a valid key.
-template<typename ATT, typename V>
-__device__ inline void softmax_step(ATT &att, V &m, V &l, V &alpha, int valid, float scale_log2) {
-    warp::mul(att, att, scale_log2);
-    if (valid < TILE) mask_tail(att, valid);
-    warp::copy(alpha, m);
-    warp::row_max(m, att, m);
-    warp::sub_row(att, att, m);
-    warp::exp2(att, att);
-    warp::sub(alpha, alpha, m);
-    warp::exp2(alpha, alpha);
-    warp::mul(l, l, alpha);
-    warp::row_sum(l, att, l);
-}
-
-// 2^x in one MUFU.EX2 (exp2f adds three instructions of denormal handling per call); 2^-inf = 0.
-__device__ inline float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// softmax_step for the pipelined loop, where the softmax must fit under the tensor cores' time:
-// the scale is folded into exp2's argument (one FFMA + one MUFU per score; m is bit-identical,
-// scaling by a positive constant commutes with max and rounding), and l holds this thread's
-// partial row sums (16 of a tile's 64 columns), so the only shuffles per tile are the max's;
-// row_lanes_sum completes l once per item.
-template<typename ATT, typename V>
-__device__ inline void softmax_step_fast(ATT &att, V &m, V &l, V &alpha, int valid, float scale_log2) {
-    if (valid < TILE) mask_tail(att, valid);
-    float mx[2] = {-INFINITY, -INFINITY};  // rows lane / 4 and lane / 4 + 8 (m[0][0].x, .y)
-    #pragma unroll
-    for (int j = 0; j < TILE / 16; j++) {
-        #pragma unroll
-        for (int k = 0; k < 4; k++)
-            mx[k & 1] = fmaxf(mx[k & 1], fmaxf(att.tiles[0][j].data[k].x, att.tiles[0][j].data[k].y));
-    }
-    #pragma unroll
-    for (int r = 0; r < 2; r++) {  // the four lanes of a row differ in lane bits 0 and 1
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    }
-    float2 &mv = m[0][0];
-    const float n0 = fmaxf(mv.x, mx[0] * scale_log2), n1 = fmaxf(mv.y, mx[1] * scale_log2);
-    alpha[0][0] = make_float2(ex2(mv.x - n0), ex2(mv.y - n1));
-    mv = make_float2(n0, n1);
-    float sum[2] = {0.f, 0.f};
-    #pragma unroll
-    for (int j = 0; j < TILE / 16; j++) {
-        #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            float2 &d = att.tiles[0][j].data[k];
-            const float n = (k & 1) ? n1 : n0;
-            d.x = ex2(fmaf(d.x, scale_log2, -n));
-            d.y = ex2(fmaf(d.y, scale_log2, -n));
-            sum[k & 1] += d.x + d.y;
-        }
-    }
-    l[0][0] = make_float2(l[0][0].x * alpha[0][0].x + sum[0], l[0][0].y * alpha[0][0].y + sum[1]);
-}
-
-// Completes softmax_step_fast's per-thread partial row sums.
-template<typename V>
-__device__ inline void row_lanes_sum(V &l) {
-    float2 &v = l[0][0];
-    v.x += __shfl_xor_sync(0xffffffffu, v.x, 1);
-    v.y += __shfl_xor_sync(0xffffffffu, v.y, 1);
-    v.x += __shfl_xor_sync(0xffffffffu, v.x, 2);
-    v.y += __shfl_xor_sync(0xffffffffu, v.y, 2);
 }
 
 // The kernel. SRC provides, for an item: ntiles(item) (tiles to process, after dynamic lengths),
