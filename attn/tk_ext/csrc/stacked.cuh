@@ -16,7 +16,10 @@
 // Items with more than 64 rows split the rows between the consumer warpgroups ("row split",
 // both consume every tile); items with at most 64 rows (decode) split the tiles instead
 // ("kv split": warpgroup w takes tiles w, w+NWG, ... and writes slot + w), so that decode
-// keeps both warpgroups busy.
+// keeps both warpgroups busy. Row-split items are compute-bound and run FlashAttention-3's
+// consumer schedule (Sched: QK^T of the next tile and PV of the previous one in flight during
+// the softmax, the two warpgroups taking turns on the tensor cores); kv-split items run the
+// plain serial loop.
 // The grid is persistent (one CTA per SM): the host balances items over CTAs (plan.schedule)
 // and each CTA runs its items back to back with one continuous K/V ring, so no CTA launch,
 // prologue or epilogue ever leaves the memory pipe idle.
