@@ -99,8 +99,10 @@ def overlap_phases(phases: int, device: torch.device) -> bool:
 def prefix_min_split(overlap: bool) -> int:
     """Fewest keys per split of a prefix level. Run alone, a level is split down to 256 keys
     to fill the GPU; overlapped, the other phases fill it, and every split costs a partial
-    state written and merged (``forced(prefix_min_split=...)`` for the sweep)."""
-    return _FORCE.get("prefix_min_split", 256)
+    state written and merged: 1024 keys took tree-3level from 56.7 to 44.5 µs and left
+    gqa-8b and hydragen-mqa unchanged (H100, bf16; ``bench/triton_gpu_check.py --variants``;
+    ``forced(prefix_min_split=...)`` overrides)."""
+    return _FORCE.get("prefix_min_split", 1024 if overlap else 256)
 
 
 def shared_tiles(rows: int, d: int, dtype: torch.dtype, device: torch.device, overlap: bool = False) -> Tiles:
@@ -130,17 +132,24 @@ def shared_tiles(rows: int, d: int, dtype: torch.dtype, device: torch.device, ov
     return _tiles("shared_", bm, 128 if wide else 64, warps, 3)
 
 
-def decode_tiles(ratio: int, d: int, dtype: torch.dtype, device: torch.device, overlap: bool = False) -> Tiles:
+def decode_tiles(ratio: int, d: int, dtype: torch.dtype, device: torch.device, overlap: bool = False,
+                 keys: int = 0) -> Tiles:
     """Tiles of the per-sequence phases (suffix, sequence-first): one sequence's GQA group
     of ``ratio`` query heads, padded to 16 rows, streaming keys in blocks of 64 through 4
-    pipeline stages (the best of the H200 sweep on the memory-bound no-share workload), or
-    2 when overlapped with a prefix phase, so that a decode CTA fits beside a prefix CTA."""
+    pipeline stages (the best of the H200 sweep on the memory-bound no-share workload).
+
+    Overlapped with a prefix phase: 2 stages, so that a decode CTA fits beside a prefix CTA,
+    and 128-key blocks for suffixes of ``keys >= 256`` (H100, bf16: gqa-8b 151 -> 143 µs,
+    hydragen-mqa 75 -> 72 µs; a 64-key suffix (tree-3level) would waste half of each block).
+    """
     bm = max(16, next_pow2(ratio))
     if device.type != "cuda" or interpreting():
         return _tiles("decode_", bm, 32, 4, 1)
     if dtype == torch.float32:
         return _tiles("decode_", bm, 32, 4, 3)
-    return _tiles("decode_", bm, 64, 4, 2 if overlap else 4)
+    if overlap:
+        return _tiles("decode_", bm, 128 if keys >= 256 else 64, 4, 2)
+    return _tiles("decode_", bm, 64, 4, 4)
 
 
 def slots(tiles: Tiles, device: torch.device) -> int:

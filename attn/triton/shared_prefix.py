@@ -42,7 +42,7 @@ def plan(p: SharedPrefixProblem):
         steps.append(("prefix", i, splits, split_len, tiles))
     s = p.suffix_capacity
     if s > 0:
-        tiles = config.decode_tiles(ratio, d, p.dtype, dev, overlap=overlap)
+        tiles = config.decode_tiles(ratio, d, p.dtype, dev, overlap=overlap, keys=s)
         splits, split_len = config.num_splits(s, b * hkv, tiles, dev, "suffix_split")
         steps.append(("suffix", -1, splits, split_len, tiles))
     return steps
