@@ -274,7 +274,6 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles: con
         "row": _t(row, device), "chunks": _t(chunks, device), "seq_items": _t(seq_items, device),
         "num_seq_items": _t([len(c) for c in covers], device),
         "num_private": _t((priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs), device),
-        "max_private": int(priv.shape[1]),
         "shared_full": bool((lens[sh] == chunk_size).all()) if sh.size else True,
         "private_full": bool((lens[priv[priv >= 0]] == chunk_size).all()) if priv.size else True,
         "shared_contig": shared_contig, "private_contig": private_contig,
