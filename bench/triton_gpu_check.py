@@ -49,7 +49,8 @@ def run_tests(out_dir: str, timeout: int) -> dict:
 
 
 def kernel_breakdown(fn, iters: int = 5) -> list:
-    """Kernels of one call of ``fn`` in launch order with their GPU µs (the last call)."""
+    """Kernels of one call of ``fn`` in start order: name, start (µs after the first kernel's
+    start: overlapped phases show as overlapping intervals) and GPU µs (the last call)."""
     from torch.profiler import ProfilerActivity, profile
     fn()
     torch.cuda.synchronize()
@@ -62,7 +63,8 @@ def kernel_breakdown(fn, iters: int = 5) -> list:
     evs.sort(key=lambda e: e.time_range.start)
     per = len(evs) // iters if iters else 0
     last = evs[-per:] if per else []
-    return [(e.name[:40], round(e.time_range.elapsed_us(), 1)) for e in last]
+    t0 = last[0].time_range.start if last else 0
+    return [(e.name[:40], round(e.time_range.start - t0, 1), round(e.time_range.elapsed_us(), 1)) for e in last]
 
 
 SHARED_CONFIGS = [  # (block_m or None for the heuristic's, block_n, warps, stages)
@@ -131,17 +133,12 @@ def sweep(dev, ceil, names) -> list:
 
 
 VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch plan and tiles
-    "in-order": {"overlap": False},
-    "in-order-wide": {"overlap": False, "shared_block_n": 128, "decode_stages": 4},
     "overlap": {},
-    "overlap-wide": {"shared_block_n": 128},
-    "overlap-d3": {"decode_stages": 3},
-    "overlap-d4": {"decode_stages": 4},
-    "overlap-s2": {"shared_stages": 2, "decode_stages": 3},
-    "overlap-ms1024": {"prefix_min_split": 1024},
-    "overlap-dn128": {"decode_block_n": 128},
-    "overlap-dn128-d3": {"decode_block_n": 128, "decode_stages": 3},
-    "ids-loaded": {"contiguous": False},
+    "in-order": {"overlap": False},
+    "ms256": {"prefix_min_split": 256},
+    "ms512": {"prefix_min_split": 512},
+    "ms2048": {"prefix_min_split": 2048},
+    "bm128": {"block_m": 128},
 }
 
 
@@ -159,8 +156,6 @@ def variants(dev, names) -> list:
         for op in ("shared_prefix", "chunk"):
             line = []
             for name, force in VARIANTS.items():
-                if name == "ids-loaded" and op != "chunk":
-                    continue
                 try:
                     with config.forced(**force):
                         us = time_op(op_callable("triton", inputs, op), dev, rounds=5).median_s * 1e6

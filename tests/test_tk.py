@@ -391,6 +391,27 @@ def test_schedule_assigns_every_item_once_and_balances():
     assert offs3.tolist() == [0]
 
 
+def test_mixed_schedule_runs_half_of_the_ctas_shortest_first(monkeypatch):
+    items, _ = plan.level_plan(32, 32, 8, [(1, 2048)], 512, False, num_sms=16)
+    lpt, offs = plan.schedule(items, 16, mixed=False)
+    mixed, offs_m = plan.schedule(items, 16, mixed=True)
+    assert offs.tolist() == offs_m.tolist()  # the same assignment, only the order differs
+    weight = np.where(lpt[:, plan.F_FLAGS] & 1, plan.KV_TILE_COST, plan.ROW_TILE_COST)
+    for c in range(16):
+        a, b = offs[c], offs[c + 1]
+        cost = (lpt[a:b, plan.F_TILE1] - lpt[a:b, plan.F_TILE0]) * weight[a:b]
+        assert (np.diff(cost) <= 0).all()  # LPT: each CTA longest first
+        want = lpt[a:b] if c < 8 else lpt[a:b][::-1]
+        assert np.array_equal(mixed[a:b], want), c
+    # A CTA of the second half starts with a kv-split (decode) item while the first half's
+    # start with row-split (prefix) items: both kinds of work run at once.
+    assert not (mixed[offs[0], plan.F_FLAGS] & 1) and (mixed[offs[8], plan.F_FLAGS] & 1)
+    monkeypatch.setenv("ATTN_TK_ORDER", "lpt")
+    assert not tkb.mixed_order()
+    monkeypatch.setenv("ATTN_TK_ORDER", "mixed")
+    assert tkb.mixed_order()
+
+
 def _fake_build_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(build, "environment_reasons", lambda: [])

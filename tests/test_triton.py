@@ -81,6 +81,19 @@ def test_chunk_split_and_tiling_paths(triton_backend, dtype):
     _check_chunk(W("full", 4, 8, 2, ((1, 64), (2, 32)), 32, 64), 16, dtype, seed=2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_chunk_first_tiles_sized_per_node(triton_backend, dtype):
+    # A tree whose root stacks 6 x 4 = 24 rows and whose level-2 nodes 3 x 4 = 12: each node
+    # group gets its own launch with tiles of its height (32 and 16 rows on the interpreter).
+    w = W("tree", 6, 8, 2, ((1, 70), (2, 33)), 50, 64)
+    inp = _check_chunk(w, 16, dtype, chunks_per_item=2, private_split=1)
+    meta = next(iter(inp.table.host["triton"].values()))
+    heights = [(tiles.block_m, count, row_tiles) for tiles, count, row_tiles, _ in meta["launches"]]
+    # Root: 5 chunks (70 keys) in items of 2; level 2: 2 nodes x 3 chunks (33 keys) in items of 2.
+    assert heights == [(32, 3, 1), (16, 4, 1)], heights
+    assert meta["num_items"] == 7
+
+
 def _contig_flags(inp):
     meta = next(iter(inp.table.host["triton"].values()))
     return meta["shared_contig"], meta["private_contig"]

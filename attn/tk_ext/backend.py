@@ -7,6 +7,8 @@ the device, so a call does no host synchronisation and can be captured in a CUDA
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..backend import Backend
@@ -33,6 +35,13 @@ def prep_q(q: torch.Tensor) -> torch.Tensor:
     if q.stride(2) == 1 and q.stride(0) % 8 == 0 and q.stride(1) % 8 == 0 and _aligned(q):
         return q
     return q.contiguous() if not q.is_contiguous() else q.clone()
+
+
+def mixed_order() -> bool:
+    """Whether half of the persistent CTAs run their items shortest first
+    (:func:`plan.schedule`); ``ATTN_TK_ORDER=lpt`` turns it off (read when a plan is built,
+    and part of the plan's cache key, so that a benchmark can time both orders)."""
+    return os.environ.get("ATTN_TK_ORDER", "mixed") != "lpt"
 
 
 def num_sms(device: torch.device) -> int:
@@ -89,12 +98,12 @@ class TKBackend(Backend):
         """The cached device item table, CTA ranges and slot count of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
-               p.suffix_lens is not None, str(p.device))
+               p.suffix_lens is not None, str(p.device), mixed_order())
         hit = self._plans.get(key)
         if hit is None:
             items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
                                            p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
-            items, ctas = plan.schedule(items, self._num_sms(p.device))
+            items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order())
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot)
             self._plans[key] = hit
         return hit
@@ -119,12 +128,12 @@ class TKBackend(Backend):
     def chunk_items(self, p: ChunkProblem):
         """The device item table, CTA ranges, chunk list and slot count of ``p.table`` (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
-        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device))
+        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device), mixed_order())
         hit = cache.get(key)
         if hit is None:
             items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
                                                   p.chunk_size, self._num_sms(p.device))
-            items, ctas = plan.schedule(items, self._num_sms(p.device))
+            items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order())
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
                    torch.as_tensor(clist).to(p.device), nslot)
             cache[key] = hit

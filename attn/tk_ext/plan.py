@@ -170,12 +170,19 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
 ITEM_OVERHEAD = 1.0  # fixed cost of an item (epilogue, pipeline bubbles), in kv-split tiles
 
 
-def schedule(items: np.ndarray, num_ctas: int):
+def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
     """Assign items to persistent CTAs: longest first, each to the least-loaded CTA (LPT).
+
+    With ``mixed``, the second half of the CTAs run their lists shortest first. LPT hands
+    every CTA its long (row-split, tensor-core bound) items before its short (kv-split,
+    HBM bound) ones, so in LPT order the whole GPU computes first and streams after; run
+    half of the CTAs the other way round and both kinds of work run at once, as triton's
+    phases on streams do. The halves are contiguous so that the row blocks of one group
+    (handed to neighbouring CTAs) still read their K/V tiles at about the same time (L2 hits).
 
     Returns
     -------
-    items : the same rows, reordered so that each CTA's items are contiguous (longest first).
+    items : the same rows, reordered so that each CTA's items are contiguous.
     cta_items : int32 ``[ctas + 1]``: CTA ``c`` runs rows ``[cta_items[c], cta_items[c + 1])``.
     """
     import heapq
@@ -193,6 +200,9 @@ def schedule(items: np.ndarray, num_ctas: int):
         load, c = heapq.heappop(heap)
         lists[c].append(i)
         heapq.heappush(heap, (load + cost[i], c))
+    if mixed:
+        for c in range(ctas // 2, ctas):
+            lists[c].reverse()
     perm = np.asarray([i for lst in lists for i in lst], dtype=np.int64)
     offsets = np.zeros(ctas + 1, dtype=np.int32)
     offsets[1:] = np.cumsum([len(lst) for lst in lists])

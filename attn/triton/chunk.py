@@ -5,7 +5,8 @@
   run of at most ``L`` chunks of one range. Program ``(item, kvh, row tile)`` stacks the
   queries of the range's sequences times the GQA group into one matrix, attends it to each
   chunk of the item in turn with ``tl.dot`` (a chunk is read once per tile, not once per
-  sequence) and keeps one partial state per stacked row.
+  sequence) and keeps one partial state per stacked row. Nodes are grouped by tile height
+  (sized to their rows), one launch per group: a tree's leaves do not run the root's tiles.
 - **Sequence-first**: program ``(sequence, kvh, split)`` attends the GQA group of one
   sequence to its private chunks (``table.private_chunks``), folds in the cached partial
   states of the items covering it (split 0 only) and normalises. With several splits (long
@@ -18,6 +19,8 @@ Partial chunks are masked by ``table.chunk_lens``. The work items are host metad
 once per table (cached in ``table.host["triton"]``), never per call.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -195,29 +198,34 @@ def _t(a, device) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(a, dtype=np.int64), dtype=torch.int32, device=device)
 
 
-def _items_per_range(ranges: dict, tiles: dict, num_kv_heads: int, chunk_size: int, slot_count: int) -> int:
-    """Chunks per work item: the fewest items whose programs fill the GPU's waves (within
-    2 %), with items of at least ~256 keys (shorter ones cost more in partial states)."""
+def _tile_classes(ranges: dict, ratio: int, num_kv_heads: int, chunk_size: int, tiles_for, device,
+                  overlap: bool) -> list:
+    """The chunk-first launches: tree nodes grouped by tile shape, with chunks per item.
+
+    A node of ``rows`` stacked rows gets the tile ``tiles_for(rows)``, as a prefix level of
+    that many rows would: on a tree the 16-row leaves run 16-row tiles instead of the
+    128-row tiles of the root (8x the tensor work wasted). Each class is cut into items like
+    a level of ``shared_prefix_attention`` (:func:`config.num_splits` on its longest node).
+
+    Returns a list of ``(tiles, nodes, chunks_per_item)``, largest tiles first.
+    """
+    by_tiles: dict = {}
+    for rg in ranges:
+        by_tiles.setdefault(tiles_for((rg[1] - rg[0]) * ratio), []).append(rg)
+    classes = []
     forced = config.forced_value("chunks_per_item", None)
-    if forced is not None:
-        return forced
-    longest = max(len(cs) for cs in ranges.values())
-    if slot_count <= 1:
-        return longest
-    floor = min(longest, config.cdiv(256, chunk_size))
-    best, best_eff = longest, 0.0
-    for s in range(1, longest + 1):
-        per = config.cdiv(longest, s)
-        if per < floor:
-            break
-        progs = sum(config.cdiv(len(cs), per) * num_kv_heads * tiles[rg] for rg, cs in ranges.items())
-        waves = config.cdiv(progs, slot_count)
-        eff = progs / (waves * slot_count)
-        if eff > best_eff + 0.02:
-            best, best_eff = per, eff
-        if waves >= 4:
-            break
-    return best
+    for tiles, nodes in sorted(by_tiles.items(), key=lambda kv: -kv[0].block_m):
+        longest = max(len(ranges[rg]) for rg in nodes)
+        if forced is not None:
+            per = forced
+        else:
+            base = sum(num_kv_heads * config.cdiv((e - b) * ratio, tiles.block_m) for b, e in nodes)
+            # (The forced key is handled above, so num_splits never reads it.)
+            splits, _ = config.num_splits(longest * chunk_size, base, tiles, device, "chunks_per_item",
+                                          min_split=config.prefix_min_split(overlap))
+            per = config.cdiv(longest, splits)
+        classes.append((tiles, nodes, per))
+    return classes
 
 
 def _consecutive(ids) -> bool:
@@ -226,37 +234,43 @@ def _consecutive(ids) -> bool:
     return bool(ids.size == 0 or (np.diff(ids) == 1).all())
 
 
-def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles: config.Tiles,
-               device: torch.device) -> dict:
+def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles_for, device: torch.device,
+               overlap: bool) -> dict:
     """Chunk-first work items of ``table`` (host-side, computed once per table and launch shape).
 
-    Shared chunks with one sequence range form a tree node; its chunks are cut into items of
-    at most ``L`` chunks (:func:`_items_per_range`). Also: each sequence's items, its number
-    of private chunks, and whether every shared / private chunk is full (then no masks).
+    Shared chunks with one sequence range form a tree node; nodes are grouped by tile shape
+    (one launch each, :func:`_tile_classes`) and their chunks cut into items. Also: each
+    sequence's items, its number of private chunks, and whether every shared / private chunk
+    is full (then no masks) or runs of consecutive ids (then ids are computed, not loaded).
     """
     h = table.host
-    block_m = tiles.block_m
     sh, sb, se = h["shared_chunks"], h["shared_begin"], h["shared_end"]
     ranges: dict = {}
     for c, b, e in zip(sh.tolist(), sb.tolist(), se.tolist()):
         ranges.setdefault((b, e), []).append(c)
-    tile_count = {rg: config.cdiv((rg[1] - rg[0]) * ratio, block_m) for rg in ranges}
-    per = _items_per_range(ranges, tile_count, num_kv_heads, chunk_size, config.slots(tiles, device)) if ranges else 1
-    key = (ratio, num_kv_heads, chunk_size, block_m, per, config.forced_value("contiguous", True))
+    classes = _tile_classes(ranges, ratio, num_kv_heads, chunk_size, tiles_for, device, overlap) if ranges else []
+    key = (ratio, num_kv_heads, chunk_size, tuple((t, per) for t, _, per in classes),
+           config.forced_value("contiguous", True))
     cache = h.setdefault("triton", {})
     if key in cache:
         return cache[key]
     begin, end, c0, c1, row, chunks = [], [], [], [], [], []
     covers = [[] for _ in range(table.num_seqs)]
+    launches = []  # (tiles, first item, items, row tiles of its largest node)
     rows = 0
-    for (b, e), cs in ranges.items():
-        for s in range(0, len(cs), per):
-            part = cs[s:s + per]
-            for n in range(b, e):
-                covers[n].append(len(begin))
-            begin.append(b), end.append(e), row.append(rows)
-            c0.append(len(chunks)), chunks.extend(part), c1.append(len(chunks))
-            rows += e - b
+    for tiles, nodes, per in classes:
+        first = len(begin)
+        for b, e in nodes:
+            cs = ranges[(b, e)]
+            for s in range(0, len(cs), per):
+                part = cs[s:s + per]
+                for n in range(b, e):
+                    covers[n].append(len(begin))
+                begin.append(b), end.append(e), row.append(rows)
+                c0.append(len(chunks)), chunks.extend(part), c1.append(len(chunks))
+                rows += e - b
+        most = max(e - b for b, e in nodes) * ratio
+        launches.append((tiles, first, len(begin) - first, config.cdiv(most, tiles.block_m)))
     width = max([len(c) for c in covers] + [1])
     seq_items = np.full((table.num_seqs, width), -1, dtype=np.int64)
     for n, c in enumerate(covers):
@@ -268,10 +282,13 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles: con
         private_contig = all(_consecutive(row[row >= 0]) for row in priv)
     else:
         shared_contig = private_contig = False
+    t = {name: _t(v, device) for name, v in (("begin", begin), ("end", end), ("c0", c0), ("c1", c1), ("row", row))}
     meta = {
-        "num_items": len(begin), "rows": rows,
-        "begin": _t(begin, device), "end": _t(end, device), "c0": _t(c0, device), "c1": _t(c1, device),
-        "row": _t(row, device), "chunks": _t(chunks, device), "seq_items": _t(seq_items, device),
+        "num_items": len(begin), "rows": rows, **t,
+        # Each launch indexes its own items from 0: views of the item arrays from its first.
+        "launches": [(tiles, count, row_tiles, {name: a[first:] for name, a in t.items()})
+                     for tiles, first, count, row_tiles in launches],
+        "chunks": _t(chunks, device), "seq_items": _t(seq_items, device),
         "num_seq_items": _t([len(c) for c in covers], device),
         "num_private": _t((priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs), device),
         "shared_full": bool((lens[sh] == chunk_size).all()) if sh.size else True,
@@ -300,16 +317,15 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     # otherwise split 0 of the sequence-first phase folds the chunk-first states in.
     overlap = config.overlap_phases(int(t.host["shared_chunks"].size > 0) + int(max_priv > 0), dev)
 
-    st = config.shared_tiles(t.max_group_size * ratio, d, q.dtype, dev, overlap=overlap)
-    st_n = min(st.block_n, max(16, config.next_pow2(csize)))
-    meta = work_items(t, ratio, hkv, csize, st, dev)
+    meta = work_items(t, ratio, hkv, csize, lambda rows: config.shared_tiles(rows, d, q.dtype, dev, overlap=overlap),
+                      dev, overlap)
     po = torch.empty(max(1, meta["rows"]), hq, d, dtype=torch.float32, device=dev)
     pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
 
-    def chunk_first():
-        grid = (meta["num_items"], hkv, config.cdiv(t.max_group_size * ratio, st.block_m))
-        _chunk_first_kernel[grid](
-            q, kc, vc, t.chunk_lens, meta["begin"], meta["end"], meta["c0"], meta["c1"], meta["row"],
+    def chunk_first(st, count, row_tiles, it):
+        st_n = min(st.block_n, max(16, config.next_pow2(csize)))
+        _chunk_first_kernel[(count, hkv, row_tiles)](
+            q, kc, vc, t.chunk_lens, it["begin"], it["end"], it["c0"], it["c1"], it["row"],
             meta["chunks"], po, pl,
             q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
             vc.stride(0), vc.stride(1), vc.stride(2),
@@ -318,6 +334,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             BLOCK_M=st.block_m, BLOCK_N=st_n, BLOCKS_PER_CHUNK=config.cdiv(csize, st_n), D=d,
             num_warps=st.num_warps, num_stages=st.num_stages,
         )
+
+    chunk_firsts = [functools.partial(chunk_first, *launch) for launch in meta["launches"]]
 
     dt = config.decode_tiles(ratio, d, q.dtype, dev, overlap=overlap)
     dt_n = min(dt.block_n, max(16, config.next_pow2(csize)))
@@ -350,15 +368,16 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         )
 
     if overlap:
-        concurrently([chunk_first, seq_first], dev)
+        # The launch of the largest tiles (the root's, on a tree) runs longest: it goes first.
+        concurrently(chunk_firsts + [seq_first], dev)
         _fold_kernel[(n * hkv,)](
             meta["seq_items"], meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl, out, lse,
             meta["seq_items"].stride(0), so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
             hkv, hq, ratio, splits, BLOCK_H=dt.block_m, D=d, num_warps=4,
         )
         return out, lse
-    if meta["num_items"]:
-        chunk_first()
+    for launch in chunk_firsts:
+        launch()
     seq_first()
     if splits > 1:
         launch_merge(so.view(splits, n * hq, d), sl.view(splits, n * hq), out.view(n * hq, d), lse.view(n * hq))
