@@ -67,6 +67,20 @@ def kernel_breakdown(fn, iters: int = 5) -> list:
     return [(e.name[:40], round(e.time_range.start - t0, 1), round(e.time_range.elapsed_us(), 1)) for e in last]
 
 
+def graph_breakdown(fn, iters: int = 3) -> list:
+    """:func:`kernel_breakdown` of ``fn`` captured in a CUDA graph and replayed: the phases
+    overlap as they do in the timed replays (an eager call spaces them by Python's launches)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return kernel_breakdown(graph.replay, iters)
+
+
 SHARED_CONFIGS = [  # (block_m or None for the heuristic's, block_n, warps, stages)
     (None, 64, 8, 2), (None, 64, 8, 3), (None, 128, 8, 2), (None, 128, 8, 3), (None, 32, 8, 3),
     (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3),
@@ -139,12 +153,20 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "ms512": {"prefix_min_split": 512},
     "ms2048": {"prefix_min_split": 2048},
     "bm128": {"block_m": 128},
+    "ms683": {"prefix_min_split": 683},
+    "wide": {"shared_block_n": 128},
+    "hp": {"half_partials": True},
+    "s2": {"shared_stages": 2},
+    "d3": {"decode_stages": 3},
 }
 
 
-def variants(dev, names) -> list:
+def variants(dev, names, timeline=None, judge=(), which=None) -> list:
     """Median µs (CUDA-graph replay, L2 flushed) of both ops of every spec workload (bf16,
-    uniform suffixes) under each :data:`VARIANTS` entry."""
+    uniform suffixes) under each :data:`VARIANTS` entry; for the workloads in ``timeline``,
+    also the kernels of one graph replay with their start times (:func:`graph_breakdown`);
+    for the variants in ``judge``, the float64 oracle's verdict on the output."""
+    oracles: dict = {}
     from attn.cases import build_inputs, op_callable, spec_variants
     from attn.timing import time_op
     from attn.triton import config
@@ -156,13 +178,36 @@ def variants(dev, names) -> list:
         for op in ("shared_prefix", "chunk"):
             line = []
             for name, force in VARIANTS.items():
+                if which and name not in which:
+                    continue
                 try:
                     with config.forced(**force):
                         us = time_op(op_callable("triton", inputs, op), dev, rounds=5).median_s * 1e6
                 except Exception as e:
                     us = float("nan")
                     log(w.id, op, name, "ERROR", repr(e)[:200])
-                out.append({"workload": w.id, "op": op, "variant": name, "force": force, "us": us})
+                row = {"workload": w.id, "op": op, "variant": name, "force": force, "us": us}
+                if timeline and w.name in timeline:
+                    try:
+                        with config.forced(**force):
+                            row["kernels"] = graph_breakdown(op_callable("triton", inputs, op))
+                        log(f"  timeline {w.id} {op} {name}: {row['kernels']}")
+                    except Exception as e:
+                        log(w.id, op, name, "timeline ERROR", repr(e)[:200])
+                if name in judge:
+                    try:
+                        from attn.testing import Oracle
+                        problem = inputs.problem(op)
+                        oracles = oracles if oracles.get("key") == (w.id, op) else {"key": (w.id, op), "o": Oracle(problem)}
+                        with config.forced(**force):
+                            o, l = op_callable("triton", inputs, op)()
+                        verdict = oracles["o"].judge(o, l)
+                        row["oracle"] = str(verdict)
+                        row["oracle_ok"] = bool(verdict.ok)
+                        log(f"  oracle {w.id} {op} {name}: {verdict}")
+                    except Exception as e:
+                        log(w.id, op, name, "oracle ERROR", repr(e)[:200])
+                out.append(row)
                 line.append(f"{name} {us:.1f}")
             log(f"variants {w.id:14s} {op:13s} " + " | ".join(line))
         del inputs
@@ -179,6 +224,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", nargs="*", default=None, help="workloads whose phases to time per tile config")
     ap.add_argument("--variants", nargs="*", default=None,
                     help="time both ops of these workloads (all if none named) under each launch-plan variant")
+    ap.add_argument("--timeline", nargs="*", default=None,
+                    help="with --variants: kernel start times and durations of a graph replay for these workloads")
+    ap.add_argument("--judge", nargs="*", default=None,
+                    help="with --variants: check these variants' outputs against the float64 oracle")
+    ap.add_argument("--which", nargs="*", default=None, help="with --variants: only these variants")
     ap.add_argument("--no-table", action="store_true", help="skip the per-workload table")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -204,7 +254,7 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "sweep.json"), "w") as f:
             json.dump(report["sweep"], f, indent=1, default=str)
     if args.variants is not None:
-        report["variants"] = variants(dev, args.variants)
+        report["variants"] = variants(dev, args.variants, args.timeline, args.judge or (), args.which)
         with open(os.path.join(args.out, "variants.json"), "w") as f:
             json.dump(report["variants"], f, indent=1, default=str)
     rows = []

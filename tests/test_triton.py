@@ -131,6 +131,21 @@ def test_overlapped_phases_then_merge(triton_backend, dtype):
     _check_chunk(w, 32, dtype, seed=5, overlap=False)
 
 
+def test_half_precision_partial_states(triton_backend):
+    # Partial outputs stored in the input's half dtype between the phases (LSEs float32),
+    # through every path that writes or reads them: split-K merge, fold, overlapped fold.
+    w = W("half", 6, 8, 2, ((1, 70), (2, 33)), 50, 64, ragged=True)
+    assert _config().partial_dtype(torch.float16) == torch.float32
+    with _config().forced(half_partials=True):
+        assert _config().partial_dtype(torch.float16) == torch.float16
+        assert _config().partial_dtype(torch.float32) == torch.float32
+    _check_shared(w, torch.float16, half_partials=True, prefix_split=32, suffix_split=32)
+    _check_shared(w, torch.float16, seed=1, half_partials=True, prefix_split=32)
+    _check_shared(w, torch.float16, seed=2, half_partials=True, overlap=True)
+    _check_chunk(w, 16, torch.float16, seed=3, half_partials=True, overlap=True, private_split=1)
+    _check_chunk(w, 16, torch.float16, seed=4, half_partials=True, chunks_per_item=1, private_split=1)
+
+
 def test_gqa_ratio_16_and_chunk_size_48(triton_backend):
     _check_shared(W("r16", 2, 32, 2, ((1, 20),), 3, 64), torch.float16)
     _check_chunk(W("c48", 3, 16, 1, ((1, 100),), 20, 64), 48, torch.float16)

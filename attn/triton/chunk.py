@@ -99,7 +99,7 @@ def _chunk_first_kernel(
                                      CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
     out, lse = finish(m_i, l_i, acc)
     prow = (tl.load(IT_ROW + it) + local).to(tl.int64) * num_q_heads + head
-    tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
+    tl.store(PO + prow[:, None] * D + offs_d[None, :], out.to(PO.dtype.element_ty), mask=row_ok[:, None])
     tl.store(PL + prow, lse, mask=row_ok)
 
 
@@ -157,7 +157,7 @@ def _fold_items(m_i, l_i, acc, ITEMS, num_items, n, IT_BEGIN, IT_ROW, PO, PL, he
     for j in range(0, num_items):
         item = tl.load(ITEMS + j)
         prow = (tl.load(IT_ROW + item) + n - tl.load(IT_BEGIN + item)).to(tl.int64) * num_q_heads + head
-        o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=h_ok[:, None], other=0.0)
+        o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=h_ok[:, None], other=0.0).to(tl.float32)
         lse = tl.load(PL + prow, mask=h_ok, other=float("-inf"))
         m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
     return m_i, l_i, acc
@@ -185,7 +185,7 @@ def _fold_kernel(SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, SO, SL, OUT, LSE,
                                 IT_ROW, PO, PL, head, h_ok, num_q_heads, D)
     for s in range(0, splits):
         srow = s * stride_os + n64 * stride_on + head * stride_oh
-        o = tl.load(SO + srow[:, None] + offs_d[None, :], mask=h_ok[:, None], other=0.0)
+        o = tl.load(SO + srow[:, None] + offs_d[None, :], mask=h_ok[:, None], other=0.0).to(tl.float32)
         lse = tl.load(SL + s * stride_ls + n64 * stride_ln + head, mask=h_ok, other=float("-inf"))
         m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
     out, lse = finish(m_i, l_i, acc)
@@ -319,7 +319,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
 
     meta = work_items(t, ratio, hkv, csize, lambda rows: config.shared_tiles(rows, d, q.dtype, dev, overlap=overlap),
                       dev, overlap)
-    po = torch.empty(max(1, meta["rows"]), hq, d, dtype=torch.float32, device=dev)
+    po = torch.empty(max(1, meta["rows"]), hq, d, dtype=config.partial_dtype(q.dtype), device=dev)
     pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
 
     def chunk_first(st, count, row_tiles, it):
@@ -349,7 +349,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     if final:
         so, sl = out.view(1, n, hq, d), lse.view(1, n, hq)
     else:
-        so = torch.empty(splits, n, hq, d, dtype=torch.float32, device=dev)
+        so = torch.empty(splits, n, hq, d, dtype=config.partial_dtype(q.dtype), device=dev)
         sl = torch.empty(splits, n, hq, dtype=torch.float32, device=dev)
 
     def seq_first():

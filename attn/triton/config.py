@@ -27,7 +27,8 @@ def forced(**kw):
     sequence-first phase), ``shared_block_n`` / ``shared_warps`` / ``shared_stages`` and
     ``decode_block_n`` / ``decode_warps`` / ``decode_stages`` (tiles), ``contiguous=False``
     (chunk kernels: never take the consecutive-chunk-id path), ``overlap`` (run the phases
-    of an op concurrently on streams and merge, or in order and fold).
+    of an op concurrently on streams and merge, or in order and fold), ``half_partials``
+    (:func:`partial_dtype`).
     """
     old = dict(_FORCE)
     _FORCE.update(kw)
@@ -198,6 +199,16 @@ def num_splits(length: int, base_programs: int, tiles: Tiles, device: torch.devi
         split_len = cdiv(length, want)
     split_len = cdiv(split_len, bn) * bn
     return cdiv(length, split_len), split_len
+
+
+def partial_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the normalised partial outputs that phases write for the merge (their LSEs
+    are always float32). float32 unless ``forced(half_partials=True)``: then the input's
+    half dtype, as FlashInfer's cascade merges half-precision states, at half the bytes.
+    """
+    if _FORCE.get("half_partials", False) and dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    return torch.float32
 
 
 def forced_value(key: str, default):

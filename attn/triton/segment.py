@@ -76,7 +76,7 @@ def _segment_kernel(
         # Unrolled, so that the loads of all the states are in flight together.
         for k in tl.static_range(FOLD_PARTS):
             prow = k * stride_pp + seq * stride_pb + head * stride_ph
-            o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
             lse_k = tl.load(PL + prow, mask=row_ok, other=float("-inf"))
             m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse_k)
         out, lse = finish(m_i, l_i, acc)
@@ -86,7 +86,7 @@ def _segment_kernel(
     else:
         out, lse = finish(m_i, l_i, acc)
         prow = (part_base + split).to(tl.int64) * stride_pp + seq * stride_pb + head * stride_ph
-        tl.store(PO + prow[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
+        tl.store(PO + prow[:, None] * D + offs_d[None, :], out.to(PO.dtype.element_ty), mask=row_ok[:, None])
         tl.store(PL + prow, lse, mask=row_ok)
 
 
@@ -95,7 +95,8 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
                    tiles: Tiles, fold_into=None) -> None:
     """Attend ``q [B, Hq, D]`` to the segments ``k, v [G, L, Hkv, D]`` (``G`` divides ``B``).
 
-    Writes partial states ``parts_o[part_base + s] [B, Hq, D]`` (float32, normalised) and
+    Writes partial states ``parts_o[part_base + s] [B, Hq, D]`` (normalised; float32 or
+    :func:`config.partial_dtype`) and
     ``parts_lse[part_base + s] [B, Hq]`` for each split ``s < splits`` of ``split_len`` keys.
     ``lens`` (int32 ``[G]`` on the device, or None for ``L``) limits each group's keys.
     ``parts_o``/``parts_lse`` must be contiguous ``[NP, B, Hq, (D)]``.

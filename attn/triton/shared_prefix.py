@@ -65,7 +65,7 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
     overlap = config.overlap_phases(len(steps), p.device)
     fold = not overlap and steps[-1][2] == 1
     stored = total - 1 if fold else total
-    parts_o = torch.empty(max(1, stored), b, hq, d, dtype=torch.float32, device=q.device)
+    parts_o = torch.empty(max(1, stored), b, hq, d, dtype=config.partial_dtype(q.dtype), device=q.device)
     parts_lse = torch.empty(max(1, stored), b, hq, dtype=torch.float32, device=q.device)
     launches = []
     base = 0
