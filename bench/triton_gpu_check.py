@@ -156,6 +156,8 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "ms683": {"prefix_min_split": 683},
     "wide": {"shared_block_n": 128},
     "hp": {"half_partials": True},
+    "nofit": {"fit_stages": False},
+    "fold1": {"fold_kv_heads": 1},
     "s2": {"shared_stages": 2},
     "d3": {"decode_stages": 3},
 }

@@ -88,7 +88,7 @@ def test_chunk_first_tiles_sized_per_node(triton_backend, dtype):
     w = W("tree", 6, 8, 2, ((1, 70), (2, 33)), 50, 64)
     inp = _check_chunk(w, 16, dtype, chunks_per_item=2, private_split=1)
     meta = next(iter(inp.table.host["triton"].values()))
-    heights = [(tiles.block_m, count, row_tiles) for tiles, count, row_tiles, _ in meta["launches"]]
+    heights = [(tiles.block_m, count, row_tiles) for tiles, _, count, row_tiles, _ in meta["launches"]]
     # Root: 5 chunks (70 keys) in items of 2; level 2: 2 nodes x 3 chunks (33 keys) in items of 2.
     assert heights == [(32, 3, 1), (16, 4, 1)], heights
     assert meta["num_items"] == 7
@@ -157,6 +157,22 @@ def test_merge_kernel_any_head_dim(triton_backend):
     out, lse = attn.merge_states(outs, lses, backend="triton")
     ref_out, ref_lse = attn.merge_states(outs, lses, backend="torch")
     assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
+
+
+def test_launch_heuristics_fit_the_work():
+    config = _config()
+    t = config.Tiles(128, 64, 8, 3)
+    # A program of one or two key blocks keeps no more stages than blocks; long ones keep 3.
+    assert [config.fit_stages(t, b).num_stages for b in (0, 1, 2, 3, 40)] == [1, 1, 2, 3, 3]
+    with config.forced(fit_stages=False):
+        assert config.fit_stages(t, 1).num_stages == 3
+    with config.forced(decode_stages=4):
+        assert config.fit_stages(t, 1).num_stages == 3  # a forced stage count is left alone
+    # Fold programs: 16 real rows where the kv heads divide so, one GQA group otherwise.
+    assert [config.fold_kv_heads(hkv, r) for hkv, r in ((8, 4), (8, 1), (32, 1), (6, 4), (5, 4), (2, 16))] == \
+        [4, 8, 16, 3, 1, 1]
+    with config.forced(fold_kv_heads=1):
+        assert config.fold_kv_heads(8, 4) == 1
 
 
 def test_not_supported_reasons():

@@ -169,7 +169,9 @@ def _fold_kernel(SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, SO, SL, OUT, LSE,
                  num_kv_heads, num_q_heads, ratio, splits,
                  BLOCK_H: tl.constexpr, D: tl.constexpr):
     """After overlapped phases: sequence ``n``'s chunk-first states and its ``splits``
-    sequence-first states (``SO``, ``SL``) merged into the output."""
+    sequence-first states (``SO``, ``SL``) merged into the output. Program ``(n, j)`` takes
+    heads ``[j * heads, (j + 1) * heads)`` (the ``ratio`` argument), ``num_kv_heads`` such
+    groups cover a sequence."""
     pid = tl.program_id(0)
     n = pid // num_kv_heads
     kvh = pid % num_kv_heads
@@ -256,7 +258,7 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles_for,
         return cache[key]
     begin, end, c0, c1, row, chunks = [], [], [], [], [], []
     covers = [[] for _ in range(table.num_seqs)]
-    launches = []  # (tiles, first item, items, row tiles of its largest node)
+    launches = []  # (tiles, chunks per item, first item, items, row tiles of its largest node)
     rows = 0
     for tiles, nodes, per in classes:
         first = len(begin)
@@ -270,7 +272,7 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles_for,
                 c0.append(len(chunks)), chunks.extend(part), c1.append(len(chunks))
                 rows += e - b
         most = max(e - b for b, e in nodes) * ratio
-        launches.append((tiles, first, len(begin) - first, config.cdiv(most, tiles.block_m)))
+        launches.append((tiles, per, first, len(begin) - first, config.cdiv(most, tiles.block_m)))
     width = max([len(c) for c in covers] + [1])
     seq_items = np.full((table.num_seqs, width), -1, dtype=np.int64)
     for n, c in enumerate(covers):
@@ -286,8 +288,8 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles_for,
     meta = {
         "num_items": len(begin), "rows": rows, **t,
         # Each launch indexes its own items from 0: views of the item arrays from its first.
-        "launches": [(tiles, count, row_tiles, {name: a[first:] for name, a in t.items()})
-                     for tiles, first, count, row_tiles in launches],
+        "launches": [(tiles, per, count, row_tiles, {name: a[first:] for name, a in t.items()})
+                     for tiles, per, first, count, row_tiles in launches],
         "chunks": _t(chunks, device), "seq_items": _t(seq_items, device),
         "num_seq_items": _t([len(c) for c in covers], device),
         "num_private": _t((priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs), device),
@@ -322,8 +324,9 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     po = torch.empty(max(1, meta["rows"]), hq, d, dtype=config.partial_dtype(q.dtype), device=dev)
     pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
 
-    def chunk_first(st, count, row_tiles, it):
+    def chunk_first(st, per, count, row_tiles, it):
         st_n = min(st.block_n, max(16, config.next_pow2(csize)))
+        st = config.fit_stages(st, per * config.cdiv(csize, st_n))
         _chunk_first_kernel[(count, hkv, row_tiles)](
             q, kc, vc, t.chunk_lens, it["begin"], it["end"], it["c0"], it["c1"], it["row"],
             meta["chunks"], po, pl,
@@ -345,6 +348,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         want = config.best_splits(n * hkv, config.cdiv(max_priv, config.cdiv(256, csize)), config.slots(dt, dev))
         per = max(1, config.cdiv(max_priv, want))
     splits = max(1, config.cdiv(max_priv, per))
+    dt = config.fit_stages(dt, per * config.cdiv(csize, dt_n))
     final = splits == 1 and not overlap
     if final:
         so, sl = out.view(1, n, hq, d), lse.view(1, n, hq)
@@ -370,10 +374,13 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     if overlap:
         # The launch of the largest tiles (the root's, on a tree) runs longest: it goes first.
         concurrently(chunk_firsts + [seq_first], dev)
-        _fold_kernel[(n * hkv,)](
+        # A fold program takes the heads of g kv heads, a tile of >= 16 real rows (one GQA group
+        # of 4 heads in a 16-row tile left 3/4 of each program idle).
+        g = config.fold_kv_heads(hkv, ratio)
+        _fold_kernel[(n * (hkv // g),)](
             meta["seq_items"], meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl, out, lse,
             meta["seq_items"].stride(0), so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
-            hkv, hq, ratio, splits, BLOCK_H=dt.block_m, D=d, num_warps=4,
+            hkv // g, hq, g * ratio, splits, BLOCK_H=max(16, config.next_pow2(g * ratio)), D=d, num_warps=4,
         )
         return out, lse
     for launch in chunk_firsts:

@@ -8,6 +8,7 @@ paths on small inputs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -151,6 +152,32 @@ def decode_tiles(ratio: int, d: int, dtype: torch.dtype, device: torch.device, o
     if overlap:
         return _tiles("decode_", bm, 128 if keys >= 256 else 64, 4, 2)
     return _tiles("decode_", bm, 64, 4, 4)
+
+
+def fit_stages(tiles: Tiles, blocks: int) -> Tiles:
+    """``tiles`` with no more pipeline stages than the ``blocks`` key blocks a program walks.
+
+    A stage is a K/V buffer in shared memory: the pipeliner keeps ``stages - 1`` blocks in
+    flight, so a program of ``blocks`` blocks has them all in flight with ``blocks`` stages,
+    and more only take the shared memory that other CTAs could use. On a tree the leaves
+    (128 keys) and the suffixes (64 keys) are such programs: with one or two stages 3-7 of
+    them fit on an SM instead of 2-3. ``forced(fit_stages=False)`` keeps the stages.
+    """
+    if not _FORCE.get("fit_stages", True) or any(k.endswith("stages") for k in _FORCE):
+        return tiles
+    return dataclasses.replace(tiles, num_stages=max(1, min(tiles.num_stages, blocks)))
+
+
+def fold_kv_heads(num_kv_heads: int, ratio: int) -> int:
+    """KV heads per program of a per-sequence merge: the most ``g`` dividing ``num_kv_heads``
+    with ``g * ratio <= 16`` (at least 1), so a 16-row tile holds 16 real rows when it can.
+    ``forced(fold_kv_heads=g)`` overrides (1: one GQA group per program)."""
+    if "fold_kv_heads" in _FORCE:
+        return _FORCE["fold_kv_heads"]
+    g = max(1, 16 // max(1, ratio))
+    while num_kv_heads % g:
+        g -= 1
+    return g
 
 
 def slots(tiles: Tiles, device: torch.device) -> int:

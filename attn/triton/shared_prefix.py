@@ -39,11 +39,13 @@ def plan(p: SharedPrefixProblem):
         base = g * hkv * config.cdiv(rows, tiles.block_m)
         splits, split_len = config.num_splits(length, base, tiles, dev, "prefix_split",
                                               min_split=config.prefix_min_split(overlap))
+        tiles = config.fit_stages(tiles, config.cdiv(split_len, tiles.block_n))
         steps.append(("prefix", i, splits, split_len, tiles))
     s = p.suffix_capacity
     if s > 0:
         tiles = config.decode_tiles(ratio, d, p.dtype, dev, overlap=overlap, keys=s)
         splits, split_len = config.num_splits(s, b * hkv, tiles, dev, "suffix_split")
+        tiles = config.fit_stages(tiles, config.cdiv(split_len, tiles.block_n))
         steps.append(("suffix", -1, splits, split_len, tiles))
     return steps
 
