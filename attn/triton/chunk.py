@@ -349,7 +349,9 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         per = max(1, config.cdiv(max_priv, want))
     splits = max(1, config.cdiv(max_priv, per))
     dt = config.fit_stages(dt, per * config.cdiv(csize, dt_n))
-    final = splits == 1 and not overlap
+    # Overlapped, the sequence-first phase may still run last and fold (config.fold_last).
+    in_order_tail = not overlap or (splits == 1 and config.fold_last(len(meta["launches"]) + 1))
+    final = splits == 1 and in_order_tail
     if final:
         so, sl = out.view(1, n, hq, d), lse.view(1, n, hq)
     else:
@@ -365,13 +367,13 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             max(1, t.private_chunks.stride(0)) if t.private_chunks.dim() == 2 else 0, meta["seq_items"].stride(0),
             so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
             hkv, hq, ratio, per, qk_scale,
-            FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
+            FINAL=final, FOLD_ITEMS=in_order_tail, CONTIG=meta["private_contig"],
             MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
             BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d,
             num_warps=dt.num_warps, num_stages=dt.num_stages,
         )
 
-    if overlap:
+    if not in_order_tail:
         # The launch of the largest tiles (the root's, on a tree) runs longest: it goes first.
         concurrently(chunk_firsts + [seq_first], dev)
         # A fold program takes the heads of g kv heads, a tile of >= 16 real rows (one GQA group
@@ -383,8 +385,11 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             hkv // g, hq, g * ratio, splits, BLOCK_H=max(16, config.next_pow2(g * ratio)), D=d, num_warps=4,
         )
         return out, lse
-    for launch in chunk_firsts:
-        launch()
+    if overlap:
+        concurrently(chunk_firsts, dev)
+    else:
+        for launch in chunk_firsts:
+            launch()
     seq_first()
     if splits > 1:
         launch_merge(so.view(splits, n * hq, d), sl.view(splits, n * hq), out.view(n * hq, d), lse.view(n * hq))

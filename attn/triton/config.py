@@ -228,6 +228,14 @@ def num_splits(length: int, base_programs: int, tiles: Tiles, device: torch.devi
     return cdiv(length, split_len), split_len
 
 
+def fold_last(phases: int) -> bool:
+    """With overlapped phases, whether the last one (suffix, sequence-first) still runs after
+    the others and folds their states in, instead of beside them and then a merge kernel:
+    no merge launch and one partial state less written and read, but the last phase no
+    longer overlaps the rest. ``forced(fold_last=True)``; off by default."""
+    return phases > 1 and bool(_FORCE.get("fold_last", False))
+
+
 def partial_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of the normalised partial outputs that phases write for the merge (their LSEs
     are always float32). float32 unless ``forced(half_partials=True)``: then the input's
