@@ -92,6 +92,15 @@ def test_chunk_first_tiles_sized_per_node(triton_backend, dtype):
     # Root: 5 chunks (70 keys) in items of 2; level 2: 2 nodes x 3 chunks (33 keys) in items of 2.
     assert heights == [(32, 3, 1), (16, 4, 1)], heights
     assert meta["num_items"] == 7
+    # A second call with the same overrides finds the plan cached (no host work); other
+    # overrides build their own.
+    with _config().forced(chunks_per_item=2, private_split=1):
+        attn.chunk_attention(*inp.args(), backend="triton")
+    cached = list(inp.table.host["triton"].values())
+    assert len(cached) == 1 and cached[0] is meta
+    with _config().forced(chunks_per_item=1, private_split=1):
+        attn.chunk_attention(*inp.args(), backend="triton")
+    assert len(inp.table.host["triton"]) == 2
 
 
 def _contig_flags(inp):

@@ -236,8 +236,8 @@ def _consecutive(ids) -> bool:
     return bool(ids.size == 0 or (np.diff(ids) == 1).all())
 
 
-def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles_for, device: torch.device,
-               overlap: bool) -> dict:
+def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: int, dtype: torch.dtype,
+               device: torch.device, overlap: bool) -> dict:
     """Chunk-first work items of ``table`` (host-side, computed once per table and launch shape).
 
     Shared chunks with one sequence range form a tree node; nodes are grouped by tile shape
@@ -246,16 +246,18 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, tiles_for,
     is full (then no masks) or runs of consecutive ids (then ids are computed, not loaded).
     """
     h = table.host
+    # Everything below follows from the table and these arguments (and forced heuristics):
+    # looked up first, so that a call on a known table does no host work.
+    key = (ratio, num_kv_heads, chunk_size, head_dim, dtype, str(device), overlap, config.forced_items())
+    cache = h.setdefault("triton", {})
+    if key in cache:
+        return cache[key]
     sh, sb, se = h["shared_chunks"], h["shared_begin"], h["shared_end"]
     ranges: dict = {}
     for c, b, e in zip(sh.tolist(), sb.tolist(), se.tolist()):
         ranges.setdefault((b, e), []).append(c)
+    tiles_for = functools.partial(config.shared_tiles, d=head_dim, dtype=dtype, device=device, overlap=overlap)
     classes = _tile_classes(ranges, ratio, num_kv_heads, chunk_size, tiles_for, device, overlap) if ranges else []
-    key = (ratio, num_kv_heads, chunk_size, tuple((t, per) for t, _, per in classes),
-           config.forced_value("contiguous", True))
-    cache = h.setdefault("triton", {})
-    if key in cache:
-        return cache[key]
     begin, end, c0, c1, row, chunks = [], [], [], [], [], []
     covers = [[] for _ in range(table.num_seqs)]
     launches = []  # (tiles, chunks per item, first item, items, row tiles of its largest node)
@@ -319,8 +321,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     # otherwise split 0 of the sequence-first phase folds the chunk-first states in.
     overlap = config.overlap_phases(int(t.host["shared_chunks"].size > 0) + int(max_priv > 0), dev)
 
-    meta = work_items(t, ratio, hkv, csize, lambda rows: config.shared_tiles(rows, d, q.dtype, dev, overlap=overlap),
-                      dev, overlap)
+    meta = work_items(t, ratio, hkv, csize, d, q.dtype, dev, overlap)
     po = torch.empty(max(1, meta["rows"]), hq, d, dtype=config.partial_dtype(q.dtype), device=dev)
     pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
 

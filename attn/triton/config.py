@@ -246,5 +246,10 @@ def partial_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32
 
 
+def forced_items() -> tuple:
+    """The overrides in force, hashable: part of the cache key of plans built under them."""
+    return tuple(sorted(_FORCE.items()))
+
+
 def forced_value(key: str, default):
     return _FORCE.get(key, default)
