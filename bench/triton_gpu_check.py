@@ -158,10 +158,6 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "hp": {"half_partials": True},
     "nofit": {"fit_stages": False},
     "fold1": {"fold_kv_heads": 1},
-    "fl": {"fold_last": True},
-    "fl-ms512": {"fold_last": True, "prefix_min_split": 512},
-    "fl-ms256": {"fold_last": True, "prefix_min_split": 256},
-    "fl-hp": {"fold_last": True, "half_partials": True},
     "s2": {"shared_stages": 2},
     "d3": {"decode_stages": 3},
 }

@@ -135,9 +135,6 @@ def test_overlapped_phases_then_merge(triton_backend, dtype):
     _check_shared(w, dtype, seed=1, overlap=True, prefix_split=32, suffix_split=32)
     _check_chunk(w, 16, dtype, seed=2, overlap=True)
     _check_chunk(w, 16, dtype, seed=3, shuffle=False, overlap=True, private_split=1, chunks_per_item=1)
-    # Overlapped but for the last phase, which runs after the others and folds their states.
-    _check_shared(w, dtype, seed=6, overlap=True, fold_last=True)
-    _check_chunk(w, 16, dtype, seed=7, overlap=True, fold_last=True, chunks_per_item=1)
     # And the in-order plan where the GPU would overlap.
     _check_shared(w, dtype, seed=4, overlap=False)
     _check_chunk(w, 32, dtype, seed=5, overlap=False)

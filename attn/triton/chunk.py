@@ -222,8 +222,7 @@ def _tile_classes(ranges: dict, ratio: int, num_kv_heads: int, chunk_size: int, 
             per = forced
         else:
             base = sum(num_kv_heads * config.cdiv((e - b) * ratio, tiles.block_m) for b, e in nodes)
-            # (The forced key is handled above, so num_splits never reads it.)
-            splits, _ = config.num_splits(longest * chunk_size, base, tiles, device, "chunks_per_item",
+            splits, _ = config.num_splits(longest * chunk_size, base, tiles, device, None,
                                           min_split=config.prefix_min_split(overlap))
             per = config.cdiv(longest, splits)
         classes.append((tiles, nodes, per))
@@ -350,9 +349,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         per = max(1, config.cdiv(max_priv, want))
     splits = max(1, config.cdiv(max_priv, per))
     dt = config.fit_stages(dt, per * config.cdiv(csize, dt_n))
-    # Overlapped, the sequence-first phase may still run last and fold (config.fold_last).
-    in_order_tail = not overlap or (splits == 1 and config.fold_last(len(meta["launches"]) + 1))
-    final = splits == 1 and in_order_tail
+    final = splits == 1 and not overlap
     if final:
         so, sl = out.view(1, n, hq, d), lse.view(1, n, hq)
     else:
@@ -368,13 +365,13 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             max(1, t.private_chunks.stride(0)) if t.private_chunks.dim() == 2 else 0, meta["seq_items"].stride(0),
             so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
             hkv, hq, ratio, per, qk_scale,
-            FINAL=final, FOLD_ITEMS=in_order_tail, CONTIG=meta["private_contig"],
+            FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
             MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
             BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d,
             num_warps=dt.num_warps, num_stages=dt.num_stages,
         )
 
-    if not in_order_tail:
+    if overlap:
         # The launch of the largest tiles (the root's, on a tree) runs longest: it goes first.
         concurrently(chunk_firsts + [seq_first], dev)
         # A fold program takes the heads of g kv heads, a tile of >= 16 real rows (one GQA group
@@ -386,11 +383,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             hkv // g, hq, g * ratio, splits, BLOCK_H=max(16, config.next_pow2(g * ratio)), D=d, num_warps=4,
         )
         return out, lse
-    if overlap:
-        concurrently(chunk_firsts, dev)
-    else:
-        for launch in chunk_firsts:
-            launch()
+    for launch in chunk_firsts:
+        launch()
     seq_first()
     if splits > 1:
         launch_merge(so.view(splits, n * hq, d), sl.view(splits, n * hq), out.view(n * hq, d), lse.view(n * hq))

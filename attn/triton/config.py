@@ -28,8 +28,9 @@ def forced(**kw):
     sequence-first phase), ``shared_block_n`` / ``shared_warps`` / ``shared_stages`` and
     ``decode_block_n`` / ``decode_warps`` / ``decode_stages`` (tiles), ``contiguous=False``
     (chunk kernels: never take the consecutive-chunk-id path), ``overlap`` (run the phases
-    of an op concurrently on streams and merge, or in order and fold), ``half_partials``
-    (:func:`partial_dtype`).
+    of an op concurrently on streams and merge, or in order and fold), ``prefix_min_split``
+    (:func:`prefix_min_split`), ``fit_stages=False`` (:func:`fit_stages`), ``fold_kv_heads``
+    (:func:`fold_kv_heads`), ``half_partials`` (:func:`partial_dtype`).
     """
     old = dict(_FORCE)
     _FORCE.update(kw)
@@ -208,10 +209,11 @@ def best_splits(base_programs: int, max_splits: int, slot_count: int) -> int:
     return best
 
 
-def num_splits(length: int, base_programs: int, tiles: Tiles, device: torch.device, key: str,
+def num_splits(length: int, base_programs: int, tiles: Tiles, device: torch.device, key,
                min_split: int = 256) -> tuple[int, int]:
     """``(splits, split_len)`` cutting ``length`` keys so that ``base_programs * splits``
     programs fill the GPU's waves; each split is a multiple of the key block and non-empty.
+    ``key`` names the :func:`forced` override of ``split_len`` (None: no override).
 
     Splits shorter than ``min_split`` keys would cost more in partial states written and
     merged than they gain in parallelism.
@@ -226,14 +228,6 @@ def num_splits(length: int, base_programs: int, tiles: Tiles, device: torch.devi
         split_len = cdiv(length, want)
     split_len = cdiv(split_len, bn) * bn
     return cdiv(length, split_len), split_len
-
-
-def fold_last(phases: int) -> bool:
-    """With overlapped phases, whether the last one (suffix, sequence-first) still runs after
-    the others and folds their states in, instead of beside them and then a merge kernel:
-    no merge launch and one partial state less written and read, but the last phase no
-    longer overlaps the rest. ``forced(fold_last=True)``; off by default."""
-    return phases > 1 and bool(_FORCE.get("fold_last", False))
 
 
 def partial_dtype(dtype: torch.dtype) -> torch.dtype:

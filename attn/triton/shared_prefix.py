@@ -65,7 +65,7 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
     # partial states. Run in order instead, a last phase of one split (the usual suffix)
     # folds everything in and writes the output: no merge launch.
     overlap = config.overlap_phases(len(steps), p.device)
-    fold = steps[-1][2] == 1 and (not overlap or config.fold_last(len(steps)))
+    fold = not overlap and steps[-1][2] == 1
     stored = total - 1 if fold else total
     parts_o = torch.empty(max(1, stored), b, hq, d, dtype=config.partial_dtype(q.dtype), device=q.device)
     parts_lse = torch.empty(max(1, stored), b, hq, dtype=torch.float32, device=q.device)
@@ -82,9 +82,7 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
         base += splits
     if overlap:
         # The first prefix level is the longest-running phase: it goes first.
-        concurrently(launches[:-1] if fold else launches, p.device)
-        if fold:
-            launches[-1]()
+        concurrently(launches, p.device)
     else:
         for launch in launches:
             launch()
