@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import attn
-from attn.problems import shared_prefix_problem
+from attn.problems import chunk_problem, shared_prefix_problem
 from attn.reference import reference
 from attn.testing import Oracle
 from attn.tk_ext import backend as tkb
@@ -158,7 +158,8 @@ def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale):
     po = torch.zeros(nslot, rows_total, d, dtype=torch.float64)
     pl = torch.full((nslot, rows_total), float("-inf"), dtype=torch.float64)
     written = set()
-    for it in items.tolist():
+    owner = {}  # row -> item (a direct plan: exactly one item per row)
+    for n_it, it in enumerate(items.tolist()):
         kv, _, _, h, seq0, nrows, row0, t0, t1 = it[:9]
         slot = it[plan.F_SLOT]
         ntiles = keys_of(it, None)
@@ -179,6 +180,8 @@ def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale):
                 g = b * hq + hh
                 assert (sl, g) not in written, "two items write one (slot, row)"
                 written.add((sl, g))
+                if it[plan.F_FLAGS] & plan.FLAG_DIRECT:
+                    assert owner.setdefault(g, n_it) == n_it, "a direct plan with two items on one row"
                 if ks:
                     s = torch.cat(ks) @ q_rows[b, hh] * scale
                     pl[sl, g] = torch.logsumexp(s, 0)
@@ -192,6 +195,7 @@ def _run_level_emulation(p):
     levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
     items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                                    p.suffix_lens is not None, num_sms=3)
+    items, _ = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
     srcs = list(zip(p.prefix_k, p.prefix_v))
     if p.suffix_capacity:
         srcs.append((p.suffix_k, p.suffix_v))
@@ -215,6 +219,7 @@ def _run_chunk_emulation(p):
     q_rows = p.q.double()
     t = p.table
     items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
+    items, _ = plan.mark_direct(items, t.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
     tpc = math.ceil(p.chunk_size / plan.TILE)
     lens = t.host["chunk_lens"]
 
@@ -254,6 +259,27 @@ def test_plan_emulation_matches_reference(case):
     both = torch.isinf(ref_lse)
     assert torch.equal(torch.isinf(lse.view(b, hq)), both)
     assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
+
+
+def test_mark_direct_only_when_every_row_is_in_one_item():
+    # no-share: one decode item per (sequence, kv head), no split-K
+    items, _ = plan.level_plan(64, 32, 8, [], 2048, False, num_sms=132)
+    marked, direct = plan.mark_direct(items, 64, 8, 4)
+    assert direct and (marked[:, plan.F_FLAGS] & plan.FLAG_DIRECT).all()
+    assert not (items[:, plan.F_FLAGS] & plan.FLAG_DIRECT).any()  # the input is not modified
+    assert (marked[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT).all()
+    # one level, no suffix, no split: row-split items, each row once
+    rows, _ = plan.level_plan(64, 32, 8, [(1, 256)], 0, False, num_sms=132)
+    assert not (rows[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT).any()
+    assert plan.mark_direct(rows, 64, 8, 4)[1]
+    # rows with two states: a split suffix, a shared prefix plus a suffix
+    assert not plan.mark_direct(plan.level_plan(2, 32, 8, [], 8192, False, num_sms=132)[0], 2, 8, 4)[1]
+    assert not plan.mark_direct(plan.level_plan(64, 32, 8, [(1, 2048)], 256, False, num_sms=132)[0], 64, 8, 4)[1]
+    # a row in no item (it would never be written), and a 64-row kv-split item (too big to exchange)
+    assert not plan.mark_direct(items[1:], 64, 8, 4)[1]
+    big, _ = plan.level_plan(16, 32, 8, [(1, 256)], 0, False, num_sms=132)
+    assert (big[:, plan.F_NROWS] == 64).all() and not plan.mark_direct(big, 16, 8, 4)[1]
+    assert not plan.mark_direct(items[:0], 64, 8, 4)[1]
 
 
 def test_level_plan_splits_long_prefix():
@@ -345,10 +371,36 @@ def test_gpu_merge_states(tk):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("op", ["shared_prefix", "chunk", "merge"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 16, 1), (128, 8, 8)], ids=["d128-r4", "d64-r16", "d128-r1"])
+@pytest.mark.parametrize("op", ["shared_prefix", "chunk"])
+def test_gpu_direct_plan(tk, op, d, hq, hkv, dtype):
+    """Nothing shared and no split: the items write the output themselves (a kv-split item
+    merges its warpgroups in shared memory). Ragged, with one empty sequence."""
+    w = W("", 6, hq, hkv, (), 300, d, ragged=True)
+    inp = make_inputs(w, dtype, "cuda", seed=2)
+    if op == "chunk":
+        inp = to_chunk_form(inp, 64, shuffle=True)
+        p = chunk_problem(*inp.args())
+        assert tk.chunk_items(p)[4]
+    else:
+        inp.suffix_lens[1] = 0  # (a chunk table would give it no chunks: not direct)
+        p = shared_prefix_problem(*inp.args())
+        assert tk.level_items(p)[3]
+    out, lse = _call(op, inp, "tk")
+    verdict = Oracle(p).judge(out, lse)
+    assert verdict.ok, str(verdict)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["shared_prefix", "chunk", "merge", "direct"])
 def test_gpu_cuda_graph_capture_and_replay(tk, op):
-    w = W("", 8, 8, 2, ((1, 300), (2, 70)), 100, 128, ragged=True)
+    # "direct": nothing shared, so the items write the output (no merge launch)
+    w = W("", 8, 8, 2, ((1, 300), (2, 70)) if op != "direct" else (), 100, 128, ragged=True)
     inp = make_inputs(w, torch.bfloat16, "cuda", seed=1)
+    if op == "direct":
+        op = "shared_prefix"
+        assert tk.level_items(shared_prefix_problem(*inp.args()))[3]
     if op == "chunk":
         inp = to_chunk_form(inp, 64, shuffle=True)
     if op == "merge":

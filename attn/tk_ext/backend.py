@@ -1,7 +1,9 @@
 """The ``tk`` backend: ThunderKittens kernels (Hopper wgmma + TMA), built on first use.
 
 Each op is one launch of the stacked-query kernel over a table of work items (see
-:mod:`attn.tk_ext.plan`) writing float32 partial states, then one merge launch. Item tables
+:mod:`attn.tk_ext.plan`) writing float32 partial states, then one merge launch; when every
+row is in one item (decode with nothing shared), the items write the result directly and
+there is no merge (:func:`plan.mark_direct`). Item tables
 are built on the host once per shape (shared prefix) or once per ChunkTable, and cached on
 the device, so a call does no host synchronisation and can be captured in a CUDA graph.
 """
@@ -95,7 +97,7 @@ class TKBackend(Backend):
 
     # ---- ops ----------------------------------------------------------------------
     def level_items(self, p: SharedPrefixProblem):
-        """The cached device item table, CTA ranges and slot count of ``p``'s shape."""
+        """The cached device item table, CTA ranges, slot count and directness of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                p.suffix_lens is not None, str(p.device), mixed_order())
@@ -103,8 +105,9 @@ class TKBackend(Backend):
         if hit is None:
             items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
                                            p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
+            items, direct = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
             items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order())
-            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot)
+            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct)
             self._plans[key] = hit
         return hit
 
@@ -118,46 +121,61 @@ class TKBackend(Backend):
             vs.append(prep_kv(p.suffix_v))
         if not ks or b == 0:
             return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
-        items, ctas, nslot = self.level_items(p)
+        items, ctas, nslot, direct = self.level_items(p)
         q = prep_q(p.q)
-        po = torch.empty(nslot, b * hq, d, dtype=torch.float32, device=p.device)
-        pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=p.device)
-        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl)
-        return self._merge(ext, po, pl, (b, hq, d), p.dtype)
+        po, pl, out, lse = self._buffers(nslot, direct, (b, hq, d), p.dtype, p.device)
+        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse)
+        return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
-        """The device item table, CTA ranges, chunk list and slot count of ``p.table`` (cached on it)."""
+        """The device item table, CTA ranges, chunk list, slot count and directness of ``p.table``
+        (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
         key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device), mixed_order())
         hit = cache.get(key)
         if hit is None:
             items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
                                                   p.chunk_size, self._num_sms(p.device))
+            items, direct = plan.mark_direct(items, p.table.num_seqs, p.num_kv_heads,
+                                             p.num_q_heads // p.num_kv_heads)
             items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order())
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
-                   torch.as_tensor(clist).to(p.device), nslot)
+                   torch.as_tensor(clist).to(p.device), nslot, direct)
             cache[key] = hit
         return hit
 
     def run_chunk(self, p: ChunkProblem):
         ext = self._ext()
         n, hq, d = p.q.shape
-        items, ctas, clist, nslot = self.chunk_items(p)
+        items, ctas, clist, nslot, direct = self.chunk_items(p)
         if n == 0 or nslot == 0 or items.shape[0] == 0:
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
-        po = torch.empty(nslot, n * hq, d, dtype=torch.float32, device=p.device)
-        pl = torch.full((nslot, n * hq), float("-inf"), dtype=torch.float32, device=p.device)
+        po, pl, out, lse = self._buffers(nslot, direct, (n, hq, d), p.dtype, p.device)
         ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
-                           items, ctas, p.scale, po, pl)
-        return self._merge(ext, po, pl, (n, hq, d), p.dtype)
+                           items, ctas, p.scale, po, pl, out, lse)
+        return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 
     @staticmethod
-    def _merge(ext, po, pl, shape, dtype):
+    def _buffers(nslot, direct, shape, dtype, device):
+        """``(part_out, part_lse, out, lse)`` of one launch: a direct plan's items write
+        ``out``/``lse`` and need no partial slots; otherwise every slot's lse starts at
+        ``-inf`` (a (slot, row) no item writes is skipped by the merge)."""
         b, hq, d = shape
-        out = torch.empty(b * hq, d, dtype=dtype, device=po.device)
-        lse = torch.empty(b * hq, dtype=torch.float32, device=po.device)
-        ext.merge(po, pl, out, lse)
+        out = torch.empty(b * hq, d, dtype=dtype, device=device)
+        lse = torch.empty(b * hq, dtype=torch.float32, device=device)
+        if direct:
+            none = torch.empty(0, dtype=torch.float32, device=device)
+            return none, none, out, lse
+        po = torch.empty(nslot, b * hq, d, dtype=torch.float32, device=device)
+        pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=device)
+        return po, pl, out, lse
+
+    @staticmethod
+    def _finish(ext, po, pl, out, lse, direct, shape):
+        b, hq, d = shape
+        if not direct:
+            ext.merge(po, pl, out, lse)
         return out.view(b, hq, d), lse.view(b, hq)
 
     def run_merge(self, p: MergeProblem):

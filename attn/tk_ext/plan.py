@@ -4,6 +4,7 @@ Every attention phase runs as items of ``csrc/stacked.cuh``: a block of stacked 
 against a range of K/V tiles, writing a partial state into a slot. An item is 12 int32
 (see ``ItemField`` in stacked.cuh). Slots are laid out so that each (slot, row) is written by
 at most one item; the merge kernel combines every slot of a row, skipping ``lse = -inf``.
+When every row is in one item (:func:`mark_direct`), items write the final output instead.
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
 ROW_TILE_COST, KV_TILE_COST = 2.0, 1.0
 
 F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
+FLAG_KV_SPLIT, FLAG_DIRECT = 1, 2
+# A direct kv-split item's two warpgroups combine their states through a shared-memory buffer
+# of this many rows (stacked.cuh: one warp's 16 rows), so only items this small go direct.
+DIRECT_KV_ROWS = 16
 
 
 def tile_cost(kv_split) -> float:
@@ -167,6 +172,35 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
             np.asarray(chunk_list if chunk_list else [0], dtype=np.int32), nslot)
 
 
+def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.ndarray, bool]:
+    """Set ``FLAG_DIRECT`` on every item when every query row is in exactly one item.
+
+    Then no row has a second partial state to merge: each item writes its rows' final output
+    and LSE itself (a kv-split item first combines its two warpgroups' states in shared
+    memory), and the op needs no partial buffers, no ``-inf`` fill and no merge launch. That
+    is decode with nothing shared and no split-K (no-share). Rows in no item (a sequence with
+    no chunks) would be left unwritten, so they make the plan indirect, as do kv-split items
+    of more than :data:`DIRECT_KV_ROWS` rows.
+
+    Returns ``(items, direct)``; ``items`` is a copy when flags were set.
+    """
+    if items.shape[0] == 0 or num_seqs == 0:
+        return items, False
+    kv = (items[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
+    if (items[kv, F_NROWS] - items[kv, F_ROW0] > DIRECT_KV_ROWS).any():
+        return items, False
+    cover = np.zeros(num_seqs * hkv * r, dtype=np.int64)
+    for it, is_kv in zip(items.tolist(), kv.tolist()):
+        row0, nrows = it[F_ROW0], it[F_NROWS]
+        j = np.arange(row0, min(nrows, row0 + (TILE if is_kv else BLOCK_ROWS)))
+        np.add.at(cover, ((it[F_SEQ0] + j // r) * hkv + it[F_HEAD]) * r + j % r, 1)
+    if not (cover == 1).all():
+        return items, False
+    out = items.copy()
+    out[:, F_FLAGS] |= FLAG_DIRECT
+    return out, True
+
+
 ITEM_OVERHEAD = 1.0  # fixed cost of an item (epilogue, pipeline bubbles), in kv-split tiles
 
 
@@ -191,7 +225,7 @@ def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
     ctas = max(0, min(num_ctas, n))
     if ctas == 0:
         return items, np.zeros(1, dtype=np.int32)
-    weight = np.where(items[:, F_FLAGS] & 1, KV_TILE_COST, ROW_TILE_COST)
+    weight = np.where(items[:, F_FLAGS] & FLAG_KV_SPLIT, KV_TILE_COST, ROW_TILE_COST)
     cost = (items[:, F_TILE1] - items[:, F_TILE0]) * weight + ITEM_OVERHEAD
     order = np.argsort(-cost, kind="stable")
     heap = [(0.0, c) for c in range(ctas)]

@@ -62,7 +62,7 @@ static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS <= 168 * NTHREADS,
 
 // Fields of one work item (int32, ITEM_INTS per item).
 enum ItemField {
-    F_FLAGS = 0,      // bit 0: kv split
+    F_FLAGS = 0,      // bit 0: kv split; bit 1: direct (write the final out / lse, see DIRECT_ROWS)
     F_SRC = 1,        // level mode: which K/V source (a level, or the suffix)
     F_GIDX = 2,       // level mode: group / batch index in the source; chunk mode: offset into the chunk list
     F_HEAD = 3,       // kv head
@@ -98,8 +98,33 @@ struct common_args {
     float scale_log2;          // scale * log2(e)
     float *part_out;           // [nslot, rows_total, D]
     float *part_lse;           // [nslot, rows_total]
+    void *out;                 // direct items: [rows_total, D] in T
+    float *lse;                // direct items: [rows_total]
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
 };
+
+// Direct items (plan.mark_direct: every row of the op is in this one item) write the final
+// output instead of a partial state, so the op needs no merge launch. A direct kv-split item's
+// rows (at most DIRECT_ROWS: one warp's rows of the MMA layout) have two states, one per
+// warpgroup: warp 0 of warpgroup 1 hands its registers to warp 0 of warpgroup 0 through this
+// buffer, lane for lane (both hold the same rows and columns), and the latter merges.
+constexpr int DIRECT_ROWS = 16;
+constexpr int XCHG_BAR = 5;  // 1, 2: named_sync; 3, 4: ping-pong turns
+template<int D> struct exchange {
+    float2 o[D / 4][32];  // o.tiles[0][c].data[k] of lane l at [c * 4 + k][l]
+    float2 m[32], l[32];
+};
+__device__ inline void exchange_sync() {
+    asm volatile("bar.sync %0, %1;\n" :: "n"(XCHG_BAR), "n"(64) : "memory");
+}
+
+template<typename T> __device__ inline void store2(T *p, float x, float y);
+template<> __device__ inline void store2<bf16>(bf16 *p, float x, float y) {
+    *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(x, y);
+}
+template<> __device__ inline void store2<half>(half *p, float x, float y) {
+    *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(x, y);
+}
 
 // Consumer schedule of row-split items, chosen per launch (no rebuild to compare or fall back).
 enum Sched {
@@ -185,6 +210,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[2], q_empty[2];
+    __shared__ exchange<D> xchg;
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
@@ -375,27 +401,80 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         named_sync(1 + wg);  // every warp's wgmma on qt has completed
         if (warpgroup::laneid() == 0) arrive(q_empty[qb], 1);
 
-        // Epilogue: normalised partial out and natural-log lse of this warpgroup's rows.
+        const bool direct = it[F_FLAGS] & 2;
+        if (direct && kvsplit) {
+            // Rows >= DIRECT_ROWS are not in the item (plan.mark_direct): only warp 0 works.
+            if (warpid() % 4 != 0) continue;
+            if (wg == 1) {
+                #pragma unroll
+                for (int c = 0; c < D / 16; c++) {
+                    #pragma unroll
+                    for (int k = 0; k < 4; k++) xchg.o[c * 4 + k][lane] = o.tiles[0][c].data[k];
+                }
+                xchg.m[lane] = make_float2(any ? m[0][0].x : -INFINITY, any ? m[0][0].y : -INFINITY);
+                xchg.l[lane] = l[0][0];
+            }
+            exchange_sync();  // warpgroup 1's state is in xchg
+            if (wg == 1) {
+                exchange_sync();  // read: xchg is free for the next item
+                continue;
+            }
+            const float2 m1 = xchg.m[lane], l1 = xchg.l[lane];
+            const float2 m0 = make_float2(any ? m[0][0].x : -INFINITY, any ? m[0][0].y : -INFINITY);
+            // Base-2 states (m, l, unnormalised o): rescale both to the larger max. A side
+            // with no keys has m = -inf and weight 0; both empty leaves any = false.
+            const float mx = fmaxf(m0.x, m1.x), my = fmaxf(m0.y, m1.y);
+            const float a0x = m0.x == -INFINITY ? 0.f : ex2(m0.x - mx), a1x = m1.x == -INFINITY ? 0.f : ex2(m1.x - mx);
+            const float a0y = m0.y == -INFINITY ? 0.f : ex2(m0.y - my), a1y = m1.y == -INFINITY ? 0.f : ex2(m1.y - my);
+            #pragma unroll
+            for (int c = 0; c < D / 16; c++) {
+                #pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    float2 &v = o.tiles[0][c].data[k];
+                    const float2 w = xchg.o[c * 4 + k][lane];
+                    const float a0 = (k & 1) ? a0y : a0x, a1 = (k & 1) ? a1y : a1x;
+                    v = make_float2(v.x * a0 + w.x * a1, v.y * a0 + w.y * a1);
+                }
+            }
+            exchange_sync();  // xchg read
+            l[0][0] = make_float2(l[0][0].x * a0x + l1.x * a1x, l[0][0].y * a0y + l1.y * a1y);
+            m[0][0] = make_float2(mx, my);
+            any = any || m1.x != -INFINITY || m1.y != -INFINITY;
+        }
+
+        // Epilogue: normalised out and natural-log lse of this warpgroup's rows, as a partial
+        // state (float32, into its slot) or, for a direct item, the final result (in T).
         const int wrow = (warpid() % 4) * 16 + lane / 4;
         #pragma unroll
         for (int half_ = 0; half_ < 2; half_++) {
             int j = row0 + wrow + half_ * 8;
             if (j >= nrows || j - row0 >= TILE) continue;
             long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
-            long grow = (long)slot * a.rows_total + b * a.hq + hh;
+            long row = b * a.hq + hh;
+            long grow = direct ? row : (long)slot * a.rows_total + row;
             float mv = half_ ? m[0][0].y : m[0][0].x;
             float lv = half_ ? l[0][0].y : l[0][0].x;
             float inv = any ? 1.f / lv : 0.f;
-            float *dst = a.part_out + grow * D;
             #pragma unroll
             for (int c = 0; c < D / 16; c++) {
                 int col = c * 16 + 2 * (lane % 4);
                 float2 v0 = o.tiles[0][c].data[half_ ? 1 : 0];
                 float2 v1 = o.tiles[0][c].data[half_ ? 3 : 2];
-                *reinterpret_cast<float2 *>(dst + col) = make_float2(v0.x * inv, v0.y * inv);
-                *reinterpret_cast<float2 *>(dst + col + 8) = make_float2(v1.x * inv, v1.y * inv);
+                if (direct) {
+                    T *dst = reinterpret_cast<T *>(a.out) + grow * D;
+                    store2<T>(dst + col, v0.x * inv, v0.y * inv);
+                    store2<T>(dst + col + 8, v1.x * inv, v1.y * inv);
+                } else {
+                    float *dst = a.part_out + grow * D;
+                    *reinterpret_cast<float2 *>(dst + col) = make_float2(v0.x * inv, v0.y * inv);
+                    *reinterpret_cast<float2 *>(dst + col + 8) = make_float2(v1.x * inv, v1.y * inv);
+                }
             }
-            if (lane % 4 == 0) a.part_lse[grow] = any ? (mv + log2f(lv)) * 0.69314718055994531f : -INFINITY;
+            if (lane % 4 == 0) {
+                float lse = any ? (mv + log2f(lv)) * 0.69314718055994531f : -INFINITY;
+                if (direct) a.lse[grow] = lse;
+                else a.part_lse[grow] = lse;
+            }
         }
     }
 }
