@@ -155,11 +155,15 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "bm128": {"block_m": 128},
     "ms683": {"prefix_min_split": 683},
     "wide": {"shared_block_n": 128},
-    "hp": {"half_partials": True},
+    "fp32p": {"half_partials": False},
     "nofit": {"fit_stages": False},
     "fold1": {"fold_kv_heads": 1},
     "s2": {"shared_stages": 2},
     "d3": {"decode_stages": 3},
+    # register caps (a 256-thread prefix CTA and a 128-thread decode CTA share an SM's 64 K
+    # registers only if their counts fit; measured in logs/0011-*)
+    "cap168": {"shared_maxnreg": 168},
+    "dcap128": {"decode_maxnreg": 128},
 }
 
 

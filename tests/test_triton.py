@@ -140,19 +140,33 @@ def test_overlapped_phases_then_merge(triton_backend, dtype):
     _check_chunk(w, 32, dtype, seed=5, overlap=False)
 
 
-def test_half_precision_partial_states(triton_backend):
-    # Partial outputs stored in the input's half dtype between the phases (LSEs float32),
-    # through every path that writes or reads them: split-K merge, fold, overlapped fold.
+def test_partial_state_dtypes(triton_backend):
+    # Partial outputs are stored in the input's half dtype between the phases (LSEs float32)
+    # unless forced to float32: both through every path that writes or reads them (split-K
+    # merge, fold, overlapped fold).
     w = W("half", 6, 8, 2, ((1, 70), (2, 33)), 50, 64, ragged=True)
-    assert _config().partial_dtype(torch.float16) == torch.float32
-    with _config().forced(half_partials=True):
-        assert _config().partial_dtype(torch.float16) == torch.float16
-        assert _config().partial_dtype(torch.float32) == torch.float32
-    _check_shared(w, torch.float16, half_partials=True, prefix_split=32, suffix_split=32)
-    _check_shared(w, torch.float16, seed=1, half_partials=True, prefix_split=32)
-    _check_shared(w, torch.float16, seed=2, half_partials=True, overlap=True)
-    _check_chunk(w, 16, torch.float16, seed=3, half_partials=True, overlap=True, private_split=1)
-    _check_chunk(w, 16, torch.float16, seed=4, half_partials=True, chunks_per_item=1, private_split=1)
+    assert _config().partial_dtype(torch.float16) == torch.float16
+    assert _config().partial_dtype(torch.bfloat16) == torch.bfloat16
+    assert _config().partial_dtype(torch.float32) == torch.float32
+    with _config().forced(half_partials=False):
+        assert _config().partial_dtype(torch.float16) == torch.float32
+    for half in (True, False):
+        _check_shared(w, torch.float16, half_partials=half, prefix_split=32, suffix_split=32)
+        _check_shared(w, torch.float16, seed=1, half_partials=half, prefix_split=32)
+        _check_shared(w, torch.float16, seed=2, half_partials=half, overlap=True)
+        _check_chunk(w, 16, torch.float16, seed=3, half_partials=half, overlap=True, private_split=1)
+        _check_chunk(w, 16, torch.float16, seed=4, half_partials=half, chunks_per_item=1, private_split=1)
+
+
+def test_register_cap_is_a_launch_option():
+    cfg = _config()
+    dev = torch.device("cpu")
+    assert "maxnreg" not in cfg.shared_tiles(128, 128, torch.bfloat16, dev).launch_options()
+    with cfg.forced(shared_maxnreg=168, decode_maxnreg=96):
+        assert cfg.shared_tiles(128, 128, torch.bfloat16, dev).launch_options()["maxnreg"] == 168
+        assert cfg.decode_tiles(4, 128, torch.bfloat16, dev).launch_options()["maxnreg"] == 96
+    opts = cfg.decode_tiles(4, 128, torch.bfloat16, dev).launch_options()
+    assert opts == {"num_warps": 4, "num_stages": 1}
 
 
 def test_gqa_ratio_16_and_chunk_size_48(triton_backend):

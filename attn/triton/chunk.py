@@ -32,7 +32,7 @@ from ..streams import concurrently
 from . import config
 from .merge import launch_merge
 from .segment import LOG2E
-from .tile import attend_block, finish, merge_state
+from .tile import attend_block, finish, late, merge_state
 
 
 @triton.jit
@@ -98,6 +98,11 @@ def _chunk_first_kernel(
                                      stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
                                      CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
     out, lse = finish(m_i, l_i, acc)
+    if BLOCK_M >= 64:
+        offs_m = late(offs_m, l_i)
+        row_ok = offs_m < rows
+        local = offs_m // ratio
+        head = kvh * ratio + offs_m % ratio
     prow = (tl.load(IT_ROW + it) + local).to(tl.int64) * num_q_heads + head
     tl.store(PO + prow[:, None] * D + offs_d[None, :], out.to(PO.dtype.element_ty), mask=row_ok[:, None])
     tl.store(PL + prow, lse, mask=row_ok)
@@ -335,7 +340,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             hq, ratio, qk_scale,
             CONTIG=meta["shared_contig"], MASKED=not (meta["shared_full"] and csize % st_n == 0), IEEE=ieee,
             BLOCK_M=st.block_m, BLOCK_N=st_n, BLOCKS_PER_CHUNK=config.cdiv(csize, st_n), D=d,
-            num_warps=st.num_warps, num_stages=st.num_stages,
+            **st.launch_options(),
         )
 
     chunk_firsts = [functools.partial(chunk_first, *launch) for launch in meta["launches"]]
@@ -368,7 +373,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
             MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
             BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d,
-            num_warps=dt.num_warps, num_stages=dt.num_stages,
+            **dt.launch_options(),
         )
 
     if overlap:

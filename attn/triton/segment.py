@@ -20,9 +20,18 @@ import triton
 import triton.language as tl
 
 from .config import Tiles
-from .tile import attend_block, finish, merge_state
+from .tile import attend_block, finish, late, merge_state
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _stacked_rows(offs_m, g, kvh, seqs_per_group, ratio):
+    """Stacked row j of group g is (sequence g*spg + j // ratio, query head kvh*ratio + j % ratio)."""
+    row_ok = offs_m < seqs_per_group * ratio
+    seq = (g * seqs_per_group + offs_m // ratio).to(tl.int64)
+    head = kvh * ratio + offs_m % ratio
+    return row_ok, seq, head
 
 
 @triton.jit
@@ -42,11 +51,8 @@ def _segment_kernel(
     g = pid // num_kv_heads
     kvh = pid % num_kv_heads
 
-    # Stacked row j is (sequence g*spg + j // ratio, query head kvh*ratio + j % ratio).
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < seqs_per_group * ratio
-    seq = (g * seqs_per_group + offs_m // ratio).to(tl.int64)
-    head = kvh * ratio + offs_m % ratio
+    row_ok, seq, head = _stacked_rows(offs_m, g, kvh, seqs_per_group, ratio)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + seq[:, None] * stride_qb + head[:, None] * stride_qh + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)
@@ -70,6 +76,8 @@ def _segment_kernel(
                                      qk_scale, not EVEN, IEEE)
         k_ptrs += BLOCK_N * stride_kp
         v_ptrs += BLOCK_N * stride_vp
+    if BLOCK_M >= 64:
+        row_ok, seq, head = _stacked_rows(late(offs_m, l_i), g, kvh, seqs_per_group, ratio)
     if FOLD:
         # Last phase (one split): fold in the earlier phases' states of these rows and
         # write the final output, instead of writing one more partial state to merge.
@@ -121,5 +129,5 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
         FOLD_PARTS=part_base if fold_into is not None else 0,
         EVEN=lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0, IEEE=q.dtype == torch.float32,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        **tiles.launch_options(),
     )

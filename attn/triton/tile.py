@@ -63,3 +63,14 @@ def finish(m_i, l_i, acc):
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     return out, lse
+
+
+@triton.jit
+def late(x, state):
+    """``x`` (integer row indices) made to depend on ``state`` (a row vector the key loop
+    produced; ``0 * state`` adds 0), so that the compiler builds the row addressing of the
+    output store after the loop instead of keeping the copy it built for the query load live
+    through it: in a 128-row tile that copy is 8+ int64 registers per thread, and with a 16-bit
+    store it took the prefix kernel from 167 to 200 registers (Triton 3.6, sm_90a), too many
+    for a decode CTA to share its SM."""
+    return x + (state * 0.0).to(tl.int32)
