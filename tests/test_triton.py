@@ -103,6 +103,18 @@ def test_chunk_first_tiles_sized_per_node(triton_backend, dtype):
     assert len(inp.table.host["triton"]) == 2
 
 
+def test_fold_of_many_items_per_sequence(triton_backend):
+    # 13 + 3 one-chunk items per sequence: the fold takes them 8 at a time (two steps, the
+    # second padded with -1 entries), in order and overlapped.
+    from attn.triton.chunk import fold_unroll
+    assert [fold_unroll(k) for k in (0, 1, 3, 8, 16)] == [1, 1, 4, 8, 8]
+    w = W("many", 4, 4, 2, ((1, 200), (2, 40)), 20, 64)
+    inp = _check_chunk(w, 16, torch.float16, chunks_per_item=1, private_split=1)
+    _check_chunk(w, 16, torch.float16, seed=1, chunks_per_item=1, private_split=1, overlap=True)
+    meta = next(iter(inp.table.host["triton"].values()))
+    assert meta["most_items"] > 8 and meta["seq_items"].shape[1] % 8 == 0
+
+
 def _contig_flags(inp):
     meta = next(iter(inp.table.host["triton"].values()))
     return meta["shared_contig"], meta["private_contig"]

@@ -115,7 +115,7 @@ def _seq_first_kernel(
     stride_priv, stride_items, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
     num_kv_heads, num_q_heads, ratio, chunks_per_split, qk_scale,
     FINAL: tl.constexpr, FOLD_ITEMS: tl.constexpr, CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr, UNROLL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -145,7 +145,7 @@ def _seq_first_kernel(
         # The cached chunk-first states of this sequence, folded in once (by split 0).
         num_items = tl.where(split == 0, tl.load(NITEMS + n), 0)
         m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ITEMS + n64 * stride_items, num_items, n, IT_BEGIN, IT_ROW,
-                                    PO, PL, head, h_ok, num_q_heads, D)
+                                    PO, PL, head, h_ok, num_q_heads, D, UNROLL)
 
     out, lse = finish(m_i, l_i, acc)
     orow = split.to(tl.int64) * stride_os + n64 * stride_on + head * stride_oh
@@ -153,18 +153,32 @@ def _seq_first_kernel(
     tl.store(LSE + split.to(tl.int64) * stride_ls + n64 * stride_ln + head, lse, mask=h_ok)
 
 
+def fold_unroll(most_items: int) -> int:
+    """Items folded per step: every item of the sequence with the most, up to 8."""
+    return min(8, config.next_pow2(max(1, most_items)))
+
+
 @triton.jit
 def _fold_items(m_i, l_i, acc, ITEMS, num_items, n, IT_BEGIN, IT_ROW, PO, PL, head, h_ok, num_q_heads,
-                D: tl.constexpr):
-    """Fold the chunk-first partial states of sequence ``n`` (its items ``ITEMS[:num_items]``)
-    into the running state of its heads ``head``."""
+                D: tl.constexpr, UNROLL: tl.constexpr):
+    """Fold the chunk-first partial states of sequence ``n`` (its items ``ITEMS[:num_items]``,
+    the row padded with -1 to a multiple of ``UNROLL``) into the running state of its heads.
+
+    ``UNROLL`` items per step: an item's state sits behind two dependent loads (item id, then
+    its row), so a loop of one item per step waits three memory latencies per item; unrolled,
+    the loads of all ``UNROLL`` are in flight together (a padding entry's state is masked:
+    lse = -inf, weight 0)."""
     offs_d = tl.arange(0, D)
-    for j in range(0, num_items):
-        item = tl.load(ITEMS + j)
-        prow = (tl.load(IT_ROW + item) + n - tl.load(IT_BEGIN + item)).to(tl.int64) * num_q_heads + head
-        o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=h_ok[:, None], other=0.0).to(tl.float32)
-        lse = tl.load(PL + prow, mask=h_ok, other=float("-inf"))
-        m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
+    for j0 in range(0, num_items, UNROLL):
+        for jj in tl.static_range(UNROLL):
+            item = tl.load(ITEMS + j0 + jj)
+            at = tl.maximum(item, 0)
+            prow = (tl.load(IT_ROW + at) + n - tl.load(IT_BEGIN + at)).to(tl.int64) * num_q_heads + head
+            # (a vector mask: the interpreter does not broadcast a scalar one)
+            ok = h_ok & ((item + tl.zeros_like(head)) >= 0)
+            o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+            lse = tl.load(PL + prow, mask=ok, other=float("-inf"))
+            m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
     return m_i, l_i, acc
 
 
@@ -172,7 +186,7 @@ def _fold_items(m_i, l_i, acc, ITEMS, num_items, n, IT_BEGIN, IT_ROW, PO, PL, he
 def _fold_kernel(SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, SO, SL, OUT, LSE,
                  stride_items, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
                  num_kv_heads, num_q_heads, ratio, splits,
-                 BLOCK_H: tl.constexpr, D: tl.constexpr):
+                 BLOCK_H: tl.constexpr, D: tl.constexpr, UNROLL: tl.constexpr):
     """After overlapped phases: sequence ``n``'s chunk-first states and its ``splits``
     sequence-first states (``SO``, ``SL``) merged into the output. Program ``(n, j)`` takes
     heads ``[j * heads, (j + 1) * heads)`` (the ``ratio`` argument), ``num_kv_heads`` such
@@ -189,7 +203,7 @@ def _fold_kernel(SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, SO, SL, OUT, LSE,
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, D], tl.float32)
     m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ITEMS + n64 * stride_items, tl.load(NITEMS + n), n, IT_BEGIN,
-                                IT_ROW, PO, PL, head, h_ok, num_q_heads, D)
+                                IT_ROW, PO, PL, head, h_ok, num_q_heads, D, UNROLL)
     for s in range(0, splits):
         srow = s * stride_os + n64 * stride_on + head * stride_oh
         o = tl.load(SO + srow[:, None] + offs_d[None, :], mask=h_ok[:, None], other=0.0).to(tl.float32)
@@ -279,7 +293,9 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
                 rows += e - b
         most = max(e - b for b, e in nodes) * ratio
         launches.append((tiles, per, first, len(begin) - first, config.cdiv(most, tiles.block_m)))
-    width = max([len(c) for c in covers] + [1])
+    # Rows padded with -1 to a multiple of fold_unroll(), which the fold reads in whole steps.
+    most_items = max([len(c) for c in covers] + [1])
+    width = config.cdiv(most_items, fold_unroll(most_items)) * fold_unroll(most_items)
     seq_items = np.full((table.num_seqs, width), -1, dtype=np.int64)
     for n, c in enumerate(covers):
         seq_items[n, : len(c)] = c
@@ -297,7 +313,7 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
         "launches": [(tiles, per, count, row_tiles, {name: a[first:] for name, a in t.items()})
                      for tiles, per, first, count, row_tiles in launches],
         "chunks": _t(chunks, device), "seq_items": _t(seq_items, device),
-        "num_seq_items": _t([len(c) for c in covers], device),
+        "num_seq_items": _t([len(c) for c in covers], device), "most_items": most_items,
         "num_private": _t((priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs), device),
         "shared_full": bool((lens[sh] == chunk_size).all()) if sh.size else True,
         "private_full": bool((lens[priv[priv >= 0]] == chunk_size).all()) if priv.size else True,
@@ -361,6 +377,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         so = torch.empty(splits, n, hq, d, dtype=config.partial_dtype(q.dtype), device=dev)
         sl = torch.empty(splits, n, hq, dtype=torch.float32, device=dev)
 
+    unroll = fold_unroll(meta["most_items"])
+
     def seq_first():
         _seq_first_kernel[(n * hkv, splits)](
             q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private"], meta["seq_items"],
@@ -372,7 +390,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             hkv, hq, ratio, per, qk_scale,
             FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
             MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
-            BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d,
+            BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d, UNROLL=unroll,
             **dt.launch_options(),
         )
 
@@ -385,7 +403,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         _fold_kernel[(n * (hkv // g),)](
             meta["seq_items"], meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl, out, lse,
             meta["seq_items"].stride(0), so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
-            hkv // g, hq, g * ratio, splits, BLOCK_H=max(16, config.next_pow2(g * ratio)), D=d, num_warps=4,
+            hkv // g, hq, g * ratio, splits, BLOCK_H=max(16, config.next_pow2(g * ratio)), D=d, UNROLL=unroll,
+            num_warps=4,
         )
         return out, lse
     for launch in chunk_firsts:
