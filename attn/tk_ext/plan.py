@@ -26,7 +26,7 @@ MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
 ROW_TILE_COST, KV_TILE_COST = 2.0, 1.0
 
 F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
-FLAG_KV_SPLIT, FLAG_DIRECT = 1, 2
+FLAG_KV_SPLIT, FLAG_DIRECT = 1, 2  # bits of F_FLAGS (stacked.cuh ItemFlag)
 # A direct kv-split item's two warpgroups combine their states through a shared-memory buffer
 # of this many rows (stacked.cuh: one warp's 16 rows), so only items this small go direct.
 DIRECT_KV_ROWS = 16

@@ -7,6 +7,12 @@
 #include <c10/util/Optional.h>
 #include <vector>
 
+// The outputs of direct items (stacked.cuh): out [rows, D] in q's dtype, lse float [rows].
+inline void check_direct_outputs(const at::Tensor &q, const at::Tensor &out, const at::Tensor &lse) {
+    TORCH_CHECK(out.scalar_type() == q.scalar_type() && out.is_contiguous() && lse.is_contiguous(),
+                "tk: out must be contiguous in q's dtype");
+}
+
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse);

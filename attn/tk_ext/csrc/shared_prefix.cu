@@ -79,8 +79,7 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");
     at::Tensor l = lens.has_value() ? *lens : at::Tensor();
     const int d = (int)q.size(2);
-    TORCH_CHECK(out.scalar_type() == q.scalar_type() && out.is_contiguous() && lse.is_contiguous(),
-                "tk: out must be contiguous in q's dtype");
+    check_direct_outputs(q, out, lse);
     float *po = part_out.data_ptr<float>(), *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {

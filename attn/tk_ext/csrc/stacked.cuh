@@ -74,6 +74,7 @@ enum ItemField {
     F_KEYLEN = 9,     // level mode: keys of the source; -1 = suffix_lens[gidx]
     F_SLOT = 10,      // partial slot (kv split: slot + warpgroup)
 };
+enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2 };  // bits of F_FLAGS (plan.py: the same)
 
 template<typename T> struct dt {};
 template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
@@ -401,10 +402,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         named_sync(1 + wg);  // every warp's wgmma on qt has completed
         if (warpgroup::laneid() == 0) arrive(q_empty[qb], 1);
 
-        const bool direct = it[F_FLAGS] & 2;
+        const bool direct = it[F_FLAGS] & FLAG_DIRECT;
         if (direct && kvsplit) {
             // Rows >= DIRECT_ROWS are not in the item (plan.mark_direct): only warp 0 works.
-            if (warpid() % 4 != 0) continue;
+            if ((warpid() % 4) * 16 >= DIRECT_ROWS) continue;
             if (wg == 1) {
                 #pragma unroll
                 for (int c = 0; c < D / 16; c++) {
