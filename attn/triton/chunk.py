@@ -32,7 +32,7 @@ from ..streams import concurrently
 from . import config
 from .merge import launch_merge
 from .segment import LOG2E
-from .tile import attend_block, finish, late, merge_state
+from .tile import attend_block, empty_state, finish, late, merge_state
 
 
 @triton.jit
@@ -64,6 +64,22 @@ def _chunk_block(q, KC, VC, CLENS, IDS, first, blk, kvh, m_i, l_i, acc, qk_scale
 
 
 @triton.jit
+def _item_rows(offs_m, rows, kvh, ratio):
+    """Stacked row j of an item is (sequence begin + j // ratio, query head kvh*ratio + j % ratio)."""
+    return offs_m < rows, offs_m // ratio, kvh * ratio + offs_m % ratio
+
+
+@triton.jit
+def _sequence_heads(pid, num_kv_heads, ratio, BLOCK_H: tl.constexpr):
+    """Program ``pid`` of a per-sequence kernel: sequence ``n`` and the heads
+    ``[kvh * ratio, (kvh + 1) * ratio)`` of it (a tile of ``BLOCK_H`` rows, ``h_ok`` the real ones)."""
+    n = pid // num_kv_heads
+    kvh = pid % num_kv_heads
+    offs_h = tl.arange(0, BLOCK_H)
+    return n, kvh, kvh * ratio + offs_h, offs_h < ratio
+
+
+@triton.jit
 def _chunk_first_kernel(
     Q, KC, VC, CLENS, IT_BEGIN, IT_END, IT_C0, IT_C1, IT_ROW, IT_CHUNKS, PO, PL,
     stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
@@ -77,9 +93,7 @@ def _chunk_first_kernel(
     b0 = tl.load(IT_BEGIN + it)
     rows = (tl.load(IT_END + it) - b0) * ratio
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < rows
-    local = offs_m // ratio
-    head = kvh * ratio + offs_m % ratio
+    row_ok, local, head = _item_rows(offs_m, rows, kvh, ratio)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + (b0 + local).to(tl.int64)[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)
@@ -88,9 +102,7 @@ def _chunk_first_kernel(
     c1 = tl.where(tile * BLOCK_M < rows, tl.load(IT_C1 + it), c0)
     # Every item holds at least one chunk, so IT_CHUNKS[c0] exists.
     first = tl.load(IT_CHUNKS + c0) - c0 if CONTIG else 0
-    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    m_i, l_i, acc = empty_state(BLOCK_M, D)
     # One flat loop over the key blocks of all the item's chunks, so that the compiler
     # pipelines the loads across chunk boundaries.
     for blk in range(c0 * BLOCKS_PER_CHUNK, c1 * BLOCKS_PER_CHUNK):
@@ -99,10 +111,7 @@ def _chunk_first_kernel(
                                      CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
     out, lse = finish(m_i, l_i, acc)
     if BLOCK_M >= 64:
-        offs_m = late(offs_m, l_i)
-        row_ok = offs_m < rows
-        local = offs_m // ratio
-        head = kvh * ratio + offs_m % ratio
+        row_ok, local, head = _item_rows(late(offs_m, l_i), rows, kvh, ratio)
     prow = (tl.load(IT_ROW + it) + local).to(tl.int64) * num_q_heads + head
     tl.store(PO + prow[:, None] * D + offs_d[None, :], out.to(PO.dtype.element_ty), mask=row_ok[:, None])
     tl.store(PL + prow, lse, mask=row_ok)
@@ -117,19 +126,12 @@ def _seq_first_kernel(
     FINAL: tl.constexpr, FOLD_ITEMS: tl.constexpr, CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr, UNROLL: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     split = tl.program_id(1)
-    n = pid // num_kv_heads
-    kvh = pid % num_kv_heads
-    offs_h = tl.arange(0, BLOCK_H)
-    h_ok = offs_h < ratio
-    head = kvh * ratio + offs_h
+    n, kvh, head, h_ok = _sequence_heads(tl.program_id(0), num_kv_heads, ratio, BLOCK_H)
     offs_d = tl.arange(0, D)
     n64 = n.to(tl.int64)
     q = tl.load(Q + n64 * stride_qn + head[:, None] * stride_qh + offs_d[None, :], mask=h_ok[:, None], other=0.0)
-    m_i = tl.full([BLOCK_H], -1.0e30, tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, D], tl.float32)
+    m_i, l_i, acc = empty_state(BLOCK_H, D)
 
     i0 = split * chunks_per_split
     npriv = tl.load(NPRIV + n)
@@ -191,17 +193,10 @@ def _fold_kernel(SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, SO, SL, OUT, LSE,
     sequence-first states (``SO``, ``SL``) merged into the output. Program ``(n, j)`` takes
     heads ``[j * heads, (j + 1) * heads)`` (the ``ratio`` argument), ``num_kv_heads`` such
     groups cover a sequence."""
-    pid = tl.program_id(0)
-    n = pid // num_kv_heads
-    kvh = pid % num_kv_heads
-    offs_h = tl.arange(0, BLOCK_H)
-    h_ok = offs_h < ratio
-    head = kvh * ratio + offs_h
+    n, kvh, head, h_ok = _sequence_heads(tl.program_id(0), num_kv_heads, ratio, BLOCK_H)
     offs_d = tl.arange(0, D)
     n64 = n.to(tl.int64)
-    m_i = tl.full([BLOCK_H], -1.0e30, tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, D], tl.float32)
+    m_i, l_i, acc = empty_state(BLOCK_H, D)
     m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ITEMS + n64 * stride_items, tl.load(NITEMS + n), n, IT_BEGIN,
                                 IT_ROW, PO, PL, head, h_ok, num_q_heads, D, UNROLL)
     for s in range(0, splits):

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .config import Tiles
-from .tile import attend_block, finish, late, merge_state
+from .tile import attend_block, empty_state, finish, late, merge_state
 
 LOG2E = 1.4426950408889634
 
@@ -68,9 +68,7 @@ def _segment_kernel(
               + offs_n.to(tl.int64)[None, :] * stride_kp + offs_d[:, None])
     v_ptrs = (V + g.to(tl.int64) * stride_vg + kvh * stride_vh
               + offs_n.to(tl.int64)[:, None] * stride_vp + offs_d[None, :])
-    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    m_i, l_i, acc = empty_state(BLOCK_M, D)
     for n0 in range(start, end, BLOCK_N):
         m_i, l_i, acc = attend_block(q, k_ptrs, v_ptrs, n0 + tl.arange(0, BLOCK_N) < end, m_i, l_i, acc,
                                      qk_scale, not EVEN, IEEE)

@@ -12,6 +12,12 @@ import triton.language as tl
 
 
 @triton.jit
+def empty_state(ROWS: tl.constexpr, D: tl.constexpr):
+    """The running state ``(m, l, acc)`` of ``ROWS`` query rows before any key."""
+    return tl.full([ROWS], -1.0e30, tl.float32), tl.zeros([ROWS], tl.float32), tl.zeros([ROWS, D], tl.float32)
+
+
+@triton.jit
 def attend_block(q, k_ptrs, v_ptrs, n_ok, m_i, l_i, acc, qk_scale,
                  MASKED: tl.constexpr, IEEE: tl.constexpr):
     """Attend ``q [M, D]`` to one block of keys: ``k_ptrs [D, N]``, ``v_ptrs [N, D]``;
