@@ -164,6 +164,11 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     # registers only if their counts fit; measured in logs/0011-*)
     "cap168": {"shared_maxnreg": 168},
     "dcap128": {"decode_maxnreg": 128},
+    # a tree's leaf level and the suffixes in one launch (config.leaf_with_suffix), and the
+    # order in which a 3-launch plan's phases start (tree-3level: root, level 2, leaves)
+    "noleaf": {"leaf_suffix": False},
+    "leaf-first": {"launch_order": (2, 0, 1)},
+    "leaf-second": {"launch_order": (0, 2, 1)},
 }
 
 

@@ -71,6 +71,34 @@ def test_shared_prefix_row_tiling(triton_backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_leaf_level_with_the_suffixes(triton_backend, dtype):
+    from attn.triton import shared_prefix
+    # A tree whose leaves hold 2 sequences x 4 heads: the leaf level's programs walk their
+    # sequences' suffixes too (one launch and one state fewer), ragged with an empty suffix.
+    w = W("leaves", 6, 8, 2, ((1, 70), (3, 33)), 50, 64, ragged=True)
+    inp = make_inputs(w, dtype, DEVICE)
+    kinds = [st[0] for st in shared_prefix.plan(shared_prefix_problem(*inp.args()))]
+    assert kinds == ["prefix", "leaf+suffix"], kinds
+    _check_shared(w, dtype)
+    _check_shared(w, dtype, seed=1, leaf_suffix=False)
+    # Overlapped (a merge), in every launch order.
+    _check_shared(w, dtype, seed=2, overlap=True)
+    _check_shared(w, dtype, seed=3, overlap=True, launch_order=(1, 0))
+    # Groups of 6 sequences x 3 heads in 16-row tiles: the second tile starts inside sequence
+    # 5, whose suffix both tiles walk for their own rows; uniform suffixes of 2 blocks.
+    w3 = W("leaves3", 12, 6, 2, ((1, 40), (2, 20)), 40, 64)
+    _check_shared(w3, dtype, seed=4, leaf_suffix=True, block_m=16)
+    # One level only: fused only when forced.
+    w1 = W("one", 4, 8, 2, ((2, 33),), 20, 64)
+    kinds = [st[0] for st in shared_prefix.plan(shared_prefix_problem(*make_inputs(w1, dtype, DEVICE).args()))]
+    assert kinds == ["prefix", "suffix"], kinds
+    with _config().forced(leaf_suffix=True):
+        kinds = [st[0] for st in shared_prefix.plan(shared_prefix_problem(*make_inputs(w1, dtype, DEVICE).args()))]
+    assert kinds == ["leaf+suffix"], kinds
+    _check_shared(w1, dtype, seed=5, leaf_suffix=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_chunk_split_and_tiling_paths(triton_backend, dtype):
     w = W("chunks", 6, 8, 2, ((1, 70), (2, 33)), 50, 64, ragged=True)
     # One shared chunk per work item, 16 stacked rows per tile (6 x 4 rows need 2 tiles),

@@ -32,7 +32,9 @@ def forced(**kw):
     (chunk kernels: never take the consecutive-chunk-id path), ``overlap`` (run the phases
     of an op concurrently on streams and merge, or in order and fold), ``prefix_min_split``
     (:func:`prefix_min_split`), ``fit_stages=False`` (:func:`fit_stages`), ``fold_kv_heads``
-    (:func:`fold_kv_heads`), ``half_partials=False`` (:func:`partial_dtype`).
+    (:func:`fold_kv_heads`), ``half_partials=False`` (:func:`partial_dtype`),
+    ``leaf_suffix`` (:func:`leaf_with_suffix`), ``launch_order`` (indices: the order in which
+    an op's phases are launched; the tests check that no result depends on it).
     """
     old = dict(_FORCE)
     _FORCE.update(kw)
@@ -253,6 +255,18 @@ def partial_dtype(dtype: torch.dtype) -> torch.dtype:
     if _FORCE.get("half_partials", True) and dtype in (torch.float16, torch.bfloat16):
         return dtype
     return torch.float32
+
+
+def leaf_with_suffix(levels: int, rows: int, leaf_tiles: Tiles, leaf_splits: int, suffix_splits: int) -> bool:
+    """Whether the deepest of ``levels >= 2`` prefix levels and the suffixes run as one launch, each
+    program walking its group's leaf keys and then each of its sequences' suffix keys: when a
+    group's ``rows`` fit one tile of at most 16 rows (a tree's leaves: few sequences each) and
+    neither phase is split. Otherwise the suffix launch waits for SMs until the long prefix
+    levels end (H100 timeline of tree-3level: it started 18.7 µs in, as the root ended).
+    ``forced(leaf_suffix=...)`` decides."""
+    if "leaf_suffix" in _FORCE:
+        return bool(_FORCE["leaf_suffix"]) and leaf_splits == 1 and suffix_splits == 1
+    return levels >= 2 and rows <= min(16, leaf_tiles.block_m) and leaf_splits == 1 and suffix_splits == 1
 
 
 def forced_items() -> tuple:

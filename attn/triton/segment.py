@@ -8,7 +8,12 @@ One kernel serves both phases of ``shared_prefix_attention`` (Hydragen, arXiv 24
   so the prefix is read once per group (inter-sequence batching), not once per sequence;
 - the suffixes ``[B, S, Hkv, D]``: the same with ``G = B`` (one sequence per group, its GQA
   group of heads as rows) and a per-group length (``suffix_lens``): decode attention with
-  split-K for long suffixes.
+  split-K for long suffixes;
+- a deepest prefix level of few rows per group (a tree's leaves) with the suffixes of its
+  groups' sequences (``LEAF_SUFFIX``): after the level's keys, the program walks each of its
+  sequences' suffix keys with the other sequences' rows masked. One launch and one partial
+  state fewer, and the suffix bytes stream from programs that fit beside the root level's,
+  instead of from a launch that waits for SMs until it ends.
 
 Each program writes one partial state (normalised float32 output and natural-log LSE) to
 ``parts[part_base + split]``; :mod:`.merge` combines all partial states.
@@ -20,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .config import Tiles
-from .tile import attend_block, empty_state, finish, late, merge_state
+from .tile import attend_block, attend_rows, empty_state, finish, late, merge_state
 
 LOG2E = 1.4426950408889634
 
@@ -36,13 +41,15 @@ def _stacked_rows(offs_m, g, kvh, seqs_per_group, ratio):
 
 @triton.jit
 def _segment_kernel(
-    Q, K, V, LENS, PO, PL, OUT, LSE,
+    Q, K, V, LENS, SK, SV, SLENS, PO, PL, OUT, LSE,
     stride_qb, stride_qh,
     stride_kg, stride_kp, stride_kh,
     stride_vg, stride_vp, stride_vh,
+    stride_skb, stride_skp, stride_skh,
+    stride_svb, stride_svp, stride_svh,
     stride_pp, stride_pb, stride_ph,
-    num_kv_heads, seqs_per_group, ratio, length, split_len, part_base, qk_scale,
-    HAS_LENS: tl.constexpr, FOLD: tl.constexpr, FOLD_PARTS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
+    num_kv_heads, seqs_per_group, ratio, length, split_len, suffix_cap, part_base, qk_scale,
+    HAS_LENS: tl.constexpr, LEAF_SUFFIX: tl.constexpr, HAS_SLENS: tl.constexpr, FOLD: tl.constexpr, FOLD_PARTS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -74,6 +81,28 @@ def _segment_kernel(
                                      qk_scale, not EVEN, IEEE)
         k_ptrs += BLOCK_N * stride_kp
         v_ptrs += BLOCK_N * stride_vp
+    if LEAF_SUFFIX:
+        # The suffixes of this tile's sequences [j0, j1) of the group, in one flat loop over
+        # their key blocks (block b: sequence j0 + b // per_seq), so that the addresses
+        # follow from the loop counter and the pipeliner prefetches across sequences.
+        j0 = (tile * BLOCK_M) // ratio
+        j1 = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // ratio + 1, seqs_per_group)
+        per_seq = tl.cdiv(suffix_cap, BLOCK_N)
+        local = offs_m // ratio
+        for blk in range(0, (j1 - j0) * per_seq):
+            j = j0 + blk // per_seq
+            s = (g * seqs_per_group + j).to(tl.int64)
+            if HAS_SLENS:
+                slen = tl.load(SLENS + s)
+            else:
+                slen = suffix_cap
+            offs_t = (blk % per_seq) * BLOCK_N + tl.arange(0, BLOCK_N)
+            sk_ptrs = (SK + s * stride_skb + kvh * stride_skh + offs_t.to(tl.int64)[None, :] * stride_skp
+                       + offs_d[:, None])
+            sv_ptrs = (SV + s * stride_svb + kvh * stride_svh + offs_t.to(tl.int64)[:, None] * stride_svp
+                       + offs_d[None, :])
+            m_i, l_i, acc = attend_rows(q, sk_ptrs, sv_ptrs, offs_t < slen, local == j, m_i, l_i, acc, qk_scale,
+                                        True, True, IEEE)
     if BLOCK_M >= 64:
         row_ok, seq, head = _stacked_rows(late(offs_m, l_i), g, kvh, seqs_per_group, ratio)
     if FOLD:
@@ -98,7 +127,7 @@ def _segment_kernel(
 
 def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, parts_o: torch.Tensor,
                    parts_lse: torch.Tensor, part_base: int, splits: int, split_len: int, scale: float,
-                   tiles: Tiles, fold_into=None) -> None:
+                   tiles: Tiles, fold_into=None, suffix=None) -> None:
     """Attend ``q [B, Hq, D]`` to the segments ``k, v [G, L, Hkv, D]`` (``G`` divides ``B``).
 
     Writes partial states ``parts_o[part_base + s] [B, Hq, D]`` (normalised; float32 or
@@ -109,21 +138,29 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
 
     ``fold_into = (out [B, Hq, D], lse [B, Hq])``, contiguous, with ``splits == 1``: merge the
     states ``parts[:part_base]`` into this phase's and write the final result there instead.
+
+    ``suffix = (suffix_k, suffix_v [B, S, Hkv, D], suffix_lens or None)``, with ``splits ==
+    1``: after its keys, each group also attends each of its sequences to its own suffix
+    (a tree's leaf level and the suffixes in one launch and one state).
     """
     b, hq, d = q.shape
     g, length, hkv, _ = k.shape
     ratio = hq // hkv
     rows = (b // g) * ratio
     grid = (g * hkv, splits, triton.cdiv(rows, tiles.block_m))
+    sk, sv, slens = suffix if suffix is not None else (k, v, None)
+    assert suffix is None or splits == 1
     _segment_kernel[grid](
-        q, k, v, lens if lens is not None else q, parts_o, parts_lse,
+        q, k, v, lens if lens is not None else q, sk, sv, slens if slens is not None else q, parts_o, parts_lse,
         *(fold_into if fold_into is not None else (parts_o, parts_lse)),
         q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
+        sk.stride(0), sk.stride(1), sk.stride(2),
+        sv.stride(0), sv.stride(1), sv.stride(2),
         b * hq, hq, 1,
-        hkv, b // g, ratio, length, split_len, part_base, scale * LOG2E,
-        HAS_LENS=lens is not None, FOLD=fold_into is not None,
+        hkv, b // g, ratio, length, split_len, sk.shape[1] if suffix is not None else 0, part_base, scale * LOG2E,
+        HAS_LENS=lens is not None, LEAF_SUFFIX=suffix is not None, HAS_SLENS=slens is not None, FOLD=fold_into is not None,
         FOLD_PARTS=part_base if fold_into is not None else 0,
         EVEN=lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0, IEEE=q.dtype == torch.float32,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,

@@ -24,7 +24,9 @@ from .segment import launch_segment
 
 
 def plan(p: SharedPrefixProblem):
-    """The launches of ``p``: a list of ``(kind, level index, splits, split_len, tiles)``."""
+    """The launches of ``p``: a list of ``(kind, level index, splits, split_len, tiles)``,
+    ``kind`` one of ``prefix``, ``suffix`` and ``leaf+suffix`` (the deepest level with the
+    suffixes, :func:`config.leaf_with_suffix`)."""
     b, hq, d = p.q.shape
     hkv = p.num_kv_heads
     ratio = hq // hkv
@@ -39,15 +41,25 @@ def plan(p: SharedPrefixProblem):
         base = g * hkv * config.cdiv(rows, tiles.block_m)
         splits, split_len = config.num_splits(length, base, tiles, dev, "prefix_split",
                                               min_split=config.prefix_min_split(overlap))
-        tiles = config.fit_stages(tiles, config.cdiv(split_len, tiles.block_n))
-        steps.append(("prefix", i, splits, split_len, tiles))
+        steps.append(["prefix", i, splits, split_len, tiles])
     s = p.suffix_capacity
     if s > 0:
         tiles = config.decode_tiles(ratio, d, p.dtype, dev, overlap=overlap, keys=s)
         splits, split_len = config.num_splits(s, b * hkv, tiles, dev, "suffix_split")
-        tiles = config.fit_stages(tiles, config.cdiv(split_len, tiles.block_n))
-        steps.append(("suffix", -1, splits, split_len, tiles))
-    return steps
+        steps.append(["suffix", -1, splits, split_len, tiles])
+        leaf = steps[-2] if len(steps) >= 2 else None
+        if leaf is not None and config.leaf_with_suffix(len(p.prefix_k), b // p.prefix_k[-1].shape[0] * ratio,
+                                                        leaf[4], leaf[2], splits):
+            # The deepest level's programs also walk their sequences' suffixes (segment.py).
+            steps.pop()
+            leaf[0] = "leaf+suffix"
+            blocks = config.cdiv(leaf[3], leaf[4].block_n) + (b // p.prefix_k[-1].shape[0]) * config.cdiv(
+                s, leaf[4].block_n)
+            leaf[4] = config.fit_stages(leaf[4], blocks)
+    for st in steps:
+        if st[0] != "leaf+suffix":
+            st[4] = config.fit_stages(st[4], config.cdiv(st[3], st[4].block_n))
+    return [tuple(st) for st in steps]
 
 
 def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,14 +84,19 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
     launches = []
     base = 0
     for idx, (kind, i, splits, split_len, tiles) in enumerate(steps):
-        if kind == "prefix":
-            k, v, lens = p.prefix_k[i], p.prefix_v[i], None
-        else:
+        if kind == "suffix":
             k, v, lens = p.suffix_k, p.suffix_v, p.suffix_lens
+        else:
+            k, v, lens = p.prefix_k[i], p.prefix_v[i], None
+        suffix = (p.suffix_k, p.suffix_v, p.suffix_lens) if kind == "leaf+suffix" else None
         last = fold and idx == len(steps) - 1
         launches.append(functools.partial(launch_segment, q, k, v, lens, parts_o, parts_lse, base, splits,
-                                          split_len, p.scale, tiles, fold_into=(out, lse) if last else None))
+                                          split_len, p.scale, tiles, fold_into=(out, lse) if last else None,
+                                          suffix=suffix))
         base += splits
+    order = config.forced_value("launch_order", None)
+    if order is not None and sorted(order) == list(range(len(launches))):
+        launches = [launches[j] for j in order]
     if overlap:
         # The first prefix level is the longest-running phase: it goes first.
         concurrently(launches, p.device)

@@ -23,6 +23,15 @@ def attend_block(q, k_ptrs, v_ptrs, n_ok, m_i, l_i, acc, qk_scale,
     """Attend ``q [M, D]`` to one block of keys: ``k_ptrs [D, N]``, ``v_ptrs [N, D]``;
     ``n_ok [N]`` marks the valid keys (only read when ``MASKED``: full blocks skip the
     masks). Returns the updated ``(m, l, acc)``."""
+    return attend_rows(q, k_ptrs, v_ptrs, n_ok, n_ok, m_i, l_i, acc, qk_scale, MASKED, False, IEEE)
+
+
+@triton.jit
+def attend_rows(q, k_ptrs, v_ptrs, n_ok, r_ok, m_i, l_i, acc, qk_scale,
+                MASKED: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr):
+    """:func:`attend_block` for the rows ``r_ok [M]`` only when ``ROWS`` (the keys of one
+    sequence in a tile that stacks several): the other rows' scores are -inf, so their
+    state stays as it was (``p = 0``, ``alpha = 1``)."""
     if MASKED:
         k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
     else:
@@ -32,7 +41,9 @@ def attend_block(q, k_ptrs, v_ptrs, n_ok, m_i, l_i, acc, qk_scale,
     else:
         s = tl.dot(q, k)
     s = s * qk_scale
-    if MASKED:
+    if ROWS:
+        s = tl.where(r_ok[:, None] & n_ok[None, :], s, float("-inf"))
+    elif MASKED:
         s = tl.where(n_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
