@@ -116,7 +116,7 @@ def test_chunk_first_tiles_sized_per_node(triton_backend, dtype):
     w = W("tree", 6, 8, 2, ((1, 70), (2, 33)), 50, 64)
     inp = _check_chunk(w, 16, dtype, chunks_per_item=2, private_split=1)
     meta = next(iter(inp.table.host["triton"].values()))
-    heights = [(tiles.block_m, count, row_tiles) for tiles, _, count, row_tiles, _ in meta["launches"]]
+    heights = [(tiles.block_m, count, row_tiles) for tiles, _, count, row_tiles, _, _ in meta["launches"]]
     # Root: 5 chunks (70 keys) in items of 2; level 2: 2 nodes x 3 chunks (33 keys) in items of 2.
     assert heights == [(32, 3, 1), (16, 4, 1)], heights
     assert meta["num_items"] == 7
@@ -129,6 +129,27 @@ def test_chunk_first_tiles_sized_per_node(triton_backend, dtype):
     with _config().forced(chunks_per_item=1, private_split=1):
         attn.chunk_attention(*inp.args(), backend="triton")
     assert len(inp.table.host["triton"]) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_chunk_leaf_items_take_the_private_chunks(triton_backend, dtype):
+    # A tree whose leaves hold 2 sequences x 4 heads: each leaf item also walks its sequences'
+    # private chunks (partial chunks of 16, ragged, one sequence with none).
+    w = W("leaves", 6, 8, 2, ((1, 70), (3, 33)), 50, 64, ragged=True)
+    for seed, force in enumerate([{}, {"overlap": True}]):
+        inp = _check_chunk(w, 16, dtype, seed=seed, **force)
+    meta = next(iter(inp.table.host["triton"].values()))
+    assert [m[5] for m in meta["launches"]] == [False, True]  # root launch, leaf launch
+    assert meta["all_private_taken"] and not meta["num_private_left"].any()
+    # Not taken when a leaf is cut into several items, or the sequence-first phase is split.
+    inp = _check_chunk(w, 16, dtype, seed=5, chunks_per_item=1)
+    assert not any(next(iter(inp.table.host["triton"].values()))["leaf"].tolist())
+    _check_chunk(w, 16, dtype, seed=6, private_split=1, overlap=True, leaf_suffix=False)
+    # Leaves of 6 sequences x 3 heads in 16-row tiles (the second tile starts inside sequence 5),
+    # chunks of 32 with 2 private slots per sequence, overlapped.
+    w3 = W("leaves3", 12, 6, 2, ((1, 40), (2, 20)), 40, 64)
+    inp = _check_chunk(w3, 32, dtype, seed=7, leaf_suffix=True, block_m=16, overlap=True)
+    assert all(next(iter(inp.table.host["triton"].values()))["leaf"].tolist()[-2:])
 
 
 def test_fold_of_many_items_per_sequence(triton_backend):

@@ -32,7 +32,7 @@ from ..streams import concurrently
 from . import config
 from .merge import launch_merge
 from .segment import LOG2E
-from .tile import attend_block, empty_state, finish, late, merge_state
+from .tile import attend_block, attend_rows, empty_state, finish, late, merge_state
 
 
 @triton.jit
@@ -64,6 +64,39 @@ def _chunk_block(q, KC, VC, CLENS, IDS, first, blk, kvh, m_i, l_i, acc, qk_scale
 
 
 @triton.jit
+def _private_of_leaf(q, KC, VC, CLENS, PRIV, NPRIV, absorbs, b0, tile, rows, kvh, local, m_i, l_i, acc, qk_scale,
+                     stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt, stride_priv, ratio, max_priv,
+                     MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr):
+    """A leaf item (``absorbs``) also attends each of its sequences to its private chunks, the
+    other sequences' rows masked (``local``: each row's sequence in the item): the sequence-first
+    work of a tree's leaves runs in programs that fit beside the root's instead of a launch that
+    waits for SMs. One flat loop over ``max_priv`` chunk slots per sequence of the tile (slots
+    past a sequence's count are masked), so the addresses follow from the loop counter."""
+    j0 = (tile * BLOCK_M) // ratio
+    j1 = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // ratio + 1, rows // ratio)
+    per_seq = max_priv * BLOCKS_PER_CHUNK
+    offs_d = tl.arange(0, D)
+    for blk in range(0, tl.where(absorbs != 0, tl.maximum(j1 - j0, 0) * per_seq, 0)):
+        j = j0 + blk // per_seq
+        slot = (blk % per_seq) // BLOCKS_PER_CHUNK
+        s = (b0 + j).to(tl.int64)
+        offs_t = (blk % BLOCKS_PER_CHUNK) * BLOCK_N + tl.arange(0, BLOCK_N)
+        # (a vector mask: the interpreter does not broadcast a scalar one)
+        live = (slot + tl.zeros_like(offs_t)) < tl.load(NPRIV + s)
+        c = tl.load(PRIV + s * stride_priv + slot + tl.zeros_like(offs_t), mask=live, other=0)
+        c = tl.max(c, 0).to(tl.int64)
+        if MASKED:
+            n_ok = live & (offs_t < tl.load(CLENS + c))
+        else:
+            n_ok = live
+        k_ptrs = KC + c * stride_kc + kvh * stride_kh + offs_t[None, :] * stride_kt + offs_d[:, None]
+        v_ptrs = VC + c * stride_vc + kvh * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :]
+        m_i, l_i, acc = attend_rows(q, k_ptrs, v_ptrs, n_ok, local == j, m_i, l_i, acc, qk_scale, True, True, IEEE)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _item_rows(offs_m, rows, kvh, ratio):
     """Stacked row j of an item is (sequence begin + j // ratio, query head kvh*ratio + j % ratio)."""
     return offs_m < rows, offs_m // ratio, kvh * ratio + offs_m % ratio
@@ -81,10 +114,11 @@ def _sequence_heads(pid, num_kv_heads, ratio, BLOCK_H: tl.constexpr):
 
 @triton.jit
 def _chunk_first_kernel(
-    Q, KC, VC, CLENS, IT_BEGIN, IT_END, IT_C0, IT_C1, IT_ROW, IT_CHUNKS, PO, PL,
-    stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
-    num_q_heads, ratio, qk_scale,
-    CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+    Q, KC, VC, CLENS, IT_BEGIN, IT_END, IT_C0, IT_C1, IT_ROW, IT_CHUNKS, IT_PRIV, PRIV, NPRIV, PO, PL,
+    stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt, stride_priv,
+    num_q_heads, ratio, max_priv, qk_scale,
+    CONTIG: tl.constexpr, MASKED: tl.constexpr, LEAVES: tl.constexpr, PRIV_MASKED: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr,
 ):
     it = tl.program_id(0)
@@ -109,6 +143,11 @@ def _chunk_first_kernel(
         m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, IT_CHUNKS, first, blk, kvh, m_i, l_i, acc, qk_scale,
                                      stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
                                      CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
+    if LEAVES:
+        m_i, l_i, acc = _private_of_leaf(q, KC, VC, CLENS, PRIV, NPRIV, tl.load(IT_PRIV + it), b0, tile, rows, kvh,
+                                         offs_m // ratio, m_i, l_i, acc, qk_scale, stride_kc, stride_kh, stride_kt,
+                                         stride_vc, stride_vh, stride_vt, stride_priv, ratio, max_priv,
+                                         PRIV_MASKED, IEEE, BLOCK_M, BLOCK_N, BLOCKS_PER_CHUNK, D)
     out, lse = finish(m_i, l_i, acc)
     if BLOCK_M >= 64:
         row_ok, local, head = _item_rows(late(offs_m, l_i), rows, kvh, ratio)
@@ -249,19 +288,35 @@ def _consecutive(ids) -> bool:
     return bool(ids.size == 0 or (np.diff(ids) == 1).all())
 
 
+def _leaf_items(begin, end, covers, per_node, item_tiles, ratio: int) -> list:
+    """Which items also walk their sequences' private chunks (:func:`_private_of_leaf`): an
+    item that is the whole of its node and the deepest node of each of its sequences, on a
+    tree (each sequence under 2+ nodes) whose leaf rows fit one small tile
+    (:func:`config.leaf_with_suffix`)."""
+    deepest = [min(c, key=lambda i: end[i] - begin[i]) if c else -1 for c in covers]
+    flags = []
+    for i, (b, e) in enumerate(zip(begin, end)):
+        seqs = range(b, e)
+        flags.append(int(all(deepest[n] == i for n in seqs) and config.leaf_with_suffix(
+            min(len(covers[n]) for n in seqs), (e - b) * ratio, item_tiles[i], per_node[i], 1)))
+    return flags
+
+
 def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: int, dtype: torch.dtype,
-               device: torch.device, overlap: bool) -> dict:
+               device: torch.device, overlap: bool, leaves: bool = False) -> dict:
     """Chunk-first work items of ``table`` (host-side, computed once per table and launch shape).
 
     Shared chunks with one sequence range form a tree node; nodes are grouped by tile shape
     (one launch each, :func:`_tile_classes`) and their chunks cut into items. Also: each
     sequence's items, its number of private chunks, and whether every shared / private chunk
     is full (then no masks) or runs of consecutive ids (then ids are computed, not loaded).
+    ``leaves``: the sequence-first phase would run unsplit, so leaf items may take its work
+    (:func:`_leaf_items`); ``num_private_left`` is then what remains for it.
     """
     h = table.host
     # Everything below follows from the table and these arguments (and forced heuristics):
     # looked up first, so that a call on a known table does no host work.
-    key = (ratio, num_kv_heads, chunk_size, head_dim, dtype, str(device), overlap, config.forced_items())
+    key = (ratio, num_kv_heads, chunk_size, head_dim, dtype, str(device), overlap, leaves, config.forced_items())
     cache = h.setdefault("triton", {})
     if key in cache:
         return cache[key]
@@ -274,11 +329,14 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
     begin, end, c0, c1, row, chunks = [], [], [], [], [], []
     covers = [[] for _ in range(table.num_seqs)]
     launches = []  # (tiles, chunks per item, first item, items, row tiles of its largest node)
+    item_tiles, per_node = [], []
     rows = 0
     for tiles, nodes, per in classes:
         first = len(begin)
         for b, e in nodes:
             cs = ranges[(b, e)]
+            item_tiles.extend([tiles] * config.cdiv(len(cs), per))
+            per_node.extend([config.cdiv(len(cs), per)] * config.cdiv(len(cs), per))
             for s in range(0, len(cs), per):
                 part = cs[s:s + per]
                 for n in range(b, e):
@@ -296,20 +354,29 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
         seq_items[n, : len(c)] = c
     priv = h["private_chunks"]
     lens = h["chunk_lens"]
+    num_private = (priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs, dtype=np.int64)
+    absorbs = _leaf_items(begin, end, covers, per_node, item_tiles, ratio) if leaves and priv.size else [0] * len(begin)
+    left = num_private.copy()
+    for i, flag in enumerate(absorbs):
+        if flag:
+            left[begin[i]:end[i]] = 0
     if config.forced_value("contiguous", True):
         shared_contig = all(_consecutive(chunks[a:b]) for a, b in zip(c0, c1))
         private_contig = all(_consecutive(row[row >= 0]) for row in priv)
     else:
         shared_contig = private_contig = False
-    t = {name: _t(v, device) for name, v in (("begin", begin), ("end", end), ("c0", c0), ("c1", c1), ("row", row))}
+    t = {name: _t(v, device) for name, v in (("begin", begin), ("end", end), ("c0", c0), ("c1", c1), ("row", row),
+                                             ("leaf", absorbs))}
     meta = {
         "num_items": len(begin), "rows": rows, **t,
         # Each launch indexes its own items from 0: views of the item arrays from its first.
-        "launches": [(tiles, per, count, row_tiles, {name: a[first:] for name, a in t.items()})
+        "launches": [(tiles, per, count, row_tiles, {name: a[first:] for name, a in t.items()},
+                      any(absorbs[first:first + count]))
                      for tiles, per, first, count, row_tiles in launches],
         "chunks": _t(chunks, device), "seq_items": _t(seq_items, device),
         "num_seq_items": _t([len(c) for c in covers], device), "most_items": most_items,
-        "num_private": _t((priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs), device),
+        "num_private": _t(num_private, device), "num_private_left": _t(left, device),
+        "all_private_taken": bool(priv.size) and not left.any(),
         "shared_full": bool((lens[sh] == chunk_size).all()) if sh.size else True,
         "private_full": bool((lens[priv[priv >= 0]] == chunk_size).all()) if priv.size else True,
         "shared_contig": shared_contig, "private_contig": private_contig,
@@ -336,26 +403,6 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     # otherwise split 0 of the sequence-first phase folds the chunk-first states in.
     overlap = config.overlap_phases(int(t.host["shared_chunks"].size > 0) + int(max_priv > 0), dev)
 
-    meta = work_items(t, ratio, hkv, csize, d, q.dtype, dev, overlap)
-    po = torch.empty(max(1, meta["rows"]), hq, d, dtype=config.partial_dtype(q.dtype), device=dev)
-    pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
-
-    def chunk_first(st, per, count, row_tiles, it):
-        st_n = min(st.block_n, max(16, config.next_pow2(csize)))
-        st = config.fit_stages(st, per * config.cdiv(csize, st_n))
-        _chunk_first_kernel[(count, hkv, row_tiles)](
-            q, kc, vc, t.chunk_lens, it["begin"], it["end"], it["c0"], it["c1"], it["row"],
-            meta["chunks"], po, pl,
-            q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
-            vc.stride(0), vc.stride(1), vc.stride(2),
-            hq, ratio, qk_scale,
-            CONTIG=meta["shared_contig"], MASKED=not (meta["shared_full"] and csize % st_n == 0), IEEE=ieee,
-            BLOCK_M=st.block_m, BLOCK_N=st_n, BLOCKS_PER_CHUNK=config.cdiv(csize, st_n), D=d,
-            **st.launch_options(),
-        )
-
-    chunk_firsts = [functools.partial(chunk_first, *launch) for launch in meta["launches"]]
-
     dt = config.decode_tiles(ratio, d, q.dtype, dev, overlap=overlap)
     dt_n = min(dt.block_n, max(16, config.next_pow2(csize)))
     per = config.forced_value("private_split", None)
@@ -365,6 +412,31 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         per = max(1, config.cdiv(max_priv, want))
     splits = max(1, config.cdiv(max_priv, per))
     dt = config.fit_stages(dt, per * config.cdiv(csize, dt_n))
+
+    meta = work_items(t, ratio, hkv, csize, d, q.dtype, dev, overlap, leaves=splits == 1)
+    po = torch.empty(max(1, meta["rows"]), hq, d, dtype=config.partial_dtype(q.dtype), device=dev)
+    pl = torch.empty(max(1, meta["rows"]), hq, dtype=torch.float32, device=dev)
+    priv_stride = max(1, t.private_chunks.stride(0)) if t.private_chunks.dim() == 2 else 0
+
+    def chunk_first(st, per, count, row_tiles, it, leaves):
+        st_n = min(st.block_n, max(16, config.next_pow2(csize)))
+        blocks = per * config.cdiv(csize, st_n)
+        if leaves:
+            blocks += (st.block_m // ratio) * max_priv * config.cdiv(csize, st_n)
+        st = config.fit_stages(st, blocks)
+        _chunk_first_kernel[(count, hkv, row_tiles)](
+            q, kc, vc, t.chunk_lens, it["begin"], it["end"], it["c0"], it["c1"], it["row"],
+            meta["chunks"], it["leaf"], t.private_chunks, meta["num_private"], po, pl,
+            q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
+            vc.stride(0), vc.stride(1), vc.stride(2), priv_stride,
+            hq, ratio, max_priv, qk_scale,
+            CONTIG=meta["shared_contig"], MASKED=not (meta["shared_full"] and csize % st_n == 0),
+            LEAVES=leaves, PRIV_MASKED=not (meta["private_full"] and csize % st_n == 0), IEEE=ieee,
+            BLOCK_M=st.block_m, BLOCK_N=st_n, BLOCKS_PER_CHUNK=config.cdiv(csize, st_n), D=d,
+            **st.launch_options(),
+        )
+
+    chunk_firsts = [functools.partial(chunk_first, *launch) for launch in meta["launches"]]
     final = splits == 1 and not overlap
     if final:
         so, sl = out.view(1, n, hq, d), lse.view(1, n, hq)
@@ -376,11 +448,11 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
 
     def seq_first():
         _seq_first_kernel[(n * hkv, splits)](
-            q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private"], meta["seq_items"],
+            q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private_left"], meta["seq_items"],
             meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl,
             q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
             vc.stride(0), vc.stride(1), vc.stride(2),
-            max(1, t.private_chunks.stride(0)) if t.private_chunks.dim() == 2 else 0, meta["seq_items"].stride(0),
+            priv_stride, meta["seq_items"].stride(0),
             so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
             hkv, hq, ratio, per, qk_scale,
             FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
@@ -391,14 +463,16 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
 
     if overlap:
         # The launch of the largest tiles (the root's, on a tree) runs longest: it goes first.
-        concurrently(chunk_firsts + [seq_first], dev)
+        # With every private chunk taken by the leaf items, no sequence-first states to fold.
+        taken = meta["all_private_taken"]
+        concurrently(chunk_firsts + ([] if taken else [seq_first]), dev)
         # A fold program takes the heads of g kv heads, a tile of >= 16 real rows (one GQA group
         # of 4 heads in a 16-row tile left 3/4 of each program idle).
         g = config.fold_kv_heads(hkv, ratio)
         _fold_kernel[(n * (hkv // g),)](
             meta["seq_items"], meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl, out, lse,
             meta["seq_items"].stride(0), so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
-            hkv // g, hq, g * ratio, splits, BLOCK_H=max(16, config.next_pow2(g * ratio)), D=d, UNROLL=unroll,
+            hkv // g, hq, g * ratio, 0 if taken else splits, BLOCK_H=max(16, config.next_pow2(g * ratio)), D=d, UNROLL=unroll,
             num_warps=4,
         )
         return out, lse
