@@ -335,8 +335,9 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
         first = len(begin)
         for b, e in nodes:
             cs = ranges[(b, e)]
-            item_tiles.extend([tiles] * config.cdiv(len(cs), per))
-            per_node.extend([config.cdiv(len(cs), per)] * config.cdiv(len(cs), per))
+            cut = config.cdiv(len(cs), per)
+            item_tiles.extend([tiles] * cut)
+            per_node.extend([cut] * cut)
             for s in range(0, len(cs), per):
                 part = cs[s:s + per]
                 for n in range(b, e):

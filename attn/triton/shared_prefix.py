@@ -31,9 +31,9 @@ def plan(p: SharedPrefixProblem):
     hkv = p.num_kv_heads
     ratio = hq // hkv
     dev = p.device
-    steps = []
     phases = len(p.prefix_k) + (p.suffix_capacity > 0)
     overlap = config.overlap_phases(phases, dev)
+    levels = []
     for i, lk in enumerate(p.prefix_k):
         g, length = lk.shape[:2]
         rows = (b // g) * ratio
@@ -41,25 +41,27 @@ def plan(p: SharedPrefixProblem):
         base = g * hkv * config.cdiv(rows, tiles.block_m)
         splits, split_len = config.num_splits(length, base, tiles, dev, "prefix_split",
                                               min_split=config.prefix_min_split(overlap))
-        steps.append(["prefix", i, splits, split_len, tiles])
+        levels.append((i, splits, split_len, tiles))
     s = p.suffix_capacity
+    suffix = None
     if s > 0:
         tiles = config.decode_tiles(ratio, d, p.dtype, dev, overlap=overlap, keys=s)
-        splits, split_len = config.num_splits(s, b * hkv, tiles, dev, "suffix_split")
-        steps.append(["suffix", -1, splits, split_len, tiles])
-        leaf = steps[-2] if len(steps) >= 2 else None
-        if leaf is not None and config.leaf_with_suffix(len(p.prefix_k), b // p.prefix_k[-1].shape[0] * ratio,
-                                                        leaf[4], leaf[2], splits):
-            # The deepest level's programs also walk their sequences' suffixes (segment.py).
-            steps.pop()
-            leaf[0] = "leaf+suffix"
-            blocks = config.cdiv(leaf[3], leaf[4].block_n) + (b // p.prefix_k[-1].shape[0]) * config.cdiv(
-                s, leaf[4].block_n)
-            leaf[4] = config.fit_stages(leaf[4], blocks)
-    for st in steps:
-        if st[0] != "leaf+suffix":
-            st[4] = config.fit_stages(st[4], config.cdiv(st[3], st[4].block_n))
-    return [tuple(st) for st in steps]
+        suffix = (-1, *config.num_splits(s, b * hkv, tiles, dev, "suffix_split"), tiles)
+    # A tree's leaf level takes the suffixes too (segment.py, LEAF_SUFFIX).
+    seqs = b // p.prefix_k[-1].shape[0] if levels else 0
+    fused = suffix is not None and levels and config.leaf_with_suffix(
+        len(levels), seqs * ratio, levels[-1][3], levels[-1][1], suffix[1])
+    steps = [("prefix", *lv) for lv in (levels[:-1] if fused else levels)]
+    if fused:
+        i, splits, split_len, tiles = levels[-1]
+        steps.append(("leaf+suffix", i, splits, split_len, tiles))
+    elif suffix is not None:
+        steps.append(("suffix", *suffix))
+    # No more pipeline stages than key blocks per program (a leaf program walks its group's
+    # keys and each of its sequences' suffix keys).
+    return [(kind, i, splits, split_len, config.fit_stages(tiles, config.cdiv(split_len, tiles.block_n) + (
+        seqs * config.cdiv(s, tiles.block_n) if kind == "leaf+suffix" else 0)))
+        for kind, i, splits, split_len, tiles in steps]
 
 
 def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +96,7 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
                                           split_len, p.scale, tiles, fold_into=(out, lse) if last else None,
                                           suffix=suffix))
         base += splits
-    order = config.forced_value("launch_order", None)
+    order = config.forced_value("launch_order", None)  # (ignored unless it names every launch)
     if order is not None and sorted(order) == list(range(len(launches))):
         launches = [launches[j] for j in order]
     if overlap:
