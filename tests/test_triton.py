@@ -144,7 +144,10 @@ def test_chunk_leaf_items_take_the_private_chunks(triton_backend, dtype):
     # Not taken when a leaf is cut into several items, or the sequence-first phase is split.
     inp = _check_chunk(w, 16, dtype, seed=5, chunks_per_item=1)
     assert not any(next(iter(inp.table.host["triton"].values()))["leaf"].tolist())
-    _check_chunk(w, 16, dtype, seed=6, private_split=1, overlap=True, leaf_suffix=False)
+    inp = _check_chunk(w, 16, dtype, seed=6, private_split=1, overlap=True)
+    meta = next(iter(inp.table.host["triton"].values()))
+    assert not any(meta["leaf"].tolist())
+    assert torch.equal(meta["num_private_left"], meta["num_private"]) and meta["num_private"].max() > 1
     # Leaves of 6 sequences x 3 heads in 16-row tiles (the second tile starts inside sequence 5),
     # chunks of 32 with 2 private slots per sequence, overlapped.
     w3 = W("leaves3", 12, 6, 2, ((1, 40), (2, 20)), 40, 64)
