@@ -238,12 +238,18 @@ def test_gqa_ratio_16_and_chunk_size_48(triton_backend):
     _check_chunk(W("c48", 3, 16, 1, ((1, 100),), 20, 64), 48, torch.float16)
 
 
-def test_merge_kernel_any_head_dim(triton_backend):
-    outs = torch.randn(3, 5, 16, device=DEVICE)
-    lses = torch.randn(3, 5, device=DEVICE)
+@pytest.mark.parametrize("states", [1, 3, 8, 11])  # unrolled up to merge.MAX_UNROLL, a loop above
+def test_merge_kernel_any_head_dim(triton_backend, states):
+    from attn.triton import merge
+    assert (states <= merge.MAX_UNROLL) == (states < 11)
+    outs = torch.randn(states, 5, 16, device=DEVICE)
+    lses = torch.randn(states, 5, device=DEVICE)
+    lses[:, 1] = float("-inf")  # a row with no keys in any state
+    lses[0, 2] = float("-inf")  # a state with no keys among others
     out, lse = attn.merge_states(outs, lses, backend="triton")
     ref_out, ref_lse = attn.merge_states(outs, lses, backend="torch")
     assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
+    assert torch.all(out[1] == 0) and lse[1] == float("-inf")
 
 
 def test_launch_heuristics_fit_the_work():
