@@ -368,6 +368,27 @@ def test_gpu_merge_states(tk):
     fin = torch.isfinite(ref_lse)
     assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-4)
     assert torch.allclose(out.double()[fin], ref_out[fin], atol=2 * 2.0**-8)
+    # A view that starts one element into its storage takes the scalar (unaligned) path.
+    flat = torch.empty(outs.numel() + 1, dtype=outs.dtype, device="cuda")
+    shifted = flat[1:].view_as(outs).copy_(outs)
+    out2, lse2 = attn.merge_states(shifted, lses, backend="tk")
+    assert torch.equal(lse2, lse) and torch.allclose(out2.float(), out.float(), atol=2.0**-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id in (
+    "spec-hydragen-mqa-ragged-level", "spec-tree-3level-chunk", "spec-gqa-8b-level")], ids=lambda c: c.id)
+def test_gpu_float32_partials_agree(tk, case, monkeypatch):
+    # Both partial dtypes pass the oracle, and they differ by no more than its bounds.
+    inp = case.inputs(torch.bfloat16, "cuda")
+    oracle = Oracle(case.problem(inp))
+    half_out, half_lse = _call(case.op, inp, "tk")
+    monkeypatch.setenv("ATTN_TK_PARTIALS", "float32")
+    f32_out, f32_lse = _call(case.op, inp, "tk")
+    jh, jf = oracle.judge(half_out, half_lse), oracle.judge(f32_out, f32_lse)
+    assert jh.ok and jf.ok, f"half partials: {jh}; float32 partials: {jf}"
+    keep = ~oracle.empty.to(half_out.device)
+    assert float((half_out.float() - f32_out.float()).abs()[keep].max()) <= jh.out_bound + jf.out_bound
 
 
 @pytest.mark.gpu
@@ -462,6 +483,13 @@ def test_mixed_schedule_runs_half_of_the_ctas_shortest_first(monkeypatch):
     assert not tkb.mixed_order()
     monkeypatch.setenv("ATTN_TK_ORDER", "mixed")
     assert tkb.mixed_order()
+
+
+def test_partial_dtype_is_the_ops_unless_float32_is_asked(monkeypatch):
+    monkeypatch.delenv("ATTN_TK_PARTIALS", raising=False)
+    assert tkb.partial_dtype(torch.bfloat16) == torch.bfloat16 and tkb.partial_dtype(torch.float16) == torch.float16
+    monkeypatch.setenv("ATTN_TK_PARTIALS", "float32")
+    assert tkb.partial_dtype(torch.bfloat16) == torch.float32
 
 
 def _fake_build_env(monkeypatch, tmp_path):

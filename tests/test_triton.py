@@ -250,6 +250,9 @@ def test_merge_kernel_any_head_dim(triton_backend, states):
     ref_out, ref_lse = attn.merge_states(outs, lses, backend="torch")
     assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
     assert torch.all(out[1] == 0) and lse[1] == float("-inf")
+    with _config().forced(merge_gather=False):
+        out2, lse2 = attn.merge_states(outs, lses, backend="triton")
+    assert torch.allclose(out2, ref_out, atol=1e-5) and torch.allclose(lse2, ref_lse, atol=1e-5)
 
 
 def test_launch_heuristics_fit_the_work():

@@ -1,7 +1,7 @@
 """The ``tk`` backend: ThunderKittens kernels (Hopper wgmma + TMA), built on first use.
 
 Each op is one launch of the stacked-query kernel over a table of work items (see
-:mod:`attn.tk_ext.plan`) writing float32 partial states, then one merge launch; when every
+:mod:`attn.tk_ext.plan`) writing partial states (:func:`partial_dtype`), then one merge launch; when every
 row is in one item (decode with nothing shared), the items write the result directly and
 there is no merge (:func:`plan.mark_direct`). Item tables
 are built on the host once per shape (shared prefix) or once per ChunkTable, and cached on
@@ -44,6 +44,14 @@ def mixed_order() -> bool:
     (:func:`plan.schedule`); ``ATTN_TK_ORDER=lpt`` turns it off (read when a plan is built,
     and part of the plan's cache key, so that a benchmark can time both orders)."""
     return os.environ.get("ATTN_TK_ORDER", "mixed") != "lpt"
+
+
+def partial_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the partial outs the items write for the merge (their LSEs are float32): the
+    op's dtype, half the bytes of float32 written and reread (the Triton backend does the
+    same, as FlashInfer's cascade merges half-precision states); ``ATTN_TK_PARTIALS=float32``
+    keeps float32 (read at each call, so that a benchmark can time both)."""
+    return torch.float32 if os.environ.get("ATTN_TK_PARTIALS", "half") == "float32" else dtype
 
 
 def num_sms(device: torch.device) -> int:
@@ -167,7 +175,7 @@ class TKBackend(Backend):
         if direct:
             none = torch.empty(0, dtype=torch.float32, device=device)
             return none, none, out, lse
-        po = torch.empty(nslot, b * hq, d, dtype=torch.float32, device=device)
+        po = torch.empty(nslot, b * hq, d, dtype=partial_dtype(dtype), device=device)
         pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=device)
         return po, pl, out, lse
 

@@ -13,7 +13,8 @@ import triton.language as tl
 from . import config
 
 LOG2E = 1.4426950408889634
-# Up to this many states are loaded at once (one kernel per power of two); more take a loop.
+# Up to this many states are loaded at once (one kernel per power of two); more take a loop
+# (as does ``config.forced(merge_gather=False)``).
 MAX_UNROLL = 8
 
 
@@ -74,7 +75,7 @@ def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse:
     block_r = max(1, min(64, 4096 // block_d, per_program))
     _merge_kernel[(triton.cdiv(r, block_r),)](
         outs, lses, out, lse, k, r, outs.stride(0), lses.stride(0),
-        BLOCK_R=block_r, D=d, BLOCK_D=block_d, BLOCK_K=config.next_pow2(k) if k <= MAX_UNROLL else 0, num_warps=4,
+        BLOCK_R=block_r, D=d, BLOCK_D=block_d, BLOCK_K=config.next_pow2(k) if k <= MAX_UNROLL and config.forced_value("merge_gather", True) else 0, num_warps=4,
     )
 
 

@@ -36,7 +36,7 @@ template<typename T, int D> struct chunk_src {
 
 template<typename T, int D>
 static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc, const at::Tensor &clist,
-                const at::Tensor &clens, const at::Tensor &items, const at::Tensor &ctas, float scale, float *po, float *pl,
+                const at::Tensor &clens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
                 const at::Tensor &out, float *lse) {
     using S = chunk_src<T, D>;
     using cgl = typename S::cgl;
@@ -47,7 +47,7 @@ static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc,
     S src{mk(kc), mk(vc), clist.data_ptr<int>(), clens.data_ptr<int>(), (int)((kc.size(2) + TILE - 1) / TILE)};
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / kc.size(1)), (int)(q.size(0) * q.size(1)),
-                  scale * 1.4426950408889634f, po, pl, out.data_ptr(), lse, sched_mode()};
+                  scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode()};
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
@@ -66,14 +66,16 @@ void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, a
     TORCH_CHECK(k_chunks.is_contiguous() && v_chunks.is_contiguous(), "tk: chunk pools must be contiguous");
     const int d = (int)q.size(2);
     check_direct_outputs(q, out, lse);
-    float *po = part_out.data_ptr<float>(), *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
+    const int hp = check_partials(q, part_out);
+    void *po = part_out.data_ptr();
+    float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, pl, out, lp);
-        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, pl, out, lp);
+        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp);
+        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, pl, out, lp);
-        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, pl, out, lp);
+        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp);
+        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -13,6 +13,13 @@ inline void check_direct_outputs(const at::Tensor &q, const at::Tensor &out, con
                 "tk: out must be contiguous in q's dtype");
 }
 
+// Partial outs [nslot, rows, D]: float32, or q's dtype (returns 1: the kernel stores them in T).
+inline int check_partials(const at::Tensor &q, const at::Tensor &part_out) {
+    TORCH_CHECK(part_out.is_contiguous() && (part_out.scalar_type() == at::kFloat || part_out.scalar_type() == q.scalar_type()),
+                "tk: partial outs must be contiguous float32 or q's dtype");
+    return part_out.scalar_type() == q.scalar_type() ? 1 : 0;
+}
+
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse);

@@ -1,10 +1,10 @@
-// LSE merge of partial attention states: outs [K, R, D] (float32 partials, or the user's dtype
-// for merge_states), lses float32 [K, R] natural log -> out [R, D], lse [R].
+// LSE merge of partial attention states: outs [K, R, D] (float32 or half-precision partials,
+// or the user's dtype for merge_states), lses float32 [K, R] natural log -> out [R, D], lse [R].
 // States with lse = -inf carry no keys and are never read (their out may be garbage), so
 // partial buffers need only their lse initialised. A row with no key gets out = 0, lse = -inf.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <type_traits>
+#include <cstdint>
 #include "common.h"
 
 namespace attn_tk {
@@ -70,10 +70,26 @@ __global__ void merge_kernel(const TI *__restrict__ outs, const float *__restric
     if (lane == 0) lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
-// The internal path (float32 partials, D <= 128): lane l owns columns [4l, 4l + 4), so each
-// state costs one 16-byte load per lane instead of D / 32 scalar loads.
-template<typename TO>
-__global__ void merge_f4_kernel(const float *__restrict__ outs, const float *__restrict__ lses, TO *__restrict__ out,
+// The internal path (partials in float32 or the op's dtype, D <= 128): lane l owns columns
+// [4l, 4l + 4), so each state costs one 16- or 8-byte load per lane instead of D / 32 scalar
+// loads.
+template<typename TI> __device__ inline float4 load4(const TI *p);
+template<> __device__ inline float4 load4<float>(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+template<> __device__ inline float4 load4<__nv_bfloat16>(const __nv_bfloat16 *p) {
+    uint2 u = *reinterpret_cast<const uint2 *>(p);
+    float2 a = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&u.x));
+    float2 b = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+template<> __device__ inline float4 load4<__half>(const __half *p) {
+    uint2 u = *reinterpret_cast<const uint2 *>(p);
+    float2 a = __half22float2(*reinterpret_cast<__half2 *>(&u.x));
+    float2 b = __half22float2(*reinterpret_cast<__half2 *>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
+template<typename TI, typename TO>
+__global__ void merge_v4_kernel(const TI *__restrict__ outs, const float *__restrict__ lses, TO *__restrict__ out,
                                 float *__restrict__ lse, int K, long R, int D) {
     long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
@@ -102,7 +118,7 @@ __global__ void merge_f4_kernel(const float *__restrict__ outs, const float *__r
         for (int k = 0; k < kn; k++) {
             float wk = __shfl_sync(0xffffffffu, w, k);
             if (wk == 0.f || !mine) continue;  // a state with no keys: its out is never read
-            float4 v = reinterpret_cast<const float4 *>(outs + ((long)(k0 + k) * R + row) * D)[lane];
+            float4 v = load4<TI>(outs + ((long)(k0 + k) * R + row) * D + lane * 4);
             acc.x += wk * v.x; acc.y += wk * v.y; acc.z += wk * v.z; acc.w += wk * v.w;
         }
     }
@@ -125,13 +141,12 @@ static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &o
     if (R == 0) return;
     constexpr int ROWS = 8;
     dim3 grid((unsigned)((R + ROWS - 1) / ROWS));
-    if constexpr (std::is_same_v<TI, float>) {
-        if (D % 4 == 0 && D <= 128) {
-            merge_f4_kernel<TO><<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
-                outs.data_ptr<float>(), lses.data_ptr<float>(), reinterpret_cast<TO *>(out.data_ptr()),
-                lse.data_ptr<float>(), K, R, D);
-            return;
-        }
+    // (the vector path needs each row's 4-column groups aligned: a view may start anywhere)
+    if (D % 4 == 0 && D <= 128 && reinterpret_cast<uintptr_t>(outs.data_ptr()) % (4 * sizeof(TI)) == 0) {
+        merge_v4_kernel<TI, TO><<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),
+            reinterpret_cast<TO *>(out.data_ptr()), lse.data_ptr<float>(), K, R, D);
+        return;
     }
     merge_kernel<TI, TO><<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),

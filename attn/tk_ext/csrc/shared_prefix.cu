@@ -46,7 +46,7 @@ template<typename T, int D> struct level_src {
 
 template<typename T, int D>
 static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
-                const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, float *po, float *pl,
+                const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
                 const at::Tensor &out, float *lse) {
     using S = level_src<T, D>;
     using lgl = typename S::lgl;
@@ -60,7 +60,7 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
           lens.defined() ? lens.data_ptr<int>() : nullptr};
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / ks[0].size(2)), (int)(q.size(0) * q.size(1)),
-                  scale * 1.4426950408889634f, po, pl, out.data_ptr(), lse, sched_mode()};
+                  scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode()};
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
@@ -68,7 +68,7 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
 
 // Partial states of every item of a shared_prefix_attention call (see attn/tk_ext/plan.py).
 // q [B, Hq, D]; ks, vs: the level tensors [G_i, P_i, Hkv, D] then the suffix [B, S, Hkv, D];
-// items int32 [num_items, 12]; part_out float [nslot, B*Hq, D]; part_lse float [nslot, B*Hq];
+// items int32 [num_items, 12]; part_out [nslot, B*Hq, D] float32 or q's dtype; part_lse float [nslot, B*Hq];
 // out [B*Hq, D] in q's dtype, lse float [B*Hq]: written by direct items (plan.mark_direct) only.
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
@@ -80,14 +80,16 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     at::Tensor l = lens.has_value() ? *lens : at::Tensor();
     const int d = (int)q.size(2);
     check_direct_outputs(q, out, lse);
-    float *po = part_out.data_ptr<float>(), *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
+    const int hp = check_partials(q, part_out);
+    void *po = part_out.data_ptr();
+    float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, pl, out, lp);
-        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, pl, out, lp);
+        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
+        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, pl, out, lp);
-        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, pl, out, lp);
+        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
+        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

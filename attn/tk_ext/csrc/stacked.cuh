@@ -7,8 +7,8 @@
 //  - suffix phase: one sequence's query heads against a slice of its own suffix;
 //  - chunk-first phase: the rows of sequences [begin, end) against a run of shared chunks;
 //  - sequence-first phase: one sequence's query heads against its private chunks.
-// Every item writes normalised float32 partial states (out, natural-log lse) into a slot of
-// a partial buffer; merge.cu combines the slots of each row.
+// Every item writes normalised partial states (out in T or float32, natural-log lse in
+// float32) into a slot of a partial buffer; merge.cu combines the slots of each row.
 //
 // CTA layout: NWG consumer warpgroups (64 query rows each, wgmma) + 1 producer warpgroup
 // whose first warp streams K/V tiles with TMA through a STAGES-deep ring of shared tiles and
@@ -97,8 +97,9 @@ struct common_args {
     int hq, r;                 // query heads, query heads per kv head
     int rows_total;            // B * Hq: rows of one partial slot
     float scale_log2;          // scale * log2(e)
-    float *part_out;           // [nslot, rows_total, D]
+    void *part_out;            // [nslot, rows_total, D]: float32, or T when half_parts
     float *part_lse;           // [nslot, rows_total]
+    int half_parts;            // partial outs in T (half the bytes written and merged)
     void *out;                 // direct items: [rows_total, D] in T
     float *lse;                // direct items: [rows_total]
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
@@ -444,7 +445,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         }
 
         // Epilogue: normalised out and natural-log lse of this warpgroup's rows, as a partial
-        // state (float32, into its slot) or, for a direct item, the final result (in T).
+        // state (into its slot, in T or float32) or, for a direct item, the final result (in T).
         const int wrow = (warpid() % 4) * 16 + lane / 4;
         #pragma unroll
         for (int half_ = 0; half_ < 2; half_++) {
@@ -461,12 +462,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 int col = c * 16 + 2 * (lane % 4);
                 float2 v0 = o.tiles[0][c].data[half_ ? 1 : 0];
                 float2 v1 = o.tiles[0][c].data[half_ ? 3 : 2];
-                if (direct) {
-                    T *dst = reinterpret_cast<T *>(a.out) + grow * D;
+                if (direct || a.half_parts) {
+                    T *dst = reinterpret_cast<T *>(direct ? a.out : a.part_out) + grow * D;
                     store2<T>(dst + col, v0.x * inv, v0.y * inv);
                     store2<T>(dst + col + 8, v1.x * inv, v1.y * inv);
                 } else {
-                    float *dst = a.part_out + grow * D;
+                    float *dst = reinterpret_cast<float *>(a.part_out) + grow * D;
                     *reinterpret_cast<float2 *>(dst + col) = make_float2(v0.x * inv, v0.y * inv);
                     *reinterpret_cast<float2 *>(dst + col + 8) = make_float2(v1.x * inv, v1.y * inv);
                 }
