@@ -169,8 +169,6 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "noleaf": {"leaf_suffix": False},
     "leaf-first": {"launch_order": (2, 0, 1)},
     "leaf-second": {"launch_order": (0, 2, 1)},
-    # the merge kernel's loop over the states (before: loaded at once, merge.MAX_UNROLL)
-    "loopmerge": {"merge_gather": False},
 }
 
 

@@ -34,8 +34,7 @@ def forced(**kw):
     (:func:`prefix_min_split`), ``fit_stages=False`` (:func:`fit_stages`), ``fold_kv_heads``
     (:func:`fold_kv_heads`), ``half_partials=False`` (:func:`partial_dtype`),
     ``leaf_suffix`` (:func:`leaf_with_suffix`), ``launch_order`` (indices: the order in which
-    an op's phases are launched; the tests check that no result depends on it),
-    ``merge_gather=False`` (the merge kernel loops over the states instead of loading them at once).
+    an op's phases are launched; the tests check that no result depends on it).
     """
     old = dict(_FORCE)
     _FORCE.update(kw)

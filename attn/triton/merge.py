@@ -13,48 +13,29 @@ import triton.language as tl
 from . import config
 
 LOG2E = 1.4426950408889634
-# Up to this many states are loaded at once (one kernel per power of two); more take a loop
-# (as does ``config.forced(merge_gather=False)``).
-MAX_UNROLL = 8
 
 
 @triton.jit
 def _merge_kernel(O, L, OUT, LSE, num_states, num_rows, stride_ok, stride_lk,
-                  BLOCK_R: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+                  BLOCK_R: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, BLOCK_D)
     r_ok = offs_r < num_rows
     d_ok = offs_d < D
     rows = offs_r.to(tl.int64)
-    if BLOCK_K > 0:
-        # Few states (the ops' merges have 2-8): all of them in one load, so a program waits
-        # one memory latency instead of one per state.
-        ks = tl.arange(0, BLOCK_K)
-        k_ok = ks < num_states
-        lse = tl.load(L + ks[:, None] * stride_lk + rows[None, :], mask=k_ok[:, None] & r_ok[None, :],
-                      other=float("-inf")) * 1.4426950408889634
-        o = tl.load(O + ks[:, None, None] * stride_ok + rows[None, :, None] * D + offs_d[None, None, :],
-                    mask=k_ok[:, None, None] & r_ok[None, :, None] & d_ok[None, None, :], other=0.0)
-        m = tl.max(lse, 0)
-        m = tl.where(m == float("-inf"), 0.0, m)
-        w = tl.exp2(lse - m[None, :])
-        l = tl.sum(w, 0)
-        # A state with no keys (w = 0) adds nothing, whatever its out holds.
-        acc = tl.sum(tl.where(w[:, :, None] > 0.0, o.to(tl.float32) * w[:, :, None], 0.0), 0)
-    else:
-        m = tl.full([BLOCK_R], -1.0e30, tl.float32)
-        l = tl.zeros([BLOCK_R], tl.float32)
-        acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-        for k in range(0, num_states):
-            lse = tl.load(L + k * stride_lk + rows, mask=r_ok, other=float("-inf")) * 1.4426950408889634
-            o = tl.load(O + k * stride_ok + rows[:, None] * D + offs_d[None, :],
-                        mask=r_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-            m_new = tl.maximum(m, lse)
-            alpha = tl.exp2(m - m_new)
-            w = tl.exp2(lse - m_new)
-            l = l * alpha + w
-            acc = acc * alpha[:, None] + o * w[:, None]
-            m = m_new
+    m = tl.full([BLOCK_R], -1.0e30, tl.float32)
+    l = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for k in range(0, num_states):
+        lse = tl.load(L + k * stride_lk + rows, mask=r_ok, other=float("-inf")) * 1.4426950408889634
+        o = tl.load(O + k * stride_ok + rows[:, None] * D + offs_d[None, :],
+                    mask=r_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        m_new = tl.maximum(m, lse)
+        alpha = tl.exp2(m - m_new)
+        w = tl.exp2(lse - m_new)
+        l = l * alpha + w
+        acc = acc * alpha[:, None] + o * w[:, None]
+        m = m_new
     has = l > 0.0
     out = acc / tl.where(has, l, 1.0)[:, None]
     tl.store(OUT + rows[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
@@ -75,7 +56,7 @@ def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse:
     block_r = max(1, min(64, 4096 // block_d, per_program))
     _merge_kernel[(triton.cdiv(r, block_r),)](
         outs, lses, out, lse, k, r, outs.stride(0), lses.stride(0),
-        BLOCK_R=block_r, D=d, BLOCK_D=block_d, BLOCK_K=config.next_pow2(k) if k <= MAX_UNROLL and config.forced_value("merge_gather", True) else 0, num_warps=4,
+        BLOCK_R=block_r, D=d, BLOCK_D=block_d, num_warps=4,
     )
 
 
