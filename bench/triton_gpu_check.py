@@ -169,6 +169,11 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "noleaf": {"leaf_suffix": False},
     "leaf-first": {"launch_order": (2, 0, 1)},
     "leaf-second": {"launch_order": (0, 2, 1)},
+    # the leaf+suffix launch after the prefix levels, folding their states (no merge launch),
+    # with the root split finer (it no longer shares the GPU with the leaves)
+    "after": {"leaf_after": True},
+    "after-ms512": {"leaf_after": True, "prefix_min_split": 512},
+    "after-ms256": {"leaf_after": True, "prefix_min_split": 256},
 }
 
 

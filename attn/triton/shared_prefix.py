@@ -79,7 +79,10 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
     # partial states. Run in order instead, a last phase of one split (the usual suffix)
     # folds everything in and writes the output: no merge launch.
     overlap = config.overlap_phases(len(steps), p.device)
-    fold = not overlap and steps[-1][2] == 1
+    # A tree's leaf+suffix launch after the concurrent prefix levels, folding their states
+    # (config.leaf_after): no merge launch.
+    after = overlap and steps[-1][0] == "leaf+suffix" and config.leaf_after()
+    fold = (not overlap or after) and steps[-1][2] == 1
     stored = total - 1 if fold else total
     parts_o = torch.empty(max(1, stored), b, hq, d, dtype=config.partial_dtype(q.dtype), device=q.device)
     parts_lse = torch.empty(max(1, stored), b, hq, dtype=torch.float32, device=q.device)
@@ -96,12 +99,15 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
                                           split_len, p.scale, tiles, fold_into=(out, lse) if last else None,
                                           suffix=suffix))
         base += splits
+    last = [launches.pop()] if after else []
     order = config.forced_value("launch_order", None)  # (ignored unless it names every launch)
     if order is not None and sorted(order) == list(range(len(launches))):
         launches = [launches[j] for j in order]
     if overlap:
         # The first prefix level is the longest-running phase: it goes first.
         concurrently(launches, p.device)
+        for launch in last:
+            launch()
     else:
         for launch in launches:
             launch()
