@@ -99,6 +99,10 @@ def test_leaf_level_with_the_suffixes(triton_backend, dtype, monkeypatch):
     # 5, whose suffix both tiles walk for their own rows; uniform suffixes of 2 blocks.
     w3 = W("leaves3", 12, 6, 2, ((1, 40), (2, 20)), 40, 64)
     _check_shared(w3, dtype, seed=4, leaf_suffix=True, block_m=16)
+    # The same with each tile's suffixes over 2 and 4 programs (tiles of 5 and 6 sequences:
+    # uneven parts, and an empty one).
+    _check_shared(w3, dtype, seed=7, leaf_suffix=True, block_m=16, leaf_parts=2)
+    _check_shared(w3, dtype, seed=8, leaf_suffix=True, block_m=16, leaf_parts=4, overlap=True)
     # One level only: fused only when forced.
     w1 = W("one", 4, 8, 2, ((2, 33),), 20, 64)
     kinds = [st[0] for st in shared_prefix.plan(shared_prefix_problem(*make_inputs(w1, dtype, DEVICE).args()))]

@@ -97,7 +97,7 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
         last = fold and idx == len(steps) - 1
         launches.append(functools.partial(launch_segment, q, k, v, lens, parts_o, parts_lse, base, splits,
                                           split_len, p.scale, tiles, fold_into=(out, lse) if last else None,
-                                          suffix=suffix))
+                                          suffix=suffix, suffix_parts=config.leaf_parts()))
         base += splits
     last = [launches.pop()] if after else []
     order = config.forced_value("launch_order", None)  # (ignored unless it names every launch)
