@@ -169,15 +169,6 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "noleaf": {"leaf_suffix": False},
     "leaf-first": {"launch_order": (2, 0, 1)},
     "leaf-second": {"launch_order": (0, 2, 1)},
-    # the leaf+suffix launch after the prefix levels, folding their states (no merge launch),
-    # with the root split finer (it no longer shares the GPU with the leaves)
-    "after": {"leaf_after": True},
-    "after-ms512": {"leaf_after": True, "prefix_min_split": 512},
-    "after-ms256": {"leaf_after": True, "prefix_min_split": 256},
-    # a leaf row tile's suffixes over 2 or 4 programs (config.leaf_parts)
-    "parts2": {"leaf_parts": 2},
-    "parts4": {"leaf_parts": 4},
-    "after-parts2": {"leaf_after": True, "leaf_parts": 2},
 }
 
 

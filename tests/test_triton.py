@@ -71,7 +71,7 @@ def test_shared_prefix_row_tiling(triton_backend, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_leaf_level_with_the_suffixes(triton_backend, dtype, monkeypatch):
+def test_leaf_level_with_the_suffixes(triton_backend, dtype):
     from attn.triton import shared_prefix
     # A tree whose leaves hold 2 sequences x 4 heads: the leaf level's programs walk their
     # sequences' suffixes too (one launch and one state fewer), ragged with an empty suffix.
@@ -84,25 +84,10 @@ def test_leaf_level_with_the_suffixes(triton_backend, dtype, monkeypatch):
     # Overlapped (a merge), in every launch order.
     _check_shared(w, dtype, seed=2, overlap=True)
     _check_shared(w, dtype, seed=3, overlap=True, launch_order=(1, 0))
-    # Overlapped prefix levels, then the leaf+suffix launch folding their states (no merge
-    # launch), with the root split so that it has several states.
-    wa = W("leaves-after", 6, 8, 2, ((1, 70), (3, 20)), 50, 64, ragged=True)
-    with _config().forced(overlap=True, leaf_after=True, prefix_split=32):
-        steps = shared_prefix.plan(shared_prefix_problem(*make_inputs(wa, dtype, DEVICE).args()))
-    assert [(st[0], st[2]) for st in steps] == [("prefix", 3), ("leaf+suffix", 1)], steps
-    merges = []
-    monkeypatch.setattr(shared_prefix, "launch_merge", lambda *a: merges.append(a))
-    _check_shared(wa, dtype, seed=6, overlap=True, leaf_after=True, prefix_split=32)
-    assert not merges
-    monkeypatch.undo()
     # Groups of 6 sequences x 3 heads in 16-row tiles: the second tile starts inside sequence
     # 5, whose suffix both tiles walk for their own rows; uniform suffixes of 2 blocks.
     w3 = W("leaves3", 12, 6, 2, ((1, 40), (2, 20)), 40, 64)
     _check_shared(w3, dtype, seed=4, leaf_suffix=True, block_m=16)
-    # The same with each tile's suffixes over 2 and 4 programs (tiles of 5 and 6 sequences:
-    # uneven parts, and an empty one).
-    _check_shared(w3, dtype, seed=7, leaf_suffix=True, block_m=16, leaf_parts=2)
-    _check_shared(w3, dtype, seed=8, leaf_suffix=True, block_m=16, leaf_parts=4, overlap=True)
     # One level only: fused only when forced.
     w1 = W("one", 4, 8, 2, ((2, 33),), 20, 64)
     kinds = [st[0] for st in shared_prefix.plan(shared_prefix_problem(*make_inputs(w1, dtype, DEVICE).args()))]

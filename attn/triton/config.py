@@ -34,8 +34,7 @@ def forced(**kw):
     (:func:`prefix_min_split`), ``fit_stages=False`` (:func:`fit_stages`), ``fold_kv_heads``
     (:func:`fold_kv_heads`), ``half_partials=False`` (:func:`partial_dtype`),
     ``leaf_suffix`` (:func:`leaf_with_suffix`), ``launch_order`` (indices: the order in which
-    an op's phases are launched; the tests check that no result depends on it), ``leaf_after``
-    (:func:`leaf_after`), ``leaf_parts`` (:func:`leaf_parts`).
+    an op's phases are launched; the tests check that no result depends on it).
     """
     old = dict(_FORCE)
     _FORCE.update(kw)
@@ -268,22 +267,6 @@ def leaf_with_suffix(levels: int, rows: int, leaf_tiles: Tiles, leaf_splits: int
     if "leaf_suffix" in _FORCE:
         return bool(_FORCE["leaf_suffix"]) and leaf_splits == 1 and suffix_splits == 1
     return levels >= 2 and rows <= min(16, leaf_tiles.block_m) and leaf_splits == 1 and suffix_splits == 1
-
-
-def leaf_after() -> bool:
-    """Whether a tree's leaf+suffix launch (:func:`leaf_with_suffix`) waits for the concurrent
-    prefix levels and folds their states into its output, instead of running beside them and
-    leaving the states to a merge launch. ``forced(leaf_after=...)`` decides."""
-    return bool(_FORCE.get("leaf_after", False))
-
-
-def leaf_parts() -> int:
-    """Programs per row tile of a leaf+suffix launch, each taking the suffixes of a part of
-    the tile's sequences (``segment.launch_segment``'s ``suffix_parts``): alone, the leaf
-    level's 256 programs of tree-3level leave an H100 at 1.9 CTAs per SM, issuing 0.22
-    instructions per cycle per scheduler (Nsight Compute, 24 µs, 66 % of DRAM peak).
-    ``forced(leaf_parts=...)`` decides."""
-    return max(1, int(_FORCE.get("leaf_parts", 1)))
 
 
 def forced_items() -> tuple:

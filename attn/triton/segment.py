@@ -48,16 +48,11 @@ def _segment_kernel(
     stride_skb, stride_skp, stride_skh,
     stride_svb, stride_svp, stride_svh,
     stride_pp, stride_pb, stride_ph,
-    num_kv_heads, seqs_per_group, ratio, length, split_len, suffix_cap, suffix_parts, part_base, qk_scale,
+    num_kv_heads, seqs_per_group, ratio, length, split_len, suffix_cap, part_base, qk_scale,
     HAS_LENS: tl.constexpr, LEAF_SUFFIX: tl.constexpr, HAS_SLENS: tl.constexpr, FOLD: tl.constexpr, FOLD_PARTS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if LEAF_SUFFIX:
-        # suffix_parts programs (adjacent, so the leaf keys they share come from L2) per tile,
-        # each walking the suffixes of a part of the tile's sequences.
-        part = pid % suffix_parts
-        pid = pid // suffix_parts
     split = tl.program_id(1)
     tile = tl.program_id(2)
     g = pid // num_kv_heads
@@ -92,9 +87,6 @@ def _segment_kernel(
         # follow from the loop counter and the pipeliner prefetches across sequences.
         j0 = (tile * BLOCK_M) // ratio
         j1 = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // ratio + 1, seqs_per_group)
-        per_part = tl.cdiv(j1 - j0, suffix_parts)
-        j0 = tl.minimum(j0 + part * per_part, j1)
-        j1 = tl.minimum(j0 + per_part, j1)
         per_seq = tl.cdiv(suffix_cap, BLOCK_N)
         local = offs_m // ratio
         for blk in range(0, (j1 - j0) * per_seq):
@@ -113,8 +105,6 @@ def _segment_kernel(
                                         True, True, IEEE)
     if BLOCK_M >= 64:
         row_ok, seq, head = _stacked_rows(late(offs_m, l_i), g, kvh, seqs_per_group, ratio)
-    if LEAF_SUFFIX:
-        row_ok = row_ok & (local >= j0) & (local < j1)  # this part's rows only
     if FOLD:
         # Last phase (one split): fold in the earlier phases' states of these rows and
         # write the final output, instead of writing one more partial state to merge.
@@ -137,7 +127,7 @@ def _segment_kernel(
 
 def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, parts_o: torch.Tensor,
                    parts_lse: torch.Tensor, part_base: int, splits: int, split_len: int, scale: float,
-                   tiles: Tiles, fold_into=None, suffix=None, suffix_parts: int = 1) -> None:
+                   tiles: Tiles, fold_into=None, suffix=None) -> None:
     """Attend ``q [B, Hq, D]`` to the segments ``k, v [G, L, Hkv, D]`` (``G`` divides ``B``).
 
     Writes partial states ``parts_o[part_base + s] [B, Hq, D]`` (normalised; float32 or
@@ -151,16 +141,13 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
 
     ``suffix = (suffix_k, suffix_v [B, S, Hkv, D], suffix_lens or None)``, with ``splits ==
     1``: after its keys, each group also attends each of its sequences to its own suffix
-    (a tree's leaf level and the suffixes in one launch and one state); ``suffix_parts``
-    programs share each row tile, each taking the suffixes (and the rows) of a part of its
-    sequences: more programs, the leaf keys read once per part.
+    (a tree's leaf level and the suffixes in one launch and one state).
     """
     b, hq, d = q.shape
     g, length, hkv, _ = k.shape
     ratio = hq // hkv
     rows = (b // g) * ratio
-    parts = suffix_parts if suffix is not None else 1
-    grid = (g * hkv * parts, splits, triton.cdiv(rows, tiles.block_m))
+    grid = (g * hkv, splits, triton.cdiv(rows, tiles.block_m))
     sk, sv, slens = suffix if suffix is not None else (k, v, None)
     assert suffix is None or splits == 1
     _segment_kernel[grid](
@@ -172,8 +159,7 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
         sk.stride(0), sk.stride(1), sk.stride(2),
         sv.stride(0), sv.stride(1), sv.stride(2),
         b * hq, hq, 1,
-        hkv, b // g, ratio, length, split_len, sk.shape[1] if suffix is not None else 0, parts, part_base,
-        scale * LOG2E,
+        hkv, b // g, ratio, length, split_len, sk.shape[1] if suffix is not None else 0, part_base, scale * LOG2E,
         HAS_LENS=lens is not None, LEAF_SUFFIX=suffix is not None, HAS_SLENS=slens is not None, FOLD=fold_into is not None,
         FOLD_PARTS=part_base if fold_into is not None else 0,
         EVEN=lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0, IEEE=q.dtype == torch.float32,

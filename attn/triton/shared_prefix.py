@@ -79,10 +79,7 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
     # partial states. Run in order instead, a last phase of one split (the usual suffix)
     # folds everything in and writes the output: no merge launch.
     overlap = config.overlap_phases(len(steps), p.device)
-    # A tree's leaf+suffix launch after the concurrent prefix levels, folding their states
-    # (config.leaf_after): no merge launch.
-    after = overlap and steps[-1][0] == "leaf+suffix" and config.leaf_after()
-    fold = (not overlap or after) and steps[-1][2] == 1
+    fold = not overlap and steps[-1][2] == 1
     stored = total - 1 if fold else total
     parts_o = torch.empty(max(1, stored), b, hq, d, dtype=config.partial_dtype(q.dtype), device=q.device)
     parts_lse = torch.empty(max(1, stored), b, hq, dtype=torch.float32, device=q.device)
@@ -97,17 +94,14 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
         last = fold and idx == len(steps) - 1
         launches.append(functools.partial(launch_segment, q, k, v, lens, parts_o, parts_lse, base, splits,
                                           split_len, p.scale, tiles, fold_into=(out, lse) if last else None,
-                                          suffix=suffix, suffix_parts=config.leaf_parts()))
+                                          suffix=suffix))
         base += splits
-    last = [launches.pop()] if after else []
     order = config.forced_value("launch_order", None)  # (ignored unless it names every launch)
     if order is not None and sorted(order) == list(range(len(launches))):
         launches = [launches[j] for j in order]
     if overlap:
         # The first prefix level is the longest-running phase: it goes first.
         concurrently(launches, p.device)
-        for launch in last:
-            launch()
     else:
         for launch in launches:
             launch()
