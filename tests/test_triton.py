@@ -164,7 +164,7 @@ def test_fold_of_many_items_per_sequence(triton_backend):
     inp = _check_chunk(w, 16, torch.float16, chunks_per_item=1, private_split=1)
     _check_chunk(w, 16, torch.float16, seed=1, chunks_per_item=1, private_split=1, overlap=True)
     meta = next(iter(inp.table.host["triton"].values()))
-    assert meta["most_items"] > 8 and meta["seq_items"].shape[1] % 8 == 0
+    assert meta["most_items"] > 8 and meta["seq_rows"].shape[1] % 8 == 0
 
 
 def _contig_flags(inp):

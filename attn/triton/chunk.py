@@ -158,9 +158,9 @@ def _chunk_first_kernel(
 
 @triton.jit
 def _seq_first_kernel(
-    Q, KC, VC, CLENS, PRIV, NPRIV, SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, OUT, LSE,
+    Q, KC, VC, CLENS, PRIV, NPRIV, SEQ_ROWS, PO, PL, OUT, LSE,
     stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
-    stride_priv, stride_items, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
+    stride_priv, seq_width, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
     num_kv_heads, num_q_heads, ratio, chunks_per_split, qk_scale,
     FINAL: tl.constexpr, FOLD_ITEMS: tl.constexpr, CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr, UNROLL: tl.constexpr,
@@ -184,8 +184,7 @@ def _seq_first_kernel(
 
     if FOLD_ITEMS:
         # The cached chunk-first states of this sequence, folded in once (by split 0).
-        num_items = tl.where(split == 0, tl.load(NITEMS + n), 0)
-        m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ITEMS + n64 * stride_items, num_items, n, IT_BEGIN, IT_ROW,
+        m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ROWS + n64 * seq_width, tl.where(split == 0, seq_width, 0),
                                     PO, PL, head, h_ok, num_q_heads, D, UNROLL)
 
     out, lse = finish(m_i, l_i, acc)
@@ -200,23 +199,23 @@ def fold_unroll(most_items: int) -> int:
 
 
 @triton.jit
-def _fold_items(m_i, l_i, acc, ITEMS, num_items, n, IT_BEGIN, IT_ROW, PO, PL, head, h_ok, num_q_heads,
+def _fold_items(m_i, l_i, acc, ROWS, width, PO, PL, head, h_ok, num_q_heads,
                 D: tl.constexpr, UNROLL: tl.constexpr):
-    """Fold the chunk-first partial states of sequence ``n`` (its items ``ITEMS[:num_items]``,
-    the row padded with -1 to a multiple of ``UNROLL``) into the running state of its heads.
+    """Fold the chunk-first partial states of one sequence (their rows ``ROWS[:width]`` in
+    the partial buffer, padded with -1 to a multiple of ``UNROLL``) into the running state of
+    its heads.
 
-    ``UNROLL`` items per step: an item's state sits behind two dependent loads (item id, then
-    its row), so a loop of one item per step waits three memory latencies per item; unrolled,
-    the loads of all ``UNROLL`` are in flight together (a padding entry's state is masked:
-    lse = -inf, weight 0)."""
+    The rows come from the plan (:func:`chunk_first_items`), so a state sits behind one load,
+    not three (item count, item id, item row), and ``UNROLL`` per step keeps the loads of
+    several states in flight together (a padding entry's state is masked: lse = -inf,
+    weight 0)."""
     offs_d = tl.arange(0, D)
-    for j0 in range(0, num_items, UNROLL):
+    for j0 in range(0, width, UNROLL):
         for jj in tl.static_range(UNROLL):
-            item = tl.load(ITEMS + j0 + jj)
-            at = tl.maximum(item, 0)
-            prow = (tl.load(IT_ROW + at) + n - tl.load(IT_BEGIN + at)).to(tl.int64) * num_q_heads + head
+            r = tl.load(ROWS + j0 + jj)
+            prow = tl.maximum(r, 0).to(tl.int64) * num_q_heads + head
             # (a vector mask: the interpreter does not broadcast a scalar one)
-            ok = h_ok & ((item + tl.zeros_like(head)) >= 0)
+            ok = h_ok & ((r + tl.zeros_like(head)) >= 0)
             o = tl.load(PO + prow[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
             lse = tl.load(PL + prow, mask=ok, other=float("-inf"))
             m_i, l_i, acc = merge_state(m_i, l_i, acc, o, lse)
@@ -224,8 +223,8 @@ def _fold_items(m_i, l_i, acc, ITEMS, num_items, n, IT_BEGIN, IT_ROW, PO, PL, he
 
 
 @triton.jit
-def _fold_kernel(SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, SO, SL, OUT, LSE,
-                 stride_items, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
+def _fold_kernel(SEQ_ROWS, PO, PL, SO, SL, OUT, LSE,
+                 seq_width, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
                  num_kv_heads, num_q_heads, ratio, splits,
                  BLOCK_H: tl.constexpr, D: tl.constexpr, UNROLL: tl.constexpr):
     """After overlapped phases: sequence ``n``'s chunk-first states and its ``splits``
@@ -236,8 +235,8 @@ def _fold_kernel(SEQ_ITEMS, NITEMS, IT_BEGIN, IT_ROW, PO, PL, SO, SL, OUT, LSE,
     offs_d = tl.arange(0, D)
     n64 = n.to(tl.int64)
     m_i, l_i, acc = empty_state(BLOCK_H, D)
-    m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ITEMS + n64 * stride_items, tl.load(NITEMS + n), n, IT_BEGIN,
-                                IT_ROW, PO, PL, head, h_ok, num_q_heads, D, UNROLL)
+    m_i, l_i, acc = _fold_items(m_i, l_i, acc, SEQ_ROWS + n64 * seq_width, seq_width, PO, PL, head, h_ok,
+                                num_q_heads, D, UNROLL)
     for s in range(0, splits):
         srow = s * stride_os + n64 * stride_on + head * stride_oh
         o = tl.load(SO + srow[:, None] + offs_d[None, :], mask=h_ok[:, None], other=0.0).to(tl.float32)
@@ -347,12 +346,13 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
                 rows += e - b
         most = max(e - b for b, e in nodes) * ratio
         launches.append((tiles, per, first, len(begin) - first, config.cdiv(most, tiles.block_m)))
-    # Rows padded with -1 to a multiple of fold_unroll(), which the fold reads in whole steps.
+    # Each sequence's state rows (item i holds sequence n's state at row[i] + n - begin[i]),
+    # padded with -1 to a multiple of fold_unroll(), which the fold reads in whole steps.
     most_items = max([len(c) for c in covers] + [1])
     width = config.cdiv(most_items, fold_unroll(most_items)) * fold_unroll(most_items)
-    seq_items = np.full((table.num_seqs, width), -1, dtype=np.int64)
+    seq_rows = np.full((table.num_seqs, width), -1, dtype=np.int64)
     for n, c in enumerate(covers):
-        seq_items[n, : len(c)] = c
+        seq_rows[n, : len(c)] = [row[i] + n - begin[i] for i in c]
     priv = h["private_chunks"]
     lens = h["chunk_lens"]
     num_private = (priv >= 0).sum(axis=1) if priv.size else np.zeros(table.num_seqs, dtype=np.int64)
@@ -374,8 +374,7 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
         "launches": [(tiles, per, count, row_tiles, {name: a[first:] for name, a in t.items()},
                       any(absorbs[first:first + count]))
                      for tiles, per, first, count, row_tiles in launches],
-        "chunks": _t(chunks, device), "seq_items": _t(seq_items, device),
-        "num_seq_items": _t([len(c) for c in covers], device), "most_items": most_items,
+        "chunks": _t(chunks, device), "seq_rows": _t(seq_rows, device), "most_items": most_items,
         "num_private": _t(num_private, device), "num_private_left": _t(left, device),
         "all_private_taken": bool(priv.size) and not left.any(),
         "shared_full": bool((lens[sh] == chunk_size).all()) if sh.size else True,
@@ -449,11 +448,10 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
 
     def seq_first():
         _seq_first_kernel[(n * hkv, splits)](
-            q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private_left"], meta["seq_items"],
-            meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl,
+            q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private_left"], meta["seq_rows"], po, pl, so, sl,
             q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
             vc.stride(0), vc.stride(1), vc.stride(2),
-            priv_stride, meta["seq_items"].stride(0),
+            priv_stride, meta["seq_rows"].stride(0),
             so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
             hkv, hq, ratio, per, qk_scale,
             FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
@@ -471,8 +469,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         # of 4 heads in a 16-row tile left 3/4 of each program idle).
         g = config.fold_kv_heads(hkv, ratio)
         _fold_kernel[(n * (hkv // g),)](
-            meta["seq_items"], meta["num_seq_items"], meta["begin"], meta["row"], po, pl, so, sl, out, lse,
-            meta["seq_items"].stride(0), so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
+            meta["seq_rows"], po, pl, so, sl, out, lse,
+            meta["seq_rows"].stride(0), so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
             hkv // g, hq, g * ratio, 0 if taken else splits, BLOCK_H=max(16, config.next_pow2(g * ratio)), D=d, UNROLL=unroll,
             num_warps=4,
         )
