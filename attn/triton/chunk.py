@@ -205,7 +205,7 @@ def _fold_items(m_i, l_i, acc, ROWS, width, PO, PL, head, h_ok, num_q_heads,
     the partial buffer, padded with -1 to a multiple of ``UNROLL``) into the running state of
     its heads.
 
-    The rows come from the plan (:func:`chunk_first_items`), so a state sits behind one load,
+    The rows come from the plan (:func:`work_items`), so a state sits behind one load,
     not three (item count, item id, item row), and ``UNROLL`` per step keeps the loads of
     several states in flight together (a padding entry's state is masked: lse = -inf,
     weight 0)."""
