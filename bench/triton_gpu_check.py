@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -172,11 +173,13 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
 }
 
 
-def variants(dev, names, timeline=None, judge=(), which=None) -> list:
+def variants(dev, names, timeline=None, judge=(), which=None, repeat=1) -> list:
     """Median µs (CUDA-graph replay, L2 flushed) of both ops of every spec workload (bf16,
     uniform suffixes) under each :data:`VARIANTS` entry; for the workloads in ``timeline``,
     also the kernels of one graph replay with their start times (:func:`graph_breakdown`);
-    for the variants in ``judge``, the float64 oracle's verdict on the output."""
+    for the variants in ``judge``, the float64 oracle's verdict on the output. ``repeat``:
+    time each variant that many times, each with a new graph capture (``us`` is the median
+    of those, ``us_each`` lists them)."""
     oracles: dict = {}
     from attn.cases import build_inputs, op_callable, spec_variants
     from attn.timing import time_op
@@ -191,13 +194,16 @@ def variants(dev, names, timeline=None, judge=(), which=None) -> list:
             for name, force in VARIANTS.items():
                 if which and name not in which:
                     continue
+                each = []
                 try:
                     with config.forced(**force):
-                        us = time_op(op_callable("triton", inputs, op), dev, rounds=5).median_s * 1e6
+                        for _ in range(max(1, repeat)):
+                            each.append(time_op(op_callable("triton", inputs, op), dev, rounds=5).median_s * 1e6)
+                    us = statistics.median(each)
                 except Exception as e:
                     us = float("nan")
                     log(w.id, op, name, "ERROR", repr(e)[:200])
-                row = {"workload": w.id, "op": op, "variant": name, "force": force, "us": us}
+                row = {"workload": w.id, "op": op, "variant": name, "force": force, "us": us, "us_each": each}
                 if timeline and w.name in timeline:
                     try:
                         with config.forced(**force):
@@ -219,7 +225,7 @@ def variants(dev, names, timeline=None, judge=(), which=None) -> list:
                     except Exception as e:
                         log(w.id, op, name, "oracle ERROR", repr(e)[:200])
                 out.append(row)
-                line.append(f"{name} {us:.1f}")
+                line.append(f"{name} {us:.1f}" + (" [" + " ".join(f"{u:.1f}" for u in each) + "]" if repeat > 1 else ""))
             log(f"variants {w.id:14s} {op:13s} " + " | ".join(line))
         del inputs
         torch.cuda.empty_cache()
@@ -240,6 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--judge", nargs="*", default=None,
                     help="with --variants: check these variants' outputs against the float64 oracle")
     ap.add_argument("--which", nargs="*", default=None, help="with --variants: only these variants")
+    ap.add_argument("--repeat", type=int, default=1, help="with --variants: captures timed per variant")
     ap.add_argument("--no-table", action="store_true", help="skip the per-workload table")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -265,7 +272,8 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "sweep.json"), "w") as f:
             json.dump(report["sweep"], f, indent=1, default=str)
     if args.variants is not None:
-        report["variants"] = variants(dev, args.variants, args.timeline, args.judge or (), args.which)
+        report["variants"] = variants(dev, args.variants, args.timeline, args.judge or (), args.which,
+                                      args.repeat)
         with open(os.path.join(args.out, "variants.json"), "w") as f:
             json.dump(report["variants"], f, indent=1, default=str)
     rows = []

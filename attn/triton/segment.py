@@ -49,7 +49,7 @@ def _segment_kernel(
     stride_svb, stride_svp, stride_svh,
     stride_pp, stride_pb, stride_ph,
     num_kv_heads, seqs_per_group, ratio, length, split_len, suffix_cap, part_base, qk_scale,
-    HAS_LENS: tl.constexpr, LEAF_SUFFIX: tl.constexpr, HAS_SLENS: tl.constexpr, FOLD: tl.constexpr, FOLD_PARTS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
+    HAS_LENS: tl.constexpr, LEAF_SUFFIX: tl.constexpr, HAS_SLENS: tl.constexpr, SUFFIX_EVEN: tl.constexpr, FOLD: tl.constexpr, FOLD_PARTS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -89,6 +89,10 @@ def _segment_kernel(
         j1 = tl.minimum((tile * BLOCK_M + BLOCK_M - 1) // ratio + 1, seqs_per_group)
         per_seq = tl.cdiv(suffix_cap, BLOCK_N)
         local = offs_m // ratio
+        # Offsets within a block, built once: a block's pointers are then a scalar base plus
+        # these, instead of a [D, N] int64 product per block.
+        sk_offs = tl.arange(0, BLOCK_N)[None, :] * stride_skp + offs_d[:, None]
+        sv_offs = tl.arange(0, BLOCK_N)[:, None] * stride_svp + offs_d[None, :]
         for blk in range(0, (j1 - j0) * per_seq):
             j = j0 + blk // per_seq
             s = (g * seqs_per_group + j).to(tl.int64)
@@ -96,13 +100,18 @@ def _segment_kernel(
                 slen = tl.load(SLENS + s)
             else:
                 slen = suffix_cap
-            offs_t = (blk % per_seq) * BLOCK_N + tl.arange(0, BLOCK_N)
-            sk_ptrs = (SK + s * stride_skb + kvh * stride_skh + offs_t.to(tl.int64)[None, :] * stride_skp
-                       + offs_d[:, None])
-            sv_ptrs = (SV + s * stride_svb + kvh * stride_svh + offs_t.to(tl.int64)[:, None] * stride_svp
-                       + offs_d[None, :])
+            t0 = (blk % per_seq) * BLOCK_N
+            offs_t = t0 + tl.arange(0, BLOCK_N)
+            if SUFFIX_EVEN:
+                sk_ptrs = SK + (s * stride_skb + kvh * stride_skh + t0 * stride_skp) + sk_offs
+                sv_ptrs = SV + (s * stride_svb + kvh * stride_svh + t0 * stride_svp) + sv_offs
+            else:
+                sk_ptrs = (SK + s * stride_skb + kvh * stride_skh + offs_t.to(tl.int64)[None, :] * stride_skp
+                           + offs_d[:, None])
+                sv_ptrs = (SV + s * stride_svb + kvh * stride_svh + offs_t.to(tl.int64)[:, None] * stride_svp
+                           + offs_d[None, :])
             m_i, l_i, acc = attend_rows(q, sk_ptrs, sv_ptrs, offs_t < slen, local == j, m_i, l_i, acc, qk_scale,
-                                        True, True, IEEE)
+                                        not SUFFIX_EVEN, True, IEEE)
     if BLOCK_M >= 64:
         row_ok, seq, head = _stacked_rows(late(offs_m, l_i), g, kvh, seqs_per_group, ratio)
     if FOLD:
@@ -160,7 +169,8 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
         sv.stride(0), sv.stride(1), sv.stride(2),
         b * hq, hq, 1,
         hkv, b // g, ratio, length, split_len, sk.shape[1] if suffix is not None else 0, part_base, scale * LOG2E,
-        HAS_LENS=lens is not None, LEAF_SUFFIX=suffix is not None, HAS_SLENS=slens is not None, FOLD=fold_into is not None,
+        HAS_LENS=lens is not None, LEAF_SUFFIX=suffix is not None, HAS_SLENS=slens is not None,
+        SUFFIX_EVEN=suffix is not None and slens is None and sk.shape[1] % tiles.block_n == 0, FOLD=fold_into is not None,
         FOLD_PARTS=part_base if fold_into is not None else 0,
         EVEN=lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0, IEEE=q.dtype == torch.float32,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,

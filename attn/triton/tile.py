@@ -31,7 +31,7 @@ def attend_rows(q, k_ptrs, v_ptrs, n_ok, r_ok, m_i, l_i, acc, qk_scale,
                 MASKED: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr):
     """:func:`attend_block` for the rows ``r_ok [M]`` only when ``ROWS`` (the keys of one
     sequence in a tile that stacks several): the other rows' scores are -inf, so their
-    state stays as it was (``p = 0``, ``alpha = 1``)."""
+    state stays as it was (``p = 0``, ``alpha = 1``). Unless ``MASKED``, every key is valid."""
     if MASKED:
         k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
     else:
@@ -41,8 +41,10 @@ def attend_rows(q, k_ptrs, v_ptrs, n_ok, r_ok, m_i, l_i, acc, qk_scale,
     else:
         s = tl.dot(q, k)
     s = s * qk_scale
-    if ROWS:
+    if ROWS and MASKED:
         s = tl.where(r_ok[:, None] & n_ok[None, :], s, float("-inf"))
+    elif ROWS:
+        s = tl.where(r_ok[:, None], s, float("-inf"))
     elif MASKED:
         s = tl.where(n_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
