@@ -88,6 +88,10 @@ def test_leaf_level_with_the_suffixes(triton_backend, dtype):
     # 5, whose suffix both tiles walk for their own rows; uniform suffixes of 2 blocks.
     w3 = W("leaves3", 12, 6, 2, ((1, 40), (2, 20)), 40, 64)
     _check_shared(w3, dtype, seed=4, leaf_suffix=True, block_m=16)
+    # The same with suffixes a multiple of the key block (32 here): the unmasked suffix loop.
+    w4 = W("leaves3-even", 12, 6, 2, ((1, 40), (2, 20)), 64, 64)
+    _check_shared(w4, dtype, seed=6, leaf_suffix=True, block_m=16)
+    _check_shared(w4, dtype, seed=7, leaf_suffix=True, overlap=True)
     # One level only: fused only when forced.
     w1 = W("one", 4, 8, 2, ((2, 33),), 20, 64)
     kinds = [st[0] for st in shared_prefix.plan(shared_prefix_problem(*make_inputs(w1, dtype, DEVICE).args()))]
