@@ -6,6 +6,8 @@ imports triton; otherwise they skip with the backend's own reason.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -84,6 +86,13 @@ def test_leaf_level_with_the_suffixes(triton_backend, dtype):
     # Overlapped (a merge), in every launch order.
     _check_shared(w, dtype, seed=2, overlap=True)
     _check_shared(w, dtype, seed=3, overlap=True, launch_order=(1, 0))
+    # Not when a sequence's suffix spans 2**31 elements or more (the leaf loop's offsets are
+    # 32-bit): a view whose key stride is that large (on the meta device: plan reads strides).
+    p = shared_prefix_problem(*inp.args())
+    b, s, hkv, d = p.suffix_k.shape
+    wide = torch.empty_strided((b, s, hkv, d), (s * 2**31, 2**31 // s + 1, d, 1), device="meta")
+    kinds = [st[0] for st in shared_prefix.plan(dataclasses.replace(p, suffix_k=wide))]
+    assert kinds == ["prefix", "prefix", "suffix"], kinds
     # Groups of 6 sequences x 3 heads in 16-row tiles: the second tile starts inside sequence
     # 5, whose suffix both tiles walk for their own rows; uniform suffixes of 2 blocks.
     w3 = W("leaves3", 12, 6, 2, ((1, 40), (2, 20)), 40, 64)

@@ -90,7 +90,8 @@ def _segment_kernel(
         per_seq = tl.cdiv(suffix_cap, BLOCK_N)
         local = offs_m // ratio
         # Offsets within a block, built once: a block's pointers are then a scalar base plus
-        # these, instead of a [D, N] int64 product per block.
+        # these, instead of a [D, N] int64 product per block (32-bit t0 * stride: the launch
+        # asserts that a suffix spans < 2**31 elements).
         sk_offs = tl.arange(0, BLOCK_N)[None, :] * stride_skp + offs_d[:, None]
         sv_offs = tl.arange(0, BLOCK_N)[:, None] * stride_svp + offs_d[None, :]
         for blk in range(0, (j1 - j0) * per_seq):
@@ -101,17 +102,11 @@ def _segment_kernel(
             else:
                 slen = suffix_cap
             t0 = (blk % per_seq) * BLOCK_N
-            offs_t = t0 + tl.arange(0, BLOCK_N)
-            if SUFFIX_EVEN:
-                sk_ptrs = SK + (s * stride_skb + kvh * stride_skh + t0 * stride_skp) + sk_offs
-                sv_ptrs = SV + (s * stride_svb + kvh * stride_svh + t0 * stride_svp) + sv_offs
-            else:
-                sk_ptrs = (SK + s * stride_skb + kvh * stride_skh + offs_t.to(tl.int64)[None, :] * stride_skp
-                           + offs_d[:, None])
-                sv_ptrs = (SV + s * stride_svb + kvh * stride_svh + offs_t.to(tl.int64)[:, None] * stride_svp
-                           + offs_d[None, :])
-            m_i, l_i, acc = attend_rows(q, sk_ptrs, sv_ptrs, offs_t < slen, local == j, m_i, l_i, acc, qk_scale,
-                                        not SUFFIX_EVEN, True, IEEE)
+            sk_ptrs = SK + (s * stride_skb + kvh * stride_skh + t0 * stride_skp) + sk_offs
+            sv_ptrs = SV + (s * stride_svb + kvh * stride_svh + t0 * stride_svp) + sv_offs
+            # Even suffixes (no lengths, whole blocks) need no key mask: only the row mask.
+            m_i, l_i, acc = attend_rows(q, sk_ptrs, sv_ptrs, t0 + tl.arange(0, BLOCK_N) < slen, local == j, m_i,
+                                        l_i, acc, qk_scale, not SUFFIX_EVEN, True, IEEE)
     if BLOCK_M >= 64:
         row_ok, seq, head = _stacked_rows(late(offs_m, l_i), g, kvh, seqs_per_group, ratio)
     if FOLD:
@@ -150,7 +145,8 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
 
     ``suffix = (suffix_k, suffix_v [B, S, Hkv, D], suffix_lens or None)``, with ``splits ==
     1``: after its keys, each group also attends each of its sequences to its own suffix
-    (a tree's leaf level and the suffixes in one launch and one state).
+    (a tree's leaf level and the suffixes in one launch and one state); a sequence's suffix
+    keys must lie within ``2**31`` elements (32-bit offsets inside the loop).
     """
     b, hq, d = q.shape
     g, length, hkv, _ = k.shape
@@ -158,7 +154,7 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
     rows = (b // g) * ratio
     grid = (g * hkv, splits, triton.cdiv(rows, tiles.block_m))
     sk, sv, slens = suffix if suffix is not None else (k, v, None)
-    assert suffix is None or splits == 1
+    assert suffix is None or (splits == 1 and sk.shape[1] * max(sk.stride(1), sv.stride(1)) < 2**31)
     _segment_kernel[grid](
         q, k, v, lens if lens is not None else q, sk, sv, slens if slens is not None else q, parts_o, parts_lse,
         *(fold_into if fold_into is not None else (parts_o, parts_lse)),

@@ -47,9 +47,10 @@ def plan(p: SharedPrefixProblem):
     if s > 0:
         tiles = config.decode_tiles(ratio, d, p.dtype, dev, overlap=overlap, keys=s)
         suffix = (-1, *config.num_splits(s, b * hkv, tiles, dev, "suffix_split"), tiles)
-    # A tree's leaf level takes the suffixes too (segment.py, LEAF_SUFFIX).
+    # A tree's leaf level takes the suffixes too (segment.py, LEAF_SUFFIX), when a sequence's
+    # suffix keys lie within 32-bit element offsets (its loop addresses them so).
     seqs = b // p.prefix_k[-1].shape[0] if levels else 0
-    fused = suffix is not None and levels and config.leaf_with_suffix(
+    fused = suffix is not None and levels and suffix_offsets_fit(p) and config.leaf_with_suffix(
         len(levels), seqs * ratio, levels[-1][3], levels[-1][1], suffix[1])
     steps = [("prefix", *lv) for lv in (levels[:-1] if fused else levels)]
     if fused:
@@ -62,6 +63,11 @@ def plan(p: SharedPrefixProblem):
     return [(kind, i, splits, split_len, config.fit_stages(tiles, config.cdiv(split_len, tiles.block_n) + (
         seqs * config.cdiv(s, tiles.block_n) if kind == "leaf+suffix" else 0)))
         for kind, i, splits, split_len, tiles in steps]
+
+
+def suffix_offsets_fit(p: SharedPrefixProblem) -> bool:
+    """Whether each sequence's suffix keys are within ``2**31`` elements of its first key."""
+    return p.suffix_capacity * max(p.suffix_k.stride(1), p.suffix_v.stride(1)) < 2**31
 
 
 def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tensor]:
