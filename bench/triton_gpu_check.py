@@ -166,10 +166,12 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "cap168": {"shared_maxnreg": 168},
     "dcap128": {"decode_maxnreg": 128},
     # a tree's leaf level and the suffixes in one launch (config.leaf_with_suffix), and the
-    # order in which a 3-launch plan's phases start (tree-3level: root, level 2, leaves)
+    # order in which a 3-launch plan's phases start (tree-3level: root, level 2, leaves;
+    # config.launch_order starts them as leaf-second)
     "noleaf": {"leaf_suffix": False},
     "leaf-first": {"launch_order": (2, 0, 1)},
     "leaf-second": {"launch_order": (0, 2, 1)},
+    "in-plan-order": {"launch_order": (0, 1, 2)},
 }
 
 

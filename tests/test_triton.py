@@ -86,6 +86,8 @@ def test_leaf_level_with_the_suffixes(triton_backend, dtype):
     # Overlapped (a merge), in every launch order.
     _check_shared(w, dtype, seed=2, overlap=True)
     _check_shared(w, dtype, seed=3, overlap=True, launch_order=(1, 0))
+    # Three overlapped launches (leaves and suffixes apart): started in config.launch_order.
+    _check_shared(w, dtype, seed=8, overlap=True, leaf_suffix=False)
     # Not when a sequence's suffix spans 2**31 elements or more (the leaf loop's offsets are
     # 32-bit): a view whose key stride is that large (on the meta device: plan reads strides).
     p = shared_prefix_problem(*inp.args())
@@ -277,6 +279,11 @@ def test_launch_heuristics_fit_the_work():
         [4, 8, 16, 3, 1, 1]
     with config.forced(fold_kv_heads=1):
         assert config.fold_kv_heads(8, 4) == 1
+    # Overlapped launches: the first, then the last (a tree's leaves), then the middle ones.
+    assert [config.launch_order(n) for n in (1, 2, 3, 4)] == [[0], [0, 1], [0, 2, 1], [0, 3, 1, 2]]
+    with config.forced(launch_order=(2, 0, 1)):
+        assert config.launch_order(3) == [2, 0, 1]
+        assert config.launch_order(2) == [0, 1]  # an order for another count is ignored
 
 
 def test_not_supported_reasons():

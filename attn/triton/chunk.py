@@ -461,10 +461,11 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         )
 
     if overlap:
-        # The launch of the largest tiles (the root's, on a tree) runs longest: it goes first.
-        # With every private chunk taken by the leaf items, no sequence-first states to fold.
+        # The launch of the largest tiles (the root's, on a tree) runs longest: it goes first
+        # (config.launch_order). With every private chunk taken by the leaf items, no sequence-first states to fold.
         taken = meta["all_private_taken"]
-        concurrently(chunk_firsts + ([] if taken else [seq_first]), dev)
+        launches = chunk_firsts + ([] if taken else [seq_first])
+        concurrently([launches[j] for j in config.launch_order(len(launches))], dev)
         # A fold program takes the heads of g kv heads, a tile of >= 16 real rows (one GQA group
         # of 4 heads in a 16-row tile left 3/4 of each program idle).
         g = config.fold_kv_heads(hkv, ratio)

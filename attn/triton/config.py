@@ -111,6 +111,25 @@ def overlap_phases(phases: int, device: torch.device) -> bool:
     return device.type == "cuda" and not interpreting()
 
 
+def launch_order(count: int) -> list:
+    """The order in which an op's ``count`` overlapped launches start: the first (the first
+    prefix level: the longest-running), then the last (a tree's leaves with their suffixes,
+    the most bytes), then the others.
+
+    A third launch may find no room until the first two's CTAs end (H100 timelines of
+    tree-3level: it started 16-21 µs in for ``chunk`` in plan order and for ``shared_prefix``
+    in this one), so the launch that goes third should have the least work: the middle
+    level. tree-3level ``shared_prefix`` 43.5 -> 43.0-43.1 µs, ``chunk`` 47.3-47.9 -> 46.7-47.1
+    (H100, bf16, ``bench/triton_gpu_check.py --variants tree-3level --which overlap
+    in-plan-order``, a process each; ``logs/0030``). ``forced(launch_order=...)`` overrides it
+    when it names every launch.
+    """
+    order = _FORCE.get("launch_order")
+    if order is not None and sorted(order) == list(range(count)):
+        return list(order)
+    return list(range(count)) if count < 3 else [0, count - 1, *range(1, count - 1)]
+
+
 def prefix_min_split(overlap: bool) -> int:
     """Fewest keys per split of a prefix level. Run alone, a level is split down to 256 keys
     to fill the GPU; overlapped, the other phases fill it, and every split costs a partial

@@ -102,12 +102,8 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
                                           split_len, p.scale, tiles, fold_into=(out, lse) if last else None,
                                           suffix=suffix))
         base += splits
-    order = config.forced_value("launch_order", None)  # (ignored unless it names every launch)
-    if order is not None and sorted(order) == list(range(len(launches))):
-        launches = [launches[j] for j in order]
     if overlap:
-        # The first prefix level is the longest-running phase: it goes first.
-        concurrently(launches, p.device)
+        concurrently([launches[j] for j in config.launch_order(len(launches))], p.device)
     else:
         for launch in launches:
             launch()
