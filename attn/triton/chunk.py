@@ -462,7 +462,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
 
     if overlap:
         # The launch of the largest tiles (the root's, on a tree) runs longest: it goes first
-        # (config.launch_order). With every private chunk taken by the leaf items, no sequence-first states to fold.
+        # (config.launch_order). With every private chunk taken by the leaf items, no
+        # sequence-first states to fold.
         taken = meta["all_private_taken"]
         launches = chunk_firsts + ([] if taken else [seq_first])
         concurrently([launches[j] for j in config.launch_order(len(launches))], dev)
