@@ -108,7 +108,7 @@ def phase_callable(inputs, kind: str, force: dict):
         for k, i, splits, split_len, tiles in steps:
             if k == kind:
                 kk, vv, ll = (p.prefix_k[i], p.prefix_v[i], None) if k == "prefix" else (p.suffix_k, p.suffix_v, p.suffix_lens)
-                launch_segment(p.q, kk, vv, ll, po, pl, base, splits, split_len, p.scale, tiles)
+                launch_segment(p.q, kk, vv, ll, po, pl, base, splits, split_len, p.scale, tiles, kind=k)
             base += splits
     return run, [st for st in steps if st[0] == kind]
 
@@ -172,16 +172,21 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
     "leaf-first": {"launch_order": (2, 0, 1)},
     "leaf-second": {"launch_order": (0, 2, 1)},
     "in-plan-order": {"launch_order": (0, 1, 2)},
+    "ptr": {"tma": False},
+    "tma-prefix": {"tma": ("prefix",)},
+    "tma-suffix": {"tma": ("suffix",)},
+    "tma-leaf": {"tma": ("leaf+suffix",)},
+    "tma-prefix-leaf": {"tma": ("prefix", "leaf+suffix")},
 }
 
 
-def variants(dev, names, timeline=None, judge=(), which=None, repeat=1) -> list:
+def variants(dev, names, timeline=None, judge=(), which=None, repeat=1, ops=("shared_prefix", "chunk")) -> list:
     """Median µs (CUDA-graph replay, L2 flushed) of both ops of every spec workload (bf16,
     uniform suffixes) under each :data:`VARIANTS` entry; for the workloads in ``timeline``,
     also the kernels of one graph replay with their start times (:func:`graph_breakdown`);
     for the variants in ``judge``, the float64 oracle's verdict on the output. ``repeat``:
     time each variant that many times, each with a new graph capture (``us`` is the median
-    of those, ``us_each`` lists them)."""
+    of those, ``us_each`` lists them); ``ops``: the ops timed."""
     oracles: dict = {}
     from attn.cases import build_inputs, op_callable, spec_variants
     from attn.timing import time_op
@@ -191,7 +196,7 @@ def variants(dev, names, timeline=None, judge=(), which=None, repeat=1) -> list:
         if w.ragged or (names and w.name not in names):
             continue
         inputs = build_inputs(w, torch.bfloat16, dev)
-        for op in ("shared_prefix", "chunk"):
+        for op in ops:
             line = []
             for name, force in VARIANTS.items():
                 if which and name not in which:
@@ -248,6 +253,7 @@ def main(argv=None) -> int:
     ap.add_argument("--judge", nargs="*", default=None,
                     help="with --variants: check these variants' outputs against the float64 oracle")
     ap.add_argument("--which", nargs="*", default=None, help="with --variants: only these variants")
+    ap.add_argument("--ops", nargs="*", default=["shared_prefix", "chunk"], help="with --variants: the ops timed")
     ap.add_argument("--repeat", type=int, default=1, help="with --variants: captures timed per variant")
     ap.add_argument("--no-table", action="store_true", help="skip the per-workload table")
     args = ap.parse_args(argv)
@@ -275,7 +281,7 @@ def main(argv=None) -> int:
             json.dump(report["sweep"], f, indent=1, default=str)
     if args.variants is not None:
         report["variants"] = variants(dev, args.variants, args.timeline, args.judge or (), args.which,
-                                      args.repeat)
+                                      args.repeat, args.ops)
         with open(os.path.join(args.out, "variants.json"), "w") as f:
             json.dump(report["variants"], f, indent=1, default=str)
     rows = []

@@ -219,6 +219,62 @@ def test_overlapped_phases_then_merge(triton_backend, dtype):
     _check_chunk(w, 32, dtype, seed=5, overlap=False)
 
 
+def _poison_past_lengths(inp):
+    """NaN in every suffix key and value past its sequence's length: never to be read."""
+    for b, n in enumerate(inp.suffix_lens.tolist()):
+        inp.suffix_k[b, n:] = float("nan")
+        inp.suffix_v[b, n:] = float("nan")
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+def test_key_blocks_by_descriptor_or_pointers(triton_backend, tma):
+    # Both ways of reading key blocks (the interpreter runs tensor descriptors too), fp16:
+    # split-K with masked partial blocks, the fold, the leaf loop, overlapped launches; and
+    # ragged suffixes whose keys and values past the lengths are NaN (a masked block's
+    # descriptor load reads them: they must not reach the output).
+    from attn.triton import shared_prefix
+    cfg = _config()
+    w = W("tma", 6, 8, 2, ((1, 70), (3, 33)), 50, 64, ragged=True)
+    for seed, force in enumerate(({}, dict(overlap=True), dict(leaf_suffix=False, prefix_split=32, suffix_split=32),
+                                  dict(leaf_suffix=False, prefix_split=32), dict(leaf_suffix=False, overlap=True))):
+        inp = make_inputs(w, torch.float16, DEVICE, seed=seed)
+        inp.suffix_lens[0] = 0
+        _poison_past_lengths(inp)
+        problem = shared_prefix_problem(*inp.args())
+        with cfg.forced(tma=tma, **force):
+            out, lse = attn.shared_prefix_attention(*inp.args(), return_lse=True, backend="triton")
+        verdict = Oracle(problem).judge(out, lse)
+        assert verdict.ok, f"tma={tma} {force}: {verdict}"
+    _check_shared(W("even", 4, 8, 2, ((1, 128), (2, 64)), 64, 128), torch.float16, seed=9, tma=tma, prefix_split=64)
+    # Which launches read by descriptor: every kind when forced, or the kinds named.
+    with cfg.forced(tma=("prefix",)):
+        assert [cfg.use_tma(DEVICE, torch.float16, k) for k in ("prefix", "suffix", "leaf+suffix")] == \
+            [True, False, False]
+    with cfg.forced(tma=tma):
+        assert cfg.use_tma(DEVICE, torch.bfloat16, "leaf+suffix") == tma
+        assert not cfg.use_tma(DEVICE, torch.float32, "prefix")  # 16-bit inputs only
+    assert len(shared_prefix.plan(shared_prefix_problem(*inp.args()))) == 2
+
+
+def test_descriptor_layouts():
+    # A descriptor views [G, L, H, D] as rows g * L + p of H * D columns: only layouts where
+    # that is one stride; the others keep pointers.
+    from attn.triton.segment import tma_rows
+    x = torch.zeros(3, 40, 2, 64, dtype=torch.float16)
+    d = tma_rows(x, 32)
+    assert d is not None and list(d.shape) == [120, 128] and list(d.strides) == [128, 1] and list(d.block_shape) == [32, 64]
+    wide = torch.zeros(3, 40, 4, 64, dtype=torch.float16)[:, :, 1:3]  # padded rows: stride 256
+    assert list(tma_rows(wide, 32).strides) == [256, 1]
+    assert tma_rows(x.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3), 32) is None  # heads outermost
+    assert tma_rows(torch.zeros(3, 80, 2, 64, dtype=torch.float16)[:, ::2], 32) is not None  # step-2 keys: one stride
+    assert tma_rows(torch.zeros(3, 40, 2, 128, dtype=torch.float16)[..., :64], 32) is None  # heads not packed
+    assert tma_rows(torch.zeros(3, 40, 2, 65, dtype=torch.float16)[..., :64], 32) is None
+    assert tma_rows(torch.zeros(1, 40, 2, 64, dtype=torch.float16)[:, :, :, :], 32) is not None
+    assert tma_rows(torch.zeros(0, 40, 2, 64, dtype=torch.float16), 32) is None  # nothing to describe
+    odd = torch.zeros(2 * 40 * 2 * 64 + 1, dtype=torch.float16)[1:].view(2, 40, 2, 64)
+    assert tma_rows(odd, 32) is None  # base not 16-byte aligned
+
+
 def test_partial_state_dtypes(triton_backend):
     # Partial outputs are stored in the input's half dtype between the phases (LSEs float32)
     # unless forced to float32: both through every path that writes or reads them (split-K

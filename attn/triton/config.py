@@ -33,7 +33,7 @@ def forced(**kw):
     of an op concurrently on streams and merge, or in order and fold), ``prefix_min_split``
     (:func:`prefix_min_split`), ``fit_stages=False`` (:func:`fit_stages`), ``fold_kv_heads``
     (:func:`fold_kv_heads`), ``half_partials=False`` (:func:`partial_dtype`),
-    ``leaf_suffix`` (:func:`leaf_with_suffix`), ``launch_order`` (indices: the order in which
+    ``leaf_suffix`` (:func:`leaf_with_suffix`), ``tma`` (:func:`use_tma`), ``launch_order`` (indices: the order in which
     an op's phases are launched; the tests check that no result depends on it).
     """
     old = dict(_FORCE)
@@ -128,6 +128,41 @@ def launch_order(count: int) -> list:
     if order is not None and sorted(order) == list(range(count)):
         return list(order)
     return list(range(count)) if count < 3 else [0, count - 1, *range(1, count - 1)]
+
+
+def use_tma(device: torch.device, dtype: torch.dtype, kind: str = "prefix", overlap: bool = False) -> bool:
+    """Whether a segment launch of ``kind`` (``prefix``, ``suffix`` or ``leaf+suffix``, as in
+    ``shared_prefix.plan``) reads its key blocks with the tensor memory accelerator
+    (``segment.tma_rows``; layouts it cannot describe keep pointers): on Hopper and later,
+    for 16-bit inputs, the prefix levels and a suffix overlapped with them.
+
+    With TMA a kernel needs fewer registers (128-row prefix 167 -> 138, the overlapped
+    suffix's 16-row tile 255 -> 146 with lengths; Triton 3.6, sm_90a), so its CTAs share an
+    SM more easily. H100, bf16, ``shared_prefix``, a process per variant (``bench/
+    triton_gpu_check.py --variants --ops shared_prefix --which overlap ptr tma-prefix
+    tma-suffix tma-leaf``; ``logs/0032``): gqa-8b 136.7 -> 129.3 µs, hydragen-mqa 68.9 ->
+    66.1, gqa-8b-long 101.8 -> 103.5, the others within 1 %. Not for a suffix run alone
+    (no-share 186.6 -> 188.3) nor a tree's leaves (42.9 -> 43.4). ``forced(tma=...)``
+    decides: a bool for every kind, or the kinds that use it (the interpreter runs
+    descriptors too).
+    """
+    if dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if "tma" in _FORCE:
+        f = _FORCE["tma"]
+        return kind in f if isinstance(f, (tuple, list, set, frozenset)) else bool(f)
+    if kind == "leaf+suffix" or (kind == "suffix" and not overlap):
+        return False
+    return device.type == "cuda" and not interpreting() and _capability(device)[0] >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _cap(index: int) -> tuple:
+    return torch.cuda.get_device_capability(index)
+
+
+def _capability(device: torch.device) -> tuple:
+    return _cap(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def prefix_min_split(overlap: bool) -> int:

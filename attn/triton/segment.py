@@ -24,8 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import config
 from .config import Tiles
-from .tile import attend_block, attend_rows, empty_state, finish, late, merge_state
+from .tile import attend_block, attend_rows, attend_rows_tma, empty_state, finish, late, merge_state
 
 LOG2E = 1.4426950408889634
 
@@ -48,8 +49,8 @@ def _segment_kernel(
     stride_skb, stride_skp, stride_skh,
     stride_svb, stride_svp, stride_svh,
     stride_pp, stride_pb, stride_ph,
-    num_kv_heads, seqs_per_group, ratio, length, split_len, suffix_cap, part_base, qk_scale,
-    HAS_LENS: tl.constexpr, LEAF_SUFFIX: tl.constexpr, HAS_SLENS: tl.constexpr, SUFFIX_EVEN: tl.constexpr, FOLD: tl.constexpr, FOLD_PARTS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
+    num_kv_heads, seqs_per_group, ratio, seg_len, length, split_len, suffix_cap, part_base, qk_scale,
+    TMA: tl.constexpr, HAS_LENS: tl.constexpr, LEAF_SUFFIX: tl.constexpr, HAS_SLENS: tl.constexpr, SUFFIX_EVEN: tl.constexpr, FOLD: tl.constexpr, FOLD_PARTS: tl.constexpr, EVEN: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -69,18 +70,25 @@ def _segment_kernel(
     start = split * split_len
     end = tl.minimum(start + split_len, length)
 
-    # Pointers are built once and advanced by a scalar: no per-block index arithmetic.
-    offs_n = start + tl.arange(0, BLOCK_N)
-    k_ptrs = (K + g.to(tl.int64) * stride_kg + kvh * stride_kh
-              + offs_n.to(tl.int64)[None, :] * stride_kp + offs_d[:, None])
-    v_ptrs = (V + g.to(tl.int64) * stride_vg + kvh * stride_vh
-              + offs_n.to(tl.int64)[:, None] * stride_vp + offs_d[None, :])
     m_i, l_i, acc = empty_state(BLOCK_M, D)
-    for n0 in range(start, end, BLOCK_N):
-        m_i, l_i, acc = attend_block(q, k_ptrs, v_ptrs, n0 + tl.arange(0, BLOCK_N) < end, m_i, l_i, acc,
-                                     qk_scale, not EVEN, IEEE)
-        k_ptrs += BLOCK_N * stride_kp
-        v_ptrs += BLOCK_N * stride_vp
+    if TMA:
+        # K, V: descriptors of [G * L, Hkv * D]; a block is rows g * L + n, columns kvh * D.
+        for n0 in range(start, end, BLOCK_N):
+            n_ok = n0 + tl.arange(0, BLOCK_N) < end
+            m_i, l_i, acc = attend_rows_tma(q, K, V, g * seg_len + n0, kvh * D, n_ok, n_ok, m_i, l_i, acc,
+                                            qk_scale, not EVEN, False, IEEE)
+    else:
+        # Pointers are built once and advanced by a scalar: no per-block index arithmetic.
+        offs_n = start + tl.arange(0, BLOCK_N)
+        k_ptrs = (K + g.to(tl.int64) * stride_kg + kvh * stride_kh
+                  + offs_n.to(tl.int64)[None, :] * stride_kp + offs_d[:, None])
+        v_ptrs = (V + g.to(tl.int64) * stride_vg + kvh * stride_vh
+                  + offs_n.to(tl.int64)[:, None] * stride_vp + offs_d[None, :])
+        for n0 in range(start, end, BLOCK_N):
+            m_i, l_i, acc = attend_block(q, k_ptrs, v_ptrs, n0 + tl.arange(0, BLOCK_N) < end, m_i, l_i, acc,
+                                         qk_scale, not EVEN, IEEE)
+            k_ptrs += BLOCK_N * stride_kp
+            v_ptrs += BLOCK_N * stride_vp
     if LEAF_SUFFIX:
         # The suffixes of this tile's sequences [j0, j1) of the group, in one flat loop over
         # their key blocks (block b: sequence j0 + b // per_seq), so that the addresses
@@ -102,11 +110,16 @@ def _segment_kernel(
             else:
                 slen = suffix_cap
             t0 = (blk % per_seq) * BLOCK_N
-            sk_ptrs = SK + (s * stride_skb + kvh * stride_skh + t0 * stride_skp) + sk_offs
-            sv_ptrs = SV + (s * stride_svb + kvh * stride_svh + t0 * stride_svp) + sv_offs
+            n_ok = t0 + tl.arange(0, BLOCK_N) < slen
             # Even suffixes (no lengths, whole blocks) need no key mask: only the row mask.
-            m_i, l_i, acc = attend_rows(q, sk_ptrs, sv_ptrs, t0 + tl.arange(0, BLOCK_N) < slen, local == j, m_i,
-                                        l_i, acc, qk_scale, not SUFFIX_EVEN, True, IEEE)
+            if TMA:
+                m_i, l_i, acc = attend_rows_tma(q, SK, SV, s.to(tl.int32) * suffix_cap + t0, kvh * D, n_ok, local == j,
+                                                m_i, l_i, acc, qk_scale, not SUFFIX_EVEN, True, IEEE)
+            else:
+                sk_ptrs = SK + (s * stride_skb + kvh * stride_skh + t0 * stride_skp) + sk_offs
+                sv_ptrs = SV + (s * stride_svb + kvh * stride_svh + t0 * stride_svp) + sv_offs
+                m_i, l_i, acc = attend_rows(q, sk_ptrs, sv_ptrs, n_ok, local == j, m_i, l_i, acc, qk_scale,
+                                            not SUFFIX_EVEN, True, IEEE)
     if BLOCK_M >= 64:
         row_ok, seq, head = _stacked_rows(late(offs_m, l_i), g, kvh, seqs_per_group, ratio)
     if FOLD:
@@ -131,7 +144,7 @@ def _segment_kernel(
 
 def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, parts_o: torch.Tensor,
                    parts_lse: torch.Tensor, part_base: int, splits: int, split_len: int, scale: float,
-                   tiles: Tiles, fold_into=None, suffix=None) -> None:
+                   tiles: Tiles, fold_into=None, suffix=None, kind: str = "prefix", overlap: bool = False) -> None:
     """Attend ``q [B, Hq, D]`` to the segments ``k, v [G, L, Hkv, D]`` (``G`` divides ``B``).
 
     Writes partial states ``parts_o[part_base + s] [B, Hq, D]`` (normalised; float32 or
@@ -147,6 +160,9 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
     1``: after its keys, each group also attends each of its sequences to its own suffix
     (a tree's leaf level and the suffixes in one launch and one state); a sequence's suffix
     keys must lie within ``2**31`` elements (32-bit offsets inside the loop).
+
+    ``kind`` names the launch and ``overlap`` says whether it runs beside others, for
+    :func:`config.use_tma`.
     """
     b, hq, d = q.shape
     g, length, hkv, _ = k.shape
@@ -155,8 +171,14 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
     grid = (g * hkv, splits, triton.cdiv(rows, tiles.block_m))
     sk, sv, slens = suffix if suffix is not None else (k, v, None)
     assert suffix is None or (splits == 1 and sk.shape[1] * max(sk.stride(1), sv.stride(1)) < 2**31)
+    kk, vv, skk, svv = k, v, sk, sv
+    if config.use_tma(q.device, q.dtype, kind, overlap):
+        descs = [tma_rows(t, tiles.block_n) for t in ((k, v, sk, sv) if suffix is not None else (k, v))]
+        if all(x is not None for x in descs):
+            kk, vv, *rest = descs
+            skk, svv = rest if rest else (kk, vv)
     _segment_kernel[grid](
-        q, k, v, lens if lens is not None else q, sk, sv, slens if slens is not None else q, parts_o, parts_lse,
+        q, kk, vv, lens if lens is not None else q, skk, svv, slens if slens is not None else q, parts_o, parts_lse,
         *(fold_into if fold_into is not None else (parts_o, parts_lse)),
         q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2),
@@ -164,11 +186,30 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
         sk.stride(0), sk.stride(1), sk.stride(2),
         sv.stride(0), sv.stride(1), sv.stride(2),
         b * hq, hq, 1,
-        hkv, b // g, ratio, length, split_len, sk.shape[1] if suffix is not None else 0, part_base, scale * LOG2E,
-        HAS_LENS=lens is not None, LEAF_SUFFIX=suffix is not None, HAS_SLENS=slens is not None,
+        hkv, b // g, ratio, length, length, split_len, sk.shape[1] if suffix is not None else 0, part_base,
+        scale * LOG2E, TMA=kk is not k, HAS_LENS=lens is not None, LEAF_SUFFIX=suffix is not None, HAS_SLENS=slens is not None,
         SUFFIX_EVEN=suffix is not None and slens is None and sk.shape[1] % tiles.block_n == 0, FOLD=fold_into is not None,
         FOLD_PARTS=part_base if fold_into is not None else 0,
         EVEN=lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0, IEEE=q.dtype == torch.float32,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,
         **tiles.launch_options(),
     )
+
+
+def tma_rows(t: torch.Tensor, block_n: int):
+    """A tensor descriptor of ``t [G, L, H, D]`` as the matrix ``[G * L, H * D]`` read in
+    ``[block_n, D]`` blocks (key ``p`` of group ``g`` and head ``h`` at row ``g * L + p``,
+    column ``h * D``), or None when the layout does not allow one: the rows must be evenly
+    strided (16-byte multiples, from a 16-byte aligned base), the heads packed, ``D`` unit-strided.
+    """
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    g, length, h, d = t.shape
+    row = t.stride(1) if length > 1 else t.stride(0)
+    if g * length == 0 or g * length >= 2**31 or t.stride(3) != 1 or (h > 1 and t.stride(2) != d):
+        return None
+    if (g > 1 and length > 1 and t.stride(0) != length * row) or row < h * d:
+        return None
+    if (row * t.element_size()) % 16 or t.data_ptr() % 16:
+        return None
+    return TensorDescriptor(t, [g * length, h * d], [row, 1], [block_n, d])

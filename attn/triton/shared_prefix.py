@@ -100,7 +100,7 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
         last = fold and idx == len(steps) - 1
         launches.append(functools.partial(launch_segment, q, k, v, lens, parts_o, parts_lse, base, splits,
                                           split_len, p.scale, tiles, fold_into=(out, lse) if last else None,
-                                          suffix=suffix))
+                                          suffix=suffix, kind=kind, overlap=overlap))
         base += splits
     if overlap:
         concurrently([launches[j] for j in config.launch_order(len(launches))], p.device)

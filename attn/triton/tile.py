@@ -36,6 +36,36 @@ def attend_rows(q, k_ptrs, v_ptrs, n_ok, r_ok, m_i, l_i, acc, qk_scale,
         k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
     else:
         k = tl.load(k_ptrs)
+    m_new, alpha, p, l_i = _softmax_step(q, k, n_ok, r_ok, m_i, l_i, qk_scale, MASKED, ROWS, IEEE)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    return m_new, l_i, _accumulate(acc, alpha, p, v, IEEE)
+
+
+@triton.jit
+def attend_rows_tma(q, kd, vd, row, col, n_ok, r_ok, m_i, l_i, acc, qk_scale,
+                    MASKED: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr):
+    """:func:`attend_rows` with the key block read by the tensor memory accelerator: ``kd``,
+    ``vd`` descriptors of ``[N, D]`` blocks at ``(row, col)``. One instruction moves a block
+    into shared memory, instead of a copy per 16 bytes and thread, each with its address
+    built. A masked block's invalid values may be any bits (another group's keys, or whatever
+    lies past a ragged length): their scores are masked, and their values zeroed, since
+    ``0 * NaN`` would reach the output."""
+    k = kd.load([row, col])
+    m_new, alpha, p, l_i = _softmax_step(q, k.T, n_ok, r_ok, m_i, l_i, qk_scale, MASKED, ROWS, IEEE)
+    v = vd.load([row, col])
+    if MASKED:
+        v = tl.where(n_ok[:, None], v, 0.0)
+    return m_new, l_i, _accumulate(acc, alpha, p, v, IEEE)
+
+
+@triton.jit
+def _softmax_step(q, k, n_ok, r_ok, m_i, l_i, qk_scale,
+                  MASKED: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr):
+    """Scores of ``q [M, D]`` against ``k [D, N]`` into the running max and sum: returns
+    ``(m_new, alpha, p, l_new)``, ``alpha`` the factor rescaling the old state."""
     if IEEE:
         s = tl.dot(q, k, input_precision="ieee")
     else:
@@ -50,19 +80,18 @@ def attend_rows(q, k_ptrs, v_ptrs, n_ok, r_ok, m_i, l_i, acc, qk_scale,
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED:
-        v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
-    else:
-        v = tl.load(v_ptrs)
+    return m_new, alpha, p, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def _accumulate(acc, alpha, p, v, IEEE: tl.constexpr):
+    """``acc * alpha + p @ v``."""
     # Rescale first and let the dot accumulate into acc: wgmma then adds in place instead
     # of producing a second [M, D] tile to add (the order of Triton's Hopper attention tutorial).
     acc = acc * alpha[:, None]
     if IEEE:
-        acc = tl.dot(p, v, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(p.to(v.dtype), v, acc)
-    return m_new, l_i, acc
+        return tl.dot(p, v, acc, input_precision="ieee")
+    return tl.dot(p.to(v.dtype), v, acc)
 
 
 @triton.jit
