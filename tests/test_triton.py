@@ -232,7 +232,6 @@ def test_key_blocks_by_descriptor_or_pointers(triton_backend, tma):
     # split-K with masked partial blocks, the fold, the leaf loop, overlapped launches; and
     # ragged suffixes whose keys and values past the lengths are NaN (a masked block's
     # descriptor load reads them: they must not reach the output).
-    from attn.triton import shared_prefix
     cfg = _config()
     w = W("tma", 6, 8, 2, ((1, 70), (3, 33)), 50, 64, ragged=True)
     for seed, force in enumerate(({}, dict(overlap=True), dict(leaf_suffix=False, prefix_split=32, suffix_split=32),
@@ -246,14 +245,41 @@ def test_key_blocks_by_descriptor_or_pointers(triton_backend, tma):
         verdict = Oracle(problem).judge(out, lse)
         assert verdict.ok, f"tma={tma} {force}: {verdict}"
     _check_shared(W("even", 4, 8, 2, ((1, 128), (2, 64)), 64, 128), torch.float16, seed=9, tma=tma, prefix_split=64)
-    # Which launches read by descriptor: every kind when forced, or the kinds named.
+    # chunk_attention: pools [chunks, Hkv, C, D] read as rows (chunk, head, key); partial
+    # chunks with NaN past their lengths, chunks of 48 keys in blocks of 32 (a block reaches
+    # into the next head's keys), both phases overlapped or in order, full chunks unmasked.
+    for seed, (c, force) in enumerate(((16, {}), (48, dict(overlap=True, private_split=1, chunks_per_item=1)),
+                                       (16, dict(overlap=True)))):
+        inp = to_chunk_form(make_inputs(w, torch.float16, DEVICE, seed=seed), c, shuffle=True, seed=seed)
+        for i, n in enumerate(inp.table.chunk_lens.tolist()):
+            inp.k_chunks[i, :, n:] = float("nan")
+            inp.v_chunks[i, :, n:] = float("nan")
+        problem = chunk_problem(*inp.args())
+        with cfg.forced(tma=tma, **force):
+            out, lse = attn.chunk_attention(*inp.args(), return_lse=True, backend="triton")
+        verdict = Oracle(problem).judge(out, lse)
+        assert verdict.ok, f"tma={tma} C={c} {force}: {verdict}"
+    _check_chunk(W("c", 6, 8, 2, ((1, 128), (2, 64)), 64, 64), 32, torch.float16, seed=4, tma=tma)
+    # Which launches read by descriptor: every kind when forced, or the kinds named; by
+    # default the prefix levels and an overlapped suffix (not a tree's leaves, nor a suffix
+    # alone), on Hopper.
+    for kind, overlap in (("prefix", False), ("suffix", True), ("suffix", False), ("leaf+suffix", True)):
+        want = kind == "prefix" or (kind == "suffix" and overlap)
+        assert cfg.use_tma(torch.device("cpu"), torch.float16, kind, overlap) is False  # not on a CPU
+        if DEVICE == "cuda" and not cfg.interpreting() and torch.cuda.get_device_capability()[0] >= 9:
+            assert cfg.use_tma(torch.device(DEVICE), torch.bfloat16, kind, overlap) is want
+            # ... and an overlapped suffix only when it is the longer phase.
+            assert cfg.use_tma(torch.device(DEVICE), torch.bfloat16, kind, overlap, False) is (kind == "prefix")
+    # The longer phase at the roofline: gqa-8b's 268 MB suffix outlasts its 34 GFLOP prefix,
+    # gqa-8b-long's 67 MB suffix does not.
+    assert cfg.suffix_critical(4 * 256 * 32 * 128 * 8192, 2 * 256 * 256 * 8 * 128 * 2)
+    assert not cfg.suffix_critical(4 * 64 * 32 * 128 * 32768, 2 * 64 * 256 * 8 * 128 * 2)
     with cfg.forced(tma=("prefix",)):
         assert [cfg.use_tma(DEVICE, torch.float16, k) for k in ("prefix", "suffix", "leaf+suffix")] == \
             [True, False, False]
     with cfg.forced(tma=tma):
         assert cfg.use_tma(DEVICE, torch.bfloat16, "leaf+suffix") == tma
         assert not cfg.use_tma(DEVICE, torch.float32, "prefix")  # 16-bit inputs only
-    assert len(shared_prefix.plan(shared_prefix_problem(*inp.args()))) == 2
 
 
 def test_descriptor_layouts():

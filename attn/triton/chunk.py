@@ -31,15 +31,15 @@ from ..problems import ChunkProblem
 from ..streams import concurrently
 from . import config
 from .merge import launch_merge
-from .segment import LOG2E
-from .tile import attend_block, attend_rows, empty_state, finish, late, merge_state
+from .segment import LOG2E, tma_descriptor
+from .tile import attend_block, attend_rows, attend_rows_tma, empty_state, finish, late, merge_state
 
 
 @triton.jit
 def _chunk_block(q, KC, VC, CLENS, IDS, first, blk, kvh, m_i, l_i, acc, qk_scale,
-                 stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
+                 stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt, chunk_rows, chunk_size,
                  CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr):
+                 BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr, TMA: tl.constexpr):
     """Key block ``blk`` of the chunk list ``IDS``: block ``blk % BLOCKS_PER_CHUNK`` of chunk
     ``IDS[blk // BLOCKS_PER_CHUNK]``, masked by the chunk's length when ``MASKED``.
 
@@ -47,6 +47,10 @@ def _chunk_block(q, KC, VC, CLENS, IDS, first, blk, kvh, m_i, l_i, acc, qk_scale
     then arithmetic on the loop counter instead of a load, so the K/V addresses of later
     blocks are known ahead and the software pipeliner prefetches them as in the segment
     kernel (an id loaded inside the loop leaves the loads one block deep: 1.2-1.5x slower).
+
+    ``TMA``: ``KC``, ``VC`` are descriptors of the pools ``[chunks, Hkv, C, D]`` as
+    ``[chunks * Hkv * C, D]`` (:func:`segment.tma_descriptor`): key ``t`` of chunk ``c`` and
+    head ``h`` at row ``c * chunk_rows + h * chunk_size + t``.
     """
     if CONTIG:
         c = (first + blk // BLOCKS_PER_CHUNK).to(tl.int64)
@@ -58,9 +62,14 @@ def _chunk_block(q, KC, VC, CLENS, IDS, first, blk, kvh, m_i, l_i, acc, qk_scale
         n_ok = offs_t < tl.load(CLENS + c)
     else:
         n_ok = offs_t >= 0
-    k_ptrs = KC + c * stride_kc + kvh * stride_kh + offs_t[None, :] * stride_kt + offs_d[:, None]
-    v_ptrs = VC + c * stride_vc + kvh * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :]
-    return attend_block(q, k_ptrs, v_ptrs, n_ok, m_i, l_i, acc, qk_scale, MASKED, IEEE)
+    if TMA:
+        row = (c * chunk_rows + kvh * chunk_size + (blk % BLOCKS_PER_CHUNK) * BLOCK_N).to(tl.int32)
+        m_i, l_i, acc = attend_rows_tma(q, KC, VC, row, 0, n_ok, n_ok, m_i, l_i, acc, qk_scale, MASKED, False, IEEE)
+    else:
+        k_ptrs = KC + c * stride_kc + kvh * stride_kh + offs_t[None, :] * stride_kt + offs_d[:, None]
+        v_ptrs = VC + c * stride_vc + kvh * stride_vh + offs_t[:, None] * stride_vt + offs_d[None, :]
+        m_i, l_i, acc = attend_block(q, k_ptrs, v_ptrs, n_ok, m_i, l_i, acc, qk_scale, MASKED, IEEE)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -114,10 +123,10 @@ def _sequence_heads(pid, num_kv_heads, ratio, BLOCK_H: tl.constexpr):
 
 @triton.jit
 def _chunk_first_kernel(
-    Q, KC, VC, CLENS, IT_BEGIN, IT_END, IT_C0, IT_C1, IT_ROW, IT_CHUNKS, IT_PRIV, PRIV, NPRIV, PO, PL,
+    Q, KC, VC, KD, VD, CLENS, IT_BEGIN, IT_END, IT_C0, IT_C1, IT_ROW, IT_CHUNKS, IT_PRIV, PRIV, NPRIV, PO, PL,
     stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt, stride_priv,
-    num_q_heads, ratio, max_priv, qk_scale,
-    CONTIG: tl.constexpr, MASKED: tl.constexpr, LEAVES: tl.constexpr, PRIV_MASKED: tl.constexpr,
+    num_q_heads, ratio, max_priv, chunk_rows, chunk_size, qk_scale,
+    TMA: tl.constexpr, CONTIG: tl.constexpr, MASKED: tl.constexpr, LEAVES: tl.constexpr, PRIV_MASKED: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr,
 ):
@@ -140,9 +149,9 @@ def _chunk_first_kernel(
     # One flat loop over the key blocks of all the item's chunks, so that the compiler
     # pipelines the loads across chunk boundaries.
     for blk in range(c0 * BLOCKS_PER_CHUNK, c1 * BLOCKS_PER_CHUNK):
-        m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, IT_CHUNKS, first, blk, kvh, m_i, l_i, acc, qk_scale,
-                                     stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
-                                     CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
+        m_i, l_i, acc = _chunk_block(q, KD, VD, CLENS, IT_CHUNKS, first, blk, kvh, m_i, l_i, acc, qk_scale,
+                                     stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt, chunk_rows,
+                                     chunk_size, CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D, TMA)
     if LEAVES:
         m_i, l_i, acc = _private_of_leaf(q, KC, VC, CLENS, PRIV, NPRIV, tl.load(IT_PRIV + it), b0, tile, rows, kvh,
                                          offs_m // ratio, m_i, l_i, acc, qk_scale, stride_kc, stride_kh, stride_kt,
@@ -161,8 +170,8 @@ def _seq_first_kernel(
     Q, KC, VC, CLENS, PRIV, NPRIV, SEQ_ROWS, PO, PL, OUT, LSE,
     stride_qn, stride_qh, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh, stride_vt,
     stride_priv, seq_width, stride_os, stride_on, stride_oh, stride_ls, stride_ln,
-    num_kv_heads, num_q_heads, ratio, chunks_per_split, qk_scale,
-    FINAL: tl.constexpr, FOLD_ITEMS: tl.constexpr, CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr,
+    num_kv_heads, num_q_heads, ratio, chunks_per_split, chunk_rows, chunk_size, qk_scale,
+    TMA: tl.constexpr, FINAL: tl.constexpr, FOLD_ITEMS: tl.constexpr, CONTIG: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCKS_PER_CHUNK: tl.constexpr, D: tl.constexpr, UNROLL: tl.constexpr,
 ):
     split = tl.program_id(1)
@@ -180,7 +189,7 @@ def _seq_first_kernel(
     for blk in range(i0 * BLOCKS_PER_CHUNK, i1 * BLOCKS_PER_CHUNK):
         m_i, l_i, acc = _chunk_block(q, KC, VC, CLENS, PRIV + n64 * stride_priv, first, blk, kvh, m_i, l_i,
                                      acc, qk_scale, stride_kc, stride_kh, stride_kt, stride_vc, stride_vh,
-                                     stride_vt, CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D)
+                                     stride_vt, chunk_rows, chunk_size, CONTIG, MASKED, IEEE, BLOCK_N, BLOCKS_PER_CHUNK, D, TMA)
 
     if FOLD_ITEMS:
         # The cached chunk-first states of this sequence, folded in once (by split 0).
@@ -377,12 +386,29 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
         "chunks": _t(chunks, device), "seq_rows": _t(seq_rows, device), "most_items": most_items,
         "num_private": _t(num_private, device), "num_private_left": _t(left, device),
         "all_private_taken": bool(priv.size) and not left.any(),
+        # Stacked query rows x keys of the shared chunks, and keys left to the sequence-first
+        # phase (config.suffix_critical).
+        "shared_row_keys": int((se - sb).sum()) * chunk_size if sh.size else 0,
+        "private_keys": int(left.sum()) * chunk_size,
         "shared_full": bool((lens[sh] == chunk_size).all()) if sh.size else True,
         "private_full": bool((lens[priv[priv >= 0]] == chunk_size).all()) if priv.size else True,
         "shared_contig": shared_contig, "private_contig": private_contig,
     }
     cache[key] = meta
     return meta
+
+
+def _descriptors(kc: torch.Tensor, vc: torch.Tensor, block_n: int, q: torch.Tensor, kind: str, overlap: bool,
+                 critical: bool = True):
+    """The pools as :func:`segment.tma_descriptor` descriptors when a launch of ``kind`` reads by
+    descriptor (:func:`config.use_tma`; chunk-first launches count as prefix levels, or as
+    a tree's leaves when their items take private chunks, the sequence-first one as a
+    suffix) and both can be described; else the pools themselves."""
+    if config.use_tma(q.device, q.dtype, kind, overlap, critical) and kc.stride() == vc.stride():
+        kd, vd = tma_descriptor(kc, 3, block_n), tma_descriptor(vc, 3, block_n)
+        if kd is not None and vd is not None:
+            return kd, vd
+    return kc, vc
 
 
 def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
@@ -424,13 +450,14 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
         if leaves:
             blocks += (st.block_m // ratio) * max_priv * config.cdiv(csize, st_n)
         st = config.fit_stages(st, blocks)
+        kd, vd = _descriptors(kc, vc, st_n, q, "leaf+suffix" if leaves else "prefix", overlap)
         _chunk_first_kernel[(count, hkv, row_tiles)](
-            q, kc, vc, t.chunk_lens, it["begin"], it["end"], it["c0"], it["c1"], it["row"],
+            q, kc, vc, kd, vd, t.chunk_lens, it["begin"], it["end"], it["c0"], it["c1"], it["row"],
             meta["chunks"], it["leaf"], t.private_chunks, meta["num_private"], po, pl,
             q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
             vc.stride(0), vc.stride(1), vc.stride(2), priv_stride,
-            hq, ratio, max_priv, qk_scale,
-            CONTIG=meta["shared_contig"], MASKED=not (meta["shared_full"] and csize % st_n == 0),
+            hq, ratio, max_priv, hkv * csize, csize, qk_scale,
+            TMA=kd is not kc, CONTIG=meta["shared_contig"], MASKED=not (meta["shared_full"] and csize % st_n == 0),
             LEAVES=leaves, PRIV_MASKED=not (meta["private_full"] and csize % st_n == 0), IEEE=ieee,
             BLOCK_M=st.block_m, BLOCK_N=st_n, BLOCKS_PER_CHUNK=config.cdiv(csize, st_n), D=d,
             **st.launch_options(),
@@ -447,14 +474,17 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     unroll = fold_unroll(meta["most_items"])
 
     def seq_first():
+        critical = config.suffix_critical(4 * hq * d * meta["shared_row_keys"],
+                                          2 * hkv * d * meta["private_keys"] * q.element_size())
+        kd, vd = _descriptors(kc, vc, dt_n, q, "suffix", overlap, critical)
         _seq_first_kernel[(n * hkv, splits)](
-            q, kc, vc, t.chunk_lens, t.private_chunks, meta["num_private_left"], meta["seq_rows"], po, pl, so, sl,
+            q, kd, vd, t.chunk_lens, t.private_chunks, meta["num_private_left"], meta["seq_rows"], po, pl, so, sl,
             q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
             vc.stride(0), vc.stride(1), vc.stride(2),
             priv_stride, meta["seq_rows"].stride(0),
             so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
-            hkv, hq, ratio, per, qk_scale,
-            FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
+            hkv, hq, ratio, per, hkv * csize, csize, qk_scale,
+            TMA=kd is not kc, FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
             MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
             BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d, UNROLL=unroll,
             **dt.launch_options(),

@@ -130,30 +130,47 @@ def launch_order(count: int) -> list:
     return list(range(count)) if count < 3 else [0, count - 1, *range(1, count - 1)]
 
 
-def use_tma(device: torch.device, dtype: torch.dtype, kind: str = "prefix", overlap: bool = False) -> bool:
-    """Whether a segment launch of ``kind`` (``prefix``, ``suffix`` or ``leaf+suffix``, as in
-    ``shared_prefix.plan``) reads its key blocks with the tensor memory accelerator
-    (``segment.tma_rows``; layouts it cannot describe keep pointers): on Hopper and later,
-    for 16-bit inputs, the prefix levels and a suffix overlapped with them.
+def use_tma(device: torch.device, dtype: torch.dtype, kind: str = "prefix", overlap: bool = False,
+            suffix_critical: bool = True) -> bool:
+    """Whether a launch of ``kind`` (``prefix``, ``suffix`` or ``leaf+suffix``, as in
+    ``shared_prefix.plan``; chunk-first launches are prefix levels, or leaves when their
+    items take private chunks, and the sequence-first launch is a suffix) reads its key
+    blocks with the tensor memory accelerator (``segment.tma_descriptor``; layouts it cannot
+    describe keep pointers): on Hopper and later, for 16-bit inputs, the prefix levels, and
+    a suffix overlapped with them when it is the longer phase (:func:`suffix_critical`).
 
-    With TMA a kernel needs fewer registers (128-row prefix 167 -> 138, the overlapped
-    suffix's 16-row tile 255 -> 146 with lengths; Triton 3.6, sm_90a), so its CTAs share an
-    SM more easily. H100, bf16, ``shared_prefix``, a process per variant (``bench/
-    triton_gpu_check.py --variants --ops shared_prefix --which overlap ptr tma-prefix
-    tma-suffix tma-leaf``; ``logs/0032``): gqa-8b 136.7 -> 129.3 µs, hydragen-mqa 68.9 ->
-    66.1, gqa-8b-long 101.8 -> 103.5, the others within 1 %. Not for a suffix run alone
-    (no-share 186.6 -> 188.3) nor a tree's leaves (42.9 -> 43.4). ``forced(tma=...)``
-    decides: a bool for every kind, or the kinds that use it (the interpreter runs
-    descriptors too).
+    With TMA the kernels need fewer registers (128-row prefix 167 -> 138, a 16-row suffix
+    tile with lengths 255 -> 146; Triton 3.6, sm_90a), so a suffix CTA shares an SM with a
+    prefix CTA more easily: a faster suffix, at the cost of the prefix beside it. H100, bf16,
+    a process per variant (``bench/triton_gpu_check.py --variants --ops OP --which ptr
+    tma-prefix tma-suffix tma-leaf overlap``; ``logs/0032``), pointers -> descriptors:
+    gqa-8b ``shared_prefix`` 136.7 -> 129.3 µs and ``chunk`` 144.3 -> 124.1, hydragen-mqa
+    68.9 -> 66.1 and 71.4 -> 66.4. gqa-8b-long, whose prefix is the longer phase, lost with
+    a descriptor suffix (101.8 -> 103.1, 97.5 -> 103.5); a suffix alone (no-share) lost 1-2 %,
+    a tree's leaves 1 %. ``forced(tma=...)`` decides: a bool for every kind, or the kinds
+    that use it (the interpreter runs descriptors too).
     """
     if dtype not in (torch.float16, torch.bfloat16):
         return False
     if "tma" in _FORCE:
         f = _FORCE["tma"]
         return kind in f if isinstance(f, (tuple, list, set, frozenset)) else bool(f)
-    if kind == "leaf+suffix" or (kind == "suffix" and not overlap):
+    if kind == "leaf+suffix" or (kind == "suffix" and not (overlap and suffix_critical)):
         return False
     return device.type == "cuda" and not interpreting() and _capability(device)[0] >= 9
+
+
+# Flops per byte where an H100's bf16 tensor rate (~700 TFLOP/s measured) meets its HBM
+# copy rate (~3.0 TB/s measured): the ridge of the roofline.
+RIDGE_FLOP_PER_BYTE = 230
+
+
+def suffix_critical(prefix_flops: float, suffix_bytes: float) -> bool:
+    """Whether a suffix phase takes longer than the prefix levels beside it, each at its
+    roofline: the suffix's K/V bytes at the HBM rate against the prefix's flops at the
+    tensor rate. Then the suffix is the op's critical path and worth speeding up at the
+    prefix's cost (gqa-8b, hydragen-mqa, chunkattn-mha), else not (gqa-8b-long)."""
+    return suffix_bytes * RIDGE_FLOP_PER_BYTE > prefix_flops
 
 
 @functools.lru_cache(maxsize=None)

@@ -144,7 +144,8 @@ def _segment_kernel(
 
 def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, parts_o: torch.Tensor,
                    parts_lse: torch.Tensor, part_base: int, splits: int, split_len: int, scale: float,
-                   tiles: Tiles, fold_into=None, suffix=None, kind: str = "prefix", overlap: bool = False) -> None:
+                   tiles: Tiles, fold_into=None, suffix=None, kind: str = "prefix", overlap: bool = False,
+                   suffix_critical: bool = True) -> None:
     """Attend ``q [B, Hq, D]`` to the segments ``k, v [G, L, Hkv, D]`` (``G`` divides ``B``).
 
     Writes partial states ``parts_o[part_base + s] [B, Hq, D]`` (normalised; float32 or
@@ -161,8 +162,8 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
     (a tree's leaf level and the suffixes in one launch and one state); a sequence's suffix
     keys must lie within ``2**31`` elements (32-bit offsets inside the loop).
 
-    ``kind`` names the launch and ``overlap`` says whether it runs beside others, for
-    :func:`config.use_tma`.
+    ``kind`` names the launch, ``overlap`` says whether it runs beside others and
+    ``suffix_critical`` whether the suffix is the longer phase, for :func:`config.use_tma`.
     """
     b, hq, d = q.shape
     g, length, hkv, _ = k.shape
@@ -172,7 +173,7 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
     sk, sv, slens = suffix if suffix is not None else (k, v, None)
     assert suffix is None or (splits == 1 and sk.shape[1] * max(sk.stride(1), sv.stride(1)) < 2**31)
     kk, vv, skk, svv = k, v, sk, sv
-    if config.use_tma(q.device, q.dtype, kind, overlap):
+    if config.use_tma(q.device, q.dtype, kind, overlap, suffix_critical):
         descs = [tma_rows(t, tiles.block_n) for t in ((k, v, sk, sv) if suffix is not None else (k, v))]
         if all(x is not None for x in descs):
             kk, vv, *rest = descs
@@ -196,20 +197,51 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
     )
 
 
+def _packed(t: torch.Tensor, first: int) -> bool:
+    """Whether dimensions ``first..`` of ``t`` are row-major packed (unit-strided last)."""
+    span = 1
+    for i in reversed(range(first, t.dim())):
+        if t.shape[i] > 1 and t.stride(i) != span:
+            return False
+        span *= t.shape[i]
+    return True
+
+
+def _row_stride(t: torch.Tensor, dims: int):
+    """The one stride of the rows when the first ``dims`` dimensions of ``t`` are read as a
+    row index (row-major), or None when there is none."""
+    row, span = None, 1
+    for i in reversed(range(dims)):
+        if t.shape[i] > 1:
+            if row is None:
+                row, span = t.stride(i), 1
+            elif t.stride(i) != row * span:
+                return None
+            span *= t.shape[i]
+    return row if row is not None else t.stride(dims - 1)
+
+
+def tma_descriptor(t: torch.Tensor, dims: int, block_n: int):
+    """A tensor descriptor of ``t`` as the matrix whose rows are its first ``dims`` dimensions
+    and whose columns are the others, read in ``[block_n, t.shape[-1]]`` blocks; or None when
+    the layout does not allow one: evenly strided rows (16-byte multiples, from a 16-byte
+    aligned base), packed columns, fewer than ``2**31`` rows."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    rows = 1
+    for n in t.shape[:dims]:
+        rows *= n
+    if rows == 0 or rows >= 2**31 or not _packed(t, dims):
+        return None
+    cols = t.numel() // rows
+    row = _row_stride(t, dims)
+    if row is None or row < cols or (row * t.element_size()) % 16 or t.data_ptr() % 16:
+        return None
+    return TensorDescriptor(t, [rows, cols], [row, 1], [block_n, t.shape[-1]])
+
+
 def tma_rows(t: torch.Tensor, block_n: int):
     """A tensor descriptor of ``t [G, L, H, D]`` as the matrix ``[G * L, H * D]`` read in
     ``[block_n, D]`` blocks (key ``p`` of group ``g`` and head ``h`` at row ``g * L + p``,
-    column ``h * D``), or None when the layout does not allow one: the rows must be evenly
-    strided (16-byte multiples, from a 16-byte aligned base), the heads packed, ``D`` unit-strided.
-    """
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    g, length, h, d = t.shape
-    row = t.stride(1) if length > 1 else t.stride(0)
-    if g * length == 0 or g * length >= 2**31 or t.stride(3) != 1 or (h > 1 and t.stride(2) != d):
-        return None
-    if (g > 1 and length > 1 and t.stride(0) != length * row) or row < h * d:
-        return None
-    if (row * t.element_size()) % 16 or t.data_ptr() % 16:
-        return None
-    return TensorDescriptor(t, [g * length, h * d], [row, 1], [block_n, d])
+    column ``h * D``), or None (:func:`tma_descriptor`)."""
+    return tma_descriptor(t, 2, block_n)

@@ -89,6 +89,9 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
     stored = total - 1 if fold else total
     parts_o = torch.empty(max(1, stored), b, hq, d, dtype=config.partial_dtype(q.dtype), device=q.device)
     parts_lse = torch.empty(max(1, stored), b, hq, dtype=torch.float32, device=q.device)
+    # The suffix's K/V bytes against the prefix levels' flops (config.suffix_critical).
+    critical = config.suffix_critical(4 * b * hq * d * sum(k.shape[1] for k in p.prefix_k),
+                                      2 * b * p.suffix_capacity * p.num_kv_heads * d * q.element_size())
     launches = []
     base = 0
     for idx, (kind, i, splits, split_len, tiles) in enumerate(steps):
@@ -100,7 +103,7 @@ def run_shared_prefix(p: SharedPrefixProblem) -> tuple[torch.Tensor, torch.Tenso
         last = fold and idx == len(steps) - 1
         launches.append(functools.partial(launch_segment, q, k, v, lens, parts_o, parts_lse, base, splits,
                                           split_len, p.scale, tiles, fold_into=(out, lse) if last else None,
-                                          suffix=suffix, kind=kind, overlap=overlap))
+                                          suffix=suffix, kind=kind, overlap=overlap, suffix_critical=critical))
         base += splits
     if overlap:
         concurrently([launches[j] for j in config.launch_order(len(launches))], p.device)
