@@ -182,7 +182,7 @@ VARIANTS = {  # name -> config.forced(...) keys: end-to-end op times per launch 
 
 def variants(dev, names, timeline=None, judge=(), which=None, repeat=1, ops=("shared_prefix", "chunk")) -> list:
     """Median µs (CUDA-graph replay, L2 flushed) of both ops of every spec workload (bf16,
-    uniform suffixes) under each :data:`VARIANTS` entry; for the workloads in ``timeline``,
+    uniform suffixes, and the ragged variants named by id in ``names``) under each :data:`VARIANTS` entry; for the workloads in ``timeline``,
     also the kernels of one graph replay with their start times (:func:`graph_breakdown`);
     for the variants in ``judge``, the float64 oracle's verdict on the output. ``repeat``:
     time each variant that many times, each with a new graph capture (``us`` is the median
@@ -193,7 +193,8 @@ def variants(dev, names, timeline=None, judge=(), which=None, repeat=1, ops=("sh
     from attn.triton import config
     out = []
     for w in spec_variants():
-        if w.ragged or (names and w.name not in names):
+        # A ragged variant only when named by its id (``gqa-8b-ragged``).
+        if (w.ragged and w.id not in (names or ())) or (not w.ragged and names and w.name not in names):
             continue
         inputs = build_inputs(w, torch.bfloat16, dev)
         for op in ops:

@@ -7,6 +7,7 @@ imports triton; otherwise they skip with the backend's own reason.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -261,15 +262,16 @@ def test_key_blocks_by_descriptor_or_pointers(triton_backend, tma):
         assert verdict.ok, f"tma={tma} C={c} {force}: {verdict}"
     _check_chunk(W("c", 6, 8, 2, ((1, 128), (2, 64)), 64, 64), 32, torch.float16, seed=4, tma=tma)
     # Which launches read by descriptor: every kind when forced, or the kinds named; by
-    # default the prefix levels and an overlapped suffix (not a tree's leaves, nor a suffix
-    # alone), on Hopper.
-    for kind, overlap in (("prefix", False), ("suffix", True), ("suffix", False), ("leaf+suffix", True)):
-        want = kind == "prefix" or (kind == "suffix" and overlap)
-        assert cfg.use_tma(torch.device("cpu"), torch.float16, kind, overlap) is False  # not on a CPU
-        if DEVICE == "cuda" and not cfg.interpreting() and torch.cuda.get_device_capability()[0] >= 9:
-            assert cfg.use_tma(torch.device(DEVICE), torch.bfloat16, kind, overlap) is want
-            # ... and an overlapped suffix only when it is the longer phase.
-            assert cfg.use_tma(torch.device(DEVICE), torch.bfloat16, kind, overlap, False) is (kind == "prefix")
+    # default the prefix levels and an overlapped suffix that is the longer phase and needs
+    # no key mask (not a tree's leaves, a suffix alone, nor ragged suffixes), on Hopper.
+    hopper = DEVICE == "cuda" and not cfg.interpreting() and torch.cuda.get_device_capability()[0] >= 9
+    for kind in ("prefix", "suffix", "leaf+suffix"):
+        for overlap, critical, masked in itertools.product((False, True), repeat=3):
+            want = kind == "prefix" or (kind == "suffix" and overlap and critical and not masked)
+            assert cfg.wants_tma(kind, overlap, critical, masked) is want, (kind, overlap, critical, masked)
+            assert cfg.use_tma(torch.device("cpu"), torch.float16, kind, overlap, critical, masked) is False
+            if hopper:
+                assert cfg.use_tma(torch.device(DEVICE), torch.bfloat16, kind, overlap, critical, masked) is want
     # The longer phase at the roofline: gqa-8b's 268 MB suffix outlasts its 34 GFLOP prefix,
     # gqa-8b-long's 67 MB suffix does not.
     assert cfg.suffix_critical(4 * 256 * 32 * 128 * 8192, 2 * 256 * 256 * 8 * 128 * 2)

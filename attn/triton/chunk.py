@@ -399,12 +399,12 @@ def work_items(table, ratio: int, num_kv_heads: int, chunk_size: int, head_dim: 
 
 
 def _descriptors(kc: torch.Tensor, vc: torch.Tensor, block_n: int, q: torch.Tensor, kind: str, overlap: bool,
-                 critical: bool = True):
+                 critical: bool = True, masked: bool = False):
     """The pools as :func:`segment.tma_descriptor` descriptors when a launch of ``kind`` reads by
     descriptor (:func:`config.use_tma`; chunk-first launches count as prefix levels, or as
     a tree's leaves when their items take private chunks, the sequence-first one as a
     suffix) and both can be described; else the pools themselves."""
-    if config.use_tma(q.device, q.dtype, kind, overlap, critical) and kc.stride() == vc.stride():
+    if config.use_tma(q.device, q.dtype, kind, overlap, critical, masked) and kc.stride() == vc.stride():
         kd, vd = tma_descriptor(kc, 3, block_n), tma_descriptor(vc, 3, block_n)
         if kd is not None and vd is not None:
             return kd, vd
@@ -476,7 +476,8 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
     def seq_first():
         critical = config.suffix_critical(4 * hq * d * meta["shared_row_keys"],
                                           2 * hkv * d * meta["private_keys"] * q.element_size())
-        kd, vd = _descriptors(kc, vc, dt_n, q, "suffix", overlap, critical)
+        masked = not (meta["private_full"] and csize % dt_n == 0)
+        kd, vd = _descriptors(kc, vc, dt_n, q, "suffix", overlap, critical, masked)
         _seq_first_kernel[(n * hkv, splits)](
             q, kd, vd, t.chunk_lens, t.private_chunks, meta["num_private_left"], meta["seq_rows"], po, pl, so, sl,
             q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
@@ -485,7 +486,7 @@ def run_chunk(p: ChunkProblem) -> tuple[torch.Tensor, torch.Tensor]:
             so.stride(0), so.stride(1), so.stride(2), sl.stride(0), sl.stride(1),
             hkv, hq, ratio, per, hkv * csize, csize, qk_scale,
             TMA=kd is not kc, FINAL=final, FOLD_ITEMS=not overlap, CONTIG=meta["private_contig"],
-            MASKED=not (meta["private_full"] and csize % dt_n == 0), IEEE=ieee,
+            MASKED=masked, IEEE=ieee,
             BLOCK_H=dt.block_m, BLOCK_N=dt_n, BLOCKS_PER_CHUNK=config.cdiv(csize, dt_n), D=d, UNROLL=unroll,
             **dt.launch_options(),
         )

@@ -131,13 +131,14 @@ def launch_order(count: int) -> list:
 
 
 def use_tma(device: torch.device, dtype: torch.dtype, kind: str = "prefix", overlap: bool = False,
-            suffix_critical: bool = True) -> bool:
+            suffix_critical: bool = True, masked: bool = False) -> bool:
     """Whether a launch of ``kind`` (``prefix``, ``suffix`` or ``leaf+suffix``, as in
     ``shared_prefix.plan``; chunk-first launches are prefix levels, or leaves when their
     items take private chunks, and the sequence-first launch is a suffix) reads its key
     blocks with the tensor memory accelerator (``segment.tma_descriptor``; layouts it cannot
     describe keep pointers): on Hopper and later, for 16-bit inputs, the prefix levels, and
-    a suffix overlapped with them when it is the longer phase (:func:`suffix_critical`).
+    a suffix overlapped with them when it is the longer phase (:func:`suffix_critical`) and
+    its blocks need no key mask (``masked``: ragged lengths, partial chunks or blocks).
 
     With TMA the kernels need fewer registers (128-row prefix 167 -> 138, a 16-row suffix
     tile with lengths 255 -> 146; Triton 3.6, sm_90a), so a suffix CTA shares an SM with a
@@ -147,17 +148,28 @@ def use_tma(device: torch.device, dtype: torch.dtype, kind: str = "prefix", over
     gqa-8b ``shared_prefix`` 136.7 -> 129.3 µs and ``chunk`` 144.3 -> 124.1, hydragen-mqa
     68.9 -> 66.1 and 71.4 -> 66.4. gqa-8b-long, whose prefix is the longer phase, lost with
     a descriptor suffix (101.8 -> 103.1, 97.5 -> 103.5); a suffix alone (no-share) lost 1-2 %,
-    a tree's leaves 1 %. ``forced(tma=...)`` decides: a bool for every kind, or the kinds
-    that use it (the interpreter runs descriptors too).
+    a tree's leaves 1 %. A masked suffix lost 7-14 % (ragged suffixes, run 0009's gate; H100
+    bf16 ``--variants <w>-ragged --which ptr tma-prefix overlap``, ``logs/0034``: chunkattn-mha
+    61.2 -> 69.8 µs, hydragen-mqa 73.3 -> 83.7, gqa-8b 149.1 -> 167.8, ``chunk`` 60.8 -> 66.2,
+    64.2 -> 68.7, 128.5 -> 139.0; the prefix by descriptor alone within 1 %).
+    ``forced(tma=...)`` decides: a bool for every kind, or the kinds that use it (the
+    interpreter runs descriptors too).
     """
     if dtype not in (torch.float16, torch.bfloat16):
         return False
     if "tma" in _FORCE:
         f = _FORCE["tma"]
         return kind in f if isinstance(f, (tuple, list, set, frozenset)) else bool(f)
-    if kind == "leaf+suffix" or (kind == "suffix" and not (overlap and suffix_critical)):
-        return False
-    return device.type == "cuda" and not interpreting() and _capability(device)[0] >= 9
+    return (wants_tma(kind, overlap, suffix_critical, masked)
+            and device.type == "cuda" and not interpreting() and _capability(device)[0] >= 9)
+
+
+def wants_tma(kind: str, overlap: bool, suffix_critical: bool, masked: bool) -> bool:
+    """The default of :func:`use_tma` on Hopper, by launch: the prefix levels always; a
+    suffix only overlapped, the longer phase and unmasked; a tree's leaves never."""
+    if kind == "prefix":
+        return True
+    return kind == "suffix" and overlap and suffix_critical and not masked
 
 
 # Flops per byte where an H100's bf16 tensor rate (~700 TFLOP/s measured) meets its HBM

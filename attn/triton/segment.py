@@ -173,7 +173,8 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
     sk, sv, slens = suffix if suffix is not None else (k, v, None)
     assert suffix is None or (splits == 1 and sk.shape[1] * max(sk.stride(1), sv.stride(1)) < 2**31)
     kk, vv, skk, svv = k, v, sk, sv
-    if config.use_tma(q.device, q.dtype, kind, overlap, suffix_critical):
+    even = lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0
+    if config.use_tma(q.device, q.dtype, kind, overlap, suffix_critical, masked=not even):
         descs = [tma_rows(t, tiles.block_n) for t in ((k, v, sk, sv) if suffix is not None else (k, v))]
         if all(x is not None for x in descs):
             kk, vv, *rest = descs
@@ -191,7 +192,7 @@ def launch_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens, part
         scale * LOG2E, TMA=kk is not k, HAS_LENS=lens is not None, LEAF_SUFFIX=suffix is not None, HAS_SLENS=slens is not None,
         SUFFIX_EVEN=suffix is not None and slens is None and sk.shape[1] % tiles.block_n == 0, FOLD=fold_into is not None,
         FOLD_PARTS=part_base if fold_into is not None else 0,
-        EVEN=lens is None and length % tiles.block_n == 0 and split_len % tiles.block_n == 0, IEEE=q.dtype == torch.float32,
+        EVEN=even, IEEE=q.dtype == torch.float32,
         BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d,
         **tiles.launch_options(),
     )
