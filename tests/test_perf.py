@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -95,16 +96,29 @@ def test_case_ids_are_readable():
 @pytest.mark.gpu
 def test_graph_timing_agrees_with_do_bench():
     """The suite's per-call median agrees with triton.testing.do_bench within 5 % (sdpa on gqa-8b:
-    one kernel of a few ms, so launch gaps, which do_bench's per-call events would see, don't matter)."""
+    one kernel of a few ms, so launch gaps, which do_bench's per-call events would see, don't matter).
+
+    The two timers take turns (three rounds each), so that a clock that drifts while the GPU
+    heats up (an H200 ran the same kernel 1.99 -> 2.09 ms over one 30-round run) weighs on
+    both alike instead of on whichever ran second."""
     from triton.testing import do_bench
 
     inp = cases.build_inputs(spec_workload("gqa-8b"), torch.bfloat16, "cuda")
     fn = cases.op_callable(cases.SDPA, inp, cases.SDPA_OP)
-    ours = time_op(fn, "cuda", rounds=30)
-    theirs = do_bench(fn, warmup=100, rep=500, return_mode="median") * 1e-3
-    print(f"graph replay {ours.median_us:.1f} us ({ours.method}, {ours.calls} calls/round), do_bench {theirs * 1e6:.1f} us")
-    assert ours.method == "cuda-graph", ours.note
-    assert abs(ours.median_s / theirs - 1) < 0.05
+    timer = OpTimer(fn, "cuda")
+    try:
+        ours, theirs = [], []
+        for _ in range(3):
+            ours += [timer.round() for _ in range(10)]
+            theirs += do_bench(fn, warmup=25, rep=150, return_mode="all")
+        timing = timer.timing(ours)
+    finally:
+        timer.close()
+    theirs_s = statistics.median(theirs) * 1e-3
+    print(f"graph replay {timing.median_us:.1f} us ({timing.method}, {timing.calls} calls/round), "
+          f"do_bench {theirs_s * 1e6:.1f} us")
+    assert timing.method == "cuda-graph", timing.note
+    assert abs(timing.median_s / theirs_s - 1) < 0.05
 
 
 @pytest.mark.gpu
