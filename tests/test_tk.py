@@ -79,6 +79,16 @@ def test_cache_key_depends_on_arch_torch_and_sources(monkeypatch):
     assert k90 != build.cache_key("sm_90", root)
 
 
+def test_extra_nvcc_flags_reach_the_build_and_the_cache_key(monkeypatch, tmp_path):
+    root = build.tk_root() or tmp_path
+    monkeypatch.delenv("ATTN_TK_NVCC_FLAGS", raising=False)
+    plain = build.cache_key("sm_90", root)
+    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", " -DATTN_TK_TRACE  -lineinfo ")
+    assert build.nvcc_flags()[-2:] == ["-DATTN_TK_TRACE", "-lineinfo"]
+    assert build.build_args(root, tmp_path, "k")["extra_cuda_cflags"][-2:] == ["-DATTN_TK_TRACE", "-lineinfo"]
+    assert build.cache_key("sm_90", root) != plain
+
+
 def test_cache_dir_override(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
     assert build.build_dir("abc") == tmp_path / "tk-abc"

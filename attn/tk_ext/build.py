@@ -10,6 +10,8 @@ Environment
 THUNDERKITTENS_ROOT : the ThunderKittens checkout (default: ``third_party/ThunderKittens`` next to
     the attn package's repository, or under the current directory).
 ATTN_CACHE_DIR : where builds are cached (default ``~/.cache/attn``).
+ATTN_TK_NVCC_FLAGS : extra nvcc flags, whitespace-separated, part of the cache key (developer
+    builds: ``-DATTN_TK_TRACE`` for ``bench/tk_trace.py``, ``-DATTN_TK_PIPELINE=0``).
 """
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ _failure: Optional[str] = None  # build log path of a failed build in this proce
 
 class TKBuildError(RuntimeError):
     """The extension failed to build; the message names the build log."""
+
+
+def nvcc_flags() -> list[str]:
+    """The nvcc flags of this build: :data:`NVCC_FLAGS` plus ``ATTN_TK_NVCC_FLAGS``."""
+    return list(NVCC_FLAGS) + os.environ.get("ATTN_TK_NVCC_FLAGS", "").split()
 
 
 def sources() -> list[Path]:
@@ -104,7 +111,7 @@ def cache_key(arch: Optional[str] = None, root: Optional[Path] = None) -> str:
         h.update(p.read_bytes())
     h.update(_tk_fingerprint(root if root is not None else tk_root()).encode())
     h.update(f"torch={torch.__version__};cuda={torch.version.cuda};arch={arch or gpu_arch()}".encode())
-    h.update(" ".join(NVCC_FLAGS).encode())
+    h.update(" ".join(nvcc_flags()).encode())
     return h.hexdigest()[:16]
 
 
@@ -178,7 +185,7 @@ def build_args(root: Path, d: Path, key: str, verbose: bool = False) -> dict:
         sources=[str(p) for p in sources()],
         extra_include_paths=[str(root / "include"), str(root / "prototype"), str(CSRC)],
         extra_cflags=["-O3", "-std=c++20"],
-        extra_cuda_cflags=list(NVCC_FLAGS),
+        extra_cuda_cflags=nvcc_flags(),
         extra_ldflags=["-lcuda"],
         build_directory=str(d),
         verbose=verbose,

@@ -103,7 +103,45 @@ struct common_args {
     void *out;                 // direct items: [rows_total, D] in T
     float *lse;                // direct items: [rows_total]
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
+    int *trace;                // ATTN_TK_TRACE builds: host-mapped [ctas, NTHREADS / 32, 4]; else unused
 };
+
+// Trace builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TRACE): before each wait, lane 0 of every warp
+// stores what it is about to wait on into host-mapped memory, so that the host can read where
+// every warp of a hung launch stands while it still runs (bench/tk_trace.py). Off by default:
+// a system-scope store and fence per wait would cost the real kernel its speed.
+enum TraceEvent {
+    TR_DONE = 1,      // producer waits done[s] before loading tile g
+    TR_LOADED = 2,    // producer issued tile g
+    TR_QEMPTY = 3,    // query warp waits q_empty before gathering item li
+    TR_QLOADED = 4,   // query warp gathered item li
+    TR_QFULL = 10,    // consumer waits q_full of item li
+    TR_KFULL = 11,    // consumer waits k_full of tile g
+    TR_VFULL = 12,    // consumer waits v_full of tile g
+    TR_TURN = 13,     // consumer waits its ping-pong turn
+    TR_NAMED = 14,    // consumer at the end-of-item named barrier
+    TR_XCHG = 15,     // consumer at the direct items' exchange barrier
+    TR_EXIT = 99,     // the warp's role is finished
+};
+#ifdef ATTN_TK_TRACE
+__device__ inline void trace(const common_args &a, int ev, int item, int g, int x) {
+    if (a.trace && threadIdx.x % 32 == 0) {
+        volatile int *p = a.trace + ((long)blockIdx.x * (NTHREADS / 32) + threadIdx.x / 32) * 4;
+        p[0] = ev;
+        p[1] = item;
+        p[2] = g;
+        p[3] = x;
+        __threadfence_system();
+    }
+}
+inline int *trace_ptr() {
+    const char *e = std::getenv("ATTN_TK_TRACE_PTR");
+    return e ? reinterpret_cast<int *>(std::strtoull(e, nullptr, 10)) : nullptr;
+}
+#else
+__device__ inline void trace(const common_args &, int, int, int, int) {}
+inline int *trace_ptr() { return nullptr; }
+#endif
 
 // Direct items (plan.mark_direct: every row of the op is in this one item) write the final
 // output instead of a partial state, so the op needs no merge launch. A direct kv-split item's
@@ -239,6 +277,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             for (int i = first; i < last; i++) {
                 const int *it = a.items + (long)i * ITEM_INTS;
                 const int li = i - first, b = li & 1;
+                trace(a, TR_QEMPTY, i, li, b);
                 if (li >= 2) wait(q_empty[b], ((li >> 1) - 1) & 1);
                 const bool kv = it[F_FLAGS] & 1;
                 for (int w = 0; w < (kv ? 1 : NWG); w++)
@@ -246,7 +285,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 load_q_wait();
                 __syncwarp();
                 if (laneid() == 0) arrive(q_full[b], 1);
+                trace(a, TR_QLOADED, i, li, b);
             }
+            trace(a, TR_EXIT, last, 0, 0);
         }
         if (threadIdx.x % 128 == 0) {
             int g = 0;
@@ -255,12 +296,15 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 const int n = src.ntiles(it);
                 for (int t = 0; t < n; t++, g++) {
                     int s = g % STAGES;
+                    trace(a, TR_DONE, i, g, s);
                     if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
                     tma::expect_bytes(k_full[s], sizeof(kv_tile));
                     tma::expect_bytes(v_full[s], sizeof(kv_tile));
                     src.load(it, t, k_smem[s], v_smem[s], k_full[s], v_full[s]);
+                    trace(a, TR_LOADED, i, g, s);
                 }
             }
+            trace(a, TR_EXIT, last, g, 0);
         }
         return;
     }
@@ -279,6 +323,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const int slot = it[F_SLOT] + (kvsplit ? wg : 0);
         const int li = i - first, qb = li & 1;
         q_tile &qt = q_smem[qb * NWG + (kvsplit ? 0 : wg)];  // kv split: both read one tile
+        trace(a, TR_QFULL, i, li, qb);
         wait(q_full[qb], (li >> 1) & 1);
 
         rt_fl<16, TILE> att;
@@ -320,6 +365,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             bool pend = false;
             int ps = 0, pph = 0;  // stage and phase of the pending tile
             auto flush = [&]() {
+                trace(a, TR_VFULL, i, g - 1, ps);
                 wait(v_full[ps], pph);
                 pv_async(o, att_lp, v_smem[ps]);
                 warpgroup::mma_async_wait<0>();
@@ -329,6 +375,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             };
             for (int t = 0; t < ntiles; t++, g++) {
                 const int s = g % STAGES, ph = (g / STAGES) & 1;
+                trace(a, TR_KFULL, i, g, s);
                 wait(k_full[s], ph);
                 const int valid = src.valid(it, t);
                 if (valid <= 0) {
@@ -341,7 +388,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 // registers path-insensitively, and a group still pending at a join makes it
                 // insert waits and serialize every wgmma of the kernel (C7518).
                 if (pend) {
+                    trace(a, TR_VFULL, i, g - 1, ps);
                     wait(v_full[ps], pph);  // before taking the turn: hold it only to issue
+                    trace(a, TR_TURN, i, g, wg);
                     if (pingpong) turn_wait(wg);
                     qk_async(att, q_reg, k_smem[s]);
                     pv_async(o, att_lp, v_smem[ps]);
@@ -363,6 +412,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     reg_fence(o);
                     if (warpgroup::laneid() == 0) arrive(done[ps], 1);
                 } else {
+                    trace(a, TR_TURN, i, g, wg);
                     if (pingpong) turn_wait(wg);
                     qk_async(att, q_reg, k_smem[s]);
                     if (pingpong) turn_pass(wg);
@@ -384,6 +434,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             int s = g % STAGES, ph = (g / STAGES) & 1;
             // Both warpgroups wait for every tile, even one they skip, so that their arrivals
             // on done[s] can never run a phase ahead of the producer.
+            trace(a, TR_KFULL, i, g, s);
             wait(k_full[s], ph);
             int valid = src.valid(it, t);
             bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
@@ -394,12 +445,14 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 softmax_step(att, m, l, alpha, valid, a.scale_log2);
                 warp::mul_row(o, o, alpha);
                 warp::copy(att_lp, att);
+                trace(a, TR_VFULL, i, g, s);
                 wait(v_full[s], ph);
                 warpgroup::mma_AB(o, att_lp, v_smem[s]);
                 warpgroup::mma_async_wait();
             }
             if (warpgroup::laneid() == 0) arrive(done[s], 1);
         }
+        trace(a, TR_NAMED, i, g, wg);
         named_sync(1 + wg);  // every warp's wgmma on qt has completed
         if (warpgroup::laneid() == 0) arrive(q_empty[qb], 1);
 
@@ -416,6 +469,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 xchg.m[lane] = make_float2(any ? m[0][0].x : -INFINITY, any ? m[0][0].y : -INFINITY);
                 xchg.l[lane] = l[0][0];
             }
+            trace(a, TR_XCHG, i, g, wg);
             exchange_sync();  // warpgroup 1's state is in xchg
             if (wg == 1) {
                 exchange_sync();  // read: xchg is free for the next item
@@ -479,6 +533,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             }
         }
     }
+    trace(a, TR_EXIT, last, g, wg);
 }
 
 template<typename T, int D, typename SRC>
