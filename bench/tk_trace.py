@@ -1,13 +1,15 @@
 """Where a hung tk launch stands: every warp's last wait, read from the host while it runs.
 
 Builds the extension with ``-DATTN_TK_TRACE`` (``ATTN_TK_NVCC_FLAGS``, its own cache entry):
-lane 0 of every warp then stores the wait it is about to enter into host-mapped memory
-(``stacked.cuh`` ``trace``). Each case runs in its own process; one that has not finished
+lane 0 of every warp then stores the wait it is about to enter into a device buffer
+(``stacked.cuh`` ``trace``), which is copied on a second stream while the launch (on a first
+one, neither synchronising with the default stream) still runs; ``--no-trace`` runs the
+plain build (hang or not, no positions). Each case runs in its own process; one that has not finished
 after ``--timeout`` seconds prints, per unfinished CTA, its items and where its producer,
 query warp and consumer warps wait, then exits (the hung context dies with the process).
 A case that finishes is compared with the triton backend (max |difference| of out and lse).
 
-    PYTHONPATH=. python bench/tk_trace.py [--timeout S] [--schedules S ...] CASE ...
+    PYTHONPATH=. python bench/tk_trace.py CASE ... [--timeout S] [--schedules S ...] [--no-trace]
 
 CASE: a spec workload name (``chunkattn-mha``, ``tree-3level-ragged``, ...) or ``B,Hq,Hkv,P,S``
 (one shared prefix of P tokens and suffixes of S); ``:chunk`` after it runs ``chunk_attention``.
@@ -39,7 +41,7 @@ def _workload(case: str):
     return Workload(f"b{b}-h{hq}/{hkv}-p{p}-s{s}", b, hq, hkv, ((1, p),) if p else (), s, 128)
 
 
-def _child(case: str, timeout: float) -> int:
+def _child(case: str, timeout: float, traced: bool) -> int:
     import torch
 
     import attn
@@ -59,22 +61,32 @@ def _child(case: str, timeout: float) -> int:
         args, prob = inp.args(), shared_prefix_problem(*inp.args())
         items, ctas = tk.level_items(prob)[:2]
     items, ctas = items.cpu().numpy(), ctas.cpu().numpy()
-    trace = torch.full(((len(ctas) - 1) * NWARPS * 4,), -1, dtype=torch.int32, pin_memory=True)
+    trace = torch.full(((len(ctas) - 1) * NWARPS * 4,), -1, dtype=torch.int32, device="cuda")
+    host = torch.empty(trace.shape, dtype=torch.int32, pin_memory=True)  # not after the launch: may sync
     os.environ["ATTN_TK_TRACE_PTR"] = str(trace.data_ptr())
     op = attn.chunk_attention if chunk else attn.shared_prefix_attention
+    launch, side = torch.cuda.Stream(), torch.cuda.Stream()
     torch.cuda.synchronize()
-    out, lse = op(*args, return_lse=True, backend="tk")
+    with torch.cuda.stream(launch):
+        out, lse = op(*args, return_lse=True, backend="tk")
     t0 = time.time()
-    while not torch.cuda.current_stream().query() and time.time() - t0 < timeout:
+    while not launch.query() and time.time() - t0 < timeout:
         time.sleep(0.05)
-    if torch.cuda.current_stream().query():
+    if launch.query():
         ref, ref_lse = op(*args, return_lse=True, backend="triton")
         d_out = (out.float() - ref.float()).abs().max().item()
         d_lse = (lse - ref_lse).abs().nan_to_num(0.0).max().item()
         print(f"{case} {os.environ.get('ATTN_TK_SCHED', 'pingpong')}: finished, {len(items)} items on "
               f"{len(ctas) - 1} CTAs; max |tk - triton| out {d_out:.2e}, lse {d_lse:.2e}", flush=True)
         return 0 if d_out < 3e-2 and d_lse < 1e-2 else 2
-    tr = trace.numpy().reshape(-1, NWARPS, 4)
+    if not traced:
+        print(f"{case} {os.environ.get('ATTN_TK_SCHED', 'pingpong')}: HUNG after {timeout:.0f} s "
+              f"({len(items)} items; plain build, no positions)", flush=True)
+        os._exit(3)
+    with torch.cuda.stream(side):
+        host.copy_(trace, non_blocking=True)
+    side.synchronize()
+    tr = host.numpy().reshape(-1, NWARPS, 4)
     stuck = [c for c in range(tr.shape[0]) if any(tr[c, k, 0] != 99 for k in range(10))]
     print(f"{case} {os.environ.get('ATTN_TK_SCHED', 'pingpong')}: HUNG after {timeout:.0f} s: "
           f"{len(stuck)} of {tr.shape[0]} CTAs unfinished, {len(items)} items", flush=True)
@@ -95,11 +107,13 @@ def main(argv=None) -> int:
     ap.add_argument("cases", nargs="+")
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--schedules", nargs="+", default=["pingpong"])
+    ap.add_argument("--no-trace", action="store_true", help="the plain build: hang or not, no positions")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    os.environ["ATTN_TK_NVCC_FLAGS"] = (os.environ.get("ATTN_TK_NVCC_FLAGS", "") + " -DATTN_TK_TRACE").strip()
+    if not a.no_trace:
+        os.environ["ATTN_TK_NVCC_FLAGS"] = (os.environ.get("ATTN_TK_NVCC_FLAGS", "") + " -DATTN_TK_TRACE").strip()
     if a.child:
-        return _child(a.cases[0], a.timeout)
+        return _child(a.cases[0], a.timeout, not a.no_trace)
     from attn.tk_ext import build
 
     build.load()  # once, before the children (they reuse the cached build)
@@ -108,8 +122,9 @@ def main(argv=None) -> int:
         for sched in a.schedules:
             env = dict(os.environ, ATTN_TK_SCHED=sched)
             try:
-                r = subprocess.run([sys.executable, __file__, "--child", "--timeout", str(a.timeout), case],
-                                   env=env, timeout=a.timeout + 120)
+                r = subprocess.run([sys.executable, __file__, "--child", "--timeout", str(a.timeout), case]
+                                   + (["--no-trace"] if a.no_trace else []),
+                                   env=env, timeout=a.timeout + 40)
                 bad += r.returncode != 0
             except subprocess.TimeoutExpired:
                 print(f"{case} {sched}: the child did not exit", flush=True)

@@ -103,13 +103,14 @@ struct common_args {
     void *out;                 // direct items: [rows_total, D] in T
     float *lse;                // direct items: [rows_total]
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
-    int *trace;                // ATTN_TK_TRACE builds: host-mapped [ctas, NTHREADS / 32, 4]; else unused
+    int *trace;                // ATTN_TK_TRACE builds: device [ctas, NTHREADS / 32, 4]; else unused
 };
 
 // Trace builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TRACE): before each wait, lane 0 of every warp
-// stores what it is about to wait on into host-mapped memory, so that the host can read where
-// every warp of a hung launch stands while it still runs (bench/tk_trace.py). Off by default:
-// a system-scope store and fence per wait would cost the real kernel its speed.
+// stores what it is about to wait on into a device buffer, which the host copies on another
+// stream while a hung launch still runs (bench/tk_trace.py). Plain volatile stores, no fence:
+// with host-mapped memory and a system-scope fence per wait, the 2-stage ring's hang (the
+// done[] arrivals, below) did not occur on an H200. Off by default.
 enum TraceEvent {
     TR_DONE = 1,      // producer waits done[s] before loading tile g
     TR_LOADED = 2,    // producer issued tile g
@@ -131,7 +132,6 @@ __device__ inline void trace(const common_args &a, int ev, int item, int g, int 
         p[1] = item;
         p[2] = g;
         p[3] = x;
-        __threadfence_system();
     }
 }
 inline int *trace_ptr() {
@@ -256,7 +256,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         for (int s = 0; s < STAGES; s++) {
             init_semaphore(k_full[s], 0, 1);
             init_semaphore(v_full[s], 0, 1);
-            init_semaphore(done[s], NWG, 0);
+            // Every consumer warp releases a stage (not one per warpgroup): a warp that lags
+            // its warpgroup's lane 0 past a stage's reuse would otherwise wait on the stage's
+            // parity two phases on, i.e. forever. Warps of a warpgroup meet only at its
+            // collective wgmmas, and a kv-split warpgroup whose tiles are all past partial
+            // chunks issues none; a 2-stage ring (notes/tk-keys128.patch) hung this way.
+            init_semaphore(done[s], NWG * 4, 0);
         }
         for (int b = 0; b < 2; b++) {
             init_semaphore(q_full[b], 1, 0);
@@ -370,7 +375,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 pv_async(o, att_lp, v_smem[ps]);
                 warpgroup::mma_async_wait<0>();
                 reg_fence(o);
-                if (warpgroup::laneid() == 0) arrive(done[ps], 1);
+                if (laneid() == 0) arrive(done[ps], 1);
                 pend = false;
             };
             for (int t = 0; t < ntiles; t++, g++) {
@@ -380,7 +385,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 const int valid = src.valid(it, t);
                 if (valid <= 0) {
                     if (pend) flush();
-                    if (warpgroup::laneid() == 0) arrive(done[s], 1);
+                    wait(v_full[s], ph);  // nobody reads this V: its load must land before reuse
+                    if (laneid() == 0) arrive(done[s], 1);
                     continue;
                 }
                 any = true;
@@ -410,7 +416,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (l[0][0].x < 0.f || l[0][0].y < 0.f) __trap();
                     warpgroup::mma_async_wait<0>();  // o and att_lp are free again
                     reg_fence(o);
-                    if (warpgroup::laneid() == 0) arrive(done[ps], 1);
+                    if (laneid() == 0) arrive(done[ps], 1);
                 } else {
                     trace(a, TR_TURN, i, g, wg);
                     if (pingpong) turn_wait(wg);
@@ -438,6 +444,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             wait(k_full[s], ph);
             int valid = src.valid(it, t);
             bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
+            // A tile nobody computes on (past a partial chunk) is released only once its V
+            // has landed: the producer's next expect_bytes on v_full[s] must start a new phase.
+            if (valid <= 0) wait(v_full[s], ph);
             if (mine) {
                 any = true;
                 warpgroup::mm_ABt(att, qt, k_smem[s]);
@@ -450,7 +459,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 warpgroup::mma_AB(o, att_lp, v_smem[s]);
                 warpgroup::mma_async_wait();
             }
-            if (warpgroup::laneid() == 0) arrive(done[s], 1);
+            if (laneid() == 0) arrive(done[s], 1);
         }
         trace(a, TR_NAMED, i, g, wg);
         named_sync(1 + wg);  // every warp's wgmma on qt has completed
