@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,32 @@ def test_extra_nvcc_flags_reach_the_build_and_the_cache_key(monkeypatch, tmp_pat
     assert build.nvcc_flags()[-2:] == ["-DATTN_TK_TRACE", "-lineinfo"]
     assert build.build_args(root, tmp_path, "k")["extra_cuda_cflags"][-2:] == ["-DATTN_TK_TRACE", "-lineinfo"]
     assert build.cache_key("sm_90", root) != plain
+
+
+def test_info_names_extra_nvcc_flags(monkeypatch):
+    from attn.tk_ext.backend import TKBackend
+
+    monkeypatch.delenv("ATTN_TK_NVCC_FLAGS", raising=False)
+    assert "extra nvcc flags" not in TKBackend().versions()
+    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", "-DATTN_TK_TRACE")
+    assert TKBackend().versions()["extra nvcc flags"] == "-DATTN_TK_TRACE"
+
+
+def test_trace_harness_parses_its_cases():
+    """bench/tk_trace.py's case names: spec workloads, their ragged ids, and B,Hq,Hkv,P,S."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "tk_trace.py"
+    spec = importlib.util.spec_from_file_location("tk_trace", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    w = mod._workload("chunkattn-mha")
+    assert (w.batch, w.q_heads, w.kv_heads, w.ragged) == (32, 32, 32, False)
+    assert mod._workload("tree-3level-ragged:chunk").ragged
+    w = mod._workload("8,32,4,2048,256")
+    assert (w.batch, w.q_heads, w.kv_heads, w.levels, w.suffix) == (8, 32, 4, ((1, 2048),), 256)
+    assert mod._workload("4,8,8,0,64").levels == ()
+    assert len(mod.ROLES) == mod.NWARPS and mod.ROLES[8:10] == ["producer", "query"]
 
 
 def test_cache_dir_override(monkeypatch, tmp_path):

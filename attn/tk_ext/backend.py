@@ -80,8 +80,12 @@ class TKBackend(Backend):
 
     def versions(self) -> dict:
         root = build.tk_root()
-        return {"ThunderKittens": f"{root} (written for {build.TK_COMMIT[:12]})" if root else "not found",
-                "nvcc": build.nvcc_path() or "not found"}
+        v = {"ThunderKittens": f"{root} (written for {build.TK_COMMIT[:12]})" if root else "not found",
+             "nvcc": build.nvcc_path() or "not found"}
+        extra = build.nvcc_flags()[len(build.NVCC_FLAGS):]
+        if extra:  # a developer build (ATTN_TK_NVCC_FLAGS): say so where users look first
+            v["extra nvcc flags"] = " ".join(extra)
+        return v
 
     def not_supported_reasons(self, problem) -> list[str]:
         reasons = super().not_supported_reasons(problem)
