@@ -4,10 +4,11 @@ Builds the extension with ``-DATTN_TK_TRACE`` (``ATTN_TK_NVCC_FLAGS``, its own c
 lane 0 of every warp then stores the wait it is about to enter into a device buffer
 (``stacked.cuh`` ``trace``), which is copied on a second stream while the launch (on a first
 one, neither synchronising with the default stream) still runs; ``--no-trace`` runs the
-plain build (hang or not, no positions). Each case runs in its own process; one that has not finished
-after ``--timeout`` seconds prints, per unfinished CTA, its items and where its producer,
-query warp and consumer warps wait, then exits (the hung context dies with the process).
-A case that finishes is compared with the triton backend (max |difference| of out and lse).
+plain build (hang or not, no positions). Each case runs in its own process; one that has not
+finished after ``--timeout`` seconds prints, per unfinished CTA, its items and where its
+producer, query warp and consumer warps wait, then exits (the hung context dies with the
+process). A case that finishes is compared with the triton backend (max |difference| of out
+and lse). The traced mode with a device buffer has not run on a GPU yet (notes/tk.md).
 
     PYTHONPATH=. python bench/tk_trace.py CASE ... [--timeout S] [--schedules S ...] [--no-trace]
 
