@@ -59,9 +59,12 @@ SPEC_WORKLOADS = (
 
 
 def spec_workload(name: str) -> Workload:
+    """The spec workload named ``name``, or its ragged variant by id (``gqa-8b-ragged``)."""
     for w in SPEC_WORKLOADS:
         if w.name == name:
             return w
+        if name == w.with_(ragged=True).id:
+            return w.with_(ragged=True)
     raise ValueError(f"unknown workload {name!r}: one of {[w.name for w in SPEC_WORKLOADS]}")
 
 

@@ -31,13 +31,11 @@ FIELDS = ["flags", "src", "gidx", "head", "seq0", "nrows", "row0", "tile0", "til
 
 
 def _workload(case: str):
-    from attn.workloads import SPEC_WORKLOADS, Workload
+    from attn.workloads import Workload, spec_workload
 
     name = case.split(":")[0]
-    for w in SPEC_WORKLOADS:
-        for v in (w, w.with_(ragged=True)):
-            if v.id == name:
-                return v
+    if "," not in name:
+        return spec_workload(name)
     b, hq, hkv, p, s = (int(x) for x in name.split(","))
     return Workload(f"b{b}-h{hq}/{hkv}-p{p}-s{s}", b, hq, hkv, ((1, p),) if p else (), s, 128)
 

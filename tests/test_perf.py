@@ -87,6 +87,14 @@ def test_sdpa_fit_check_on_cpu_and_size():
     assert cases.sdpa_unfit_reason(w, torch.bfloat16, "cpu") is None
 
 
+def test_spec_workload_by_name_and_ragged_id():
+    w = spec_workload("gqa-8b-ragged")
+    assert w.ragged and w.name == "gqa-8b" and w.id == "gqa-8b-ragged"
+    assert not spec_workload("gqa-8b").ragged
+    with pytest.raises(ValueError, match="unknown workload"):
+        spec_workload("gqa-9b")
+
+
 def test_case_ids_are_readable():
     w = spec_workload("gqa-8b")
     assert cases.case_id(w, "triton", "bf16", "shared_prefix") == "gqa-8b[triton-bf16-shared_prefix]"
