@@ -451,6 +451,30 @@ def test_gpu_direct_plan(tk, op, d, hq, hkv, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("op", ["shared_prefix", "chunk"])
+def test_gpu_growing_scores_with_lazy_rescale(tk, op, dtype):
+    """Row-split items keep a stale running max until a row's scores pass it by 2^8
+    (tile_ops.cuh, RESCALE_LOG2): prefix keys scaled up along the prefix, plus a few outlier
+    keys late in it, make some warps keep their max for many tiles and then rescale."""
+    w = W("", 32, 8, 2, ((1, 2048),), 100, 128, ragged=True)  # 128 stacked rows per kv head
+    inp = make_inputs(w, dtype, "cuda", seed=7)
+    k = inp.prefix_k[0]
+    ramp = torch.linspace(0.2, 4.0, k.shape[1], device=k.device).view(1, -1, 1, 1)
+    k.copy_((k.float() * ramp).to(dtype))
+    k[:, 1900] *= 6  # one late key whose score jumps far past the running max in many rows
+    k[:, 700] *= 6
+    if op == "chunk":
+        inp = to_chunk_form(inp, 64, shuffle=True)
+        p = chunk_problem(*inp.args())
+    else:
+        p = shared_prefix_problem(*inp.args())
+    out, lse = _call(op, inp, "tk")
+    verdict = Oracle(p).judge(out, lse)
+    assert verdict.ok, str(verdict)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("op", ["shared_prefix", "chunk", "merge", "direct"])
 def test_gpu_cuda_graph_capture_and_replay(tk, op):
     # "direct": nothing shared, so the items write the output (no merge launch)

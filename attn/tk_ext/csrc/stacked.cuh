@@ -41,6 +41,9 @@ using namespace kittens;
 #ifndef ATTN_TK_PIPELINE
 #define ATTN_TK_PIPELINE 1
 #endif
+#ifndef ATTN_TK_STAGE_VALID
+#define ATTN_TK_STAGE_VALID 1
+#endif
 
 constexpr int NWG = 2;               // consumer warpgroups
 constexpr int NTHREADS = (NWG + 1) * 128;
@@ -80,12 +83,25 @@ template<typename T> struct dt {};
 template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
 template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; template<int R, int C> using rt_t = rt_hf<R, C>; };
 
+// Buffers of NWG query tiles. Consumers copy an item's query tile into registers when the
+// item starts and free it at once, so one buffer already lets the query warp gather item
+// i + 1 while item i runs; two gather an item further ahead, at the cost of a ring stage
+// at D = 128. Two are 1-4 % faster on the spec workloads (H200, bench/tk_variants.sh, runs
+// 0007 / 0008: the earlier query gather is worth more than a fifth stage).
+#ifndef ATTN_TK_QBUFS
+#define ATTN_TK_QBUFS 2
+#endif
+constexpr int QBUFS = ATTN_TK_QBUFS;
+static_assert(QBUFS == 1 || QBUFS == 2, "one or two query buffers");
+
 template<typename T, int D> struct tiles {
-    // Deep rings: decode items are memory-bound and the ring must cover item switches.
-    static constexpr int STAGES = D == 64 ? 8 : 4;
     using q_tile = typename dt<T>::template st_t<TILE, D>;
     using kv_tile = typename dt<T>::template st_t<TILE, D>;
-    static constexpr size_t smem = sizeof(q_tile) * 2 * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
+    // Deep rings: decode items are memory-bound and the ring must cover item switches. The
+    // query buffers and the ring share 192 KB (+ the barriers and the direct items' exchange
+    // buffer, within the 227 KB of an SM).
+    static constexpr int STAGES = (192 * 1024 - (int)sizeof(q_tile) * QBUFS * NWG) / (2 * (int)sizeof(kv_tile));
+    static constexpr size_t smem = sizeof(q_tile) * QBUFS * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
 };
 
 // What every item needs besides its K/V source.
@@ -245,12 +261,19 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 
     extern __shared__ int __shm[];
     tma_swizzle_allocator al((int *)&__shm[0]);
-    // Two buffers of NWG query tiles: the producer fills item i + 1's while item i runs.
-    q_tile(&q_smem)[2 * NWG] = al.allocate<q_tile, 2 * NWG>();
+    // QBUFS buffers of NWG query tiles: the query warp fills item i + 1's while item i runs.
+    q_tile(&q_smem)[QBUFS * NWG] = al.allocate<q_tile, QBUFS * NWG>();
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
-    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[2], q_empty[2];
+    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QBUFS], q_empty[QBUFS];
     __shared__ exchange<D> xchg;
+    // Valid keys of the tile in each ring stage, written by the producer before it arms the
+    // stage's k_full (an arrive: release) and read by the consumers after their wait on it
+    // (acquire), before they release the stage. The consumers would otherwise chase the item's
+    // fields and the source's lengths (chunk ids, suffix lengths) through global memory on
+    // every tile, on the critical path of each iteration.
+    // (ATTN_TK_STAGE_VALID=0: the consumers read them from global memory, as in run 0008.)
+    __shared__ int stage_valid[STAGES];
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
@@ -263,7 +286,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // chunks issues none; a 2-stage ring (notes/tk-keys128.patch) hung this way.
             init_semaphore(done[s], NWG * 4, 0);
         }
-        for (int b = 0; b < 2; b++) {
+        for (int b = 0; b < QBUFS; b++) {
             init_semaphore(q_full[b], 1, 0);
             init_semaphore(q_empty[b], NWG, 0);
         }
@@ -281,9 +304,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // Query warp: gathers each item's stacked query rows one item ahead.
             for (int i = first; i < last; i++) {
                 const int *it = a.items + (long)i * ITEM_INTS;
-                const int li = i - first, b = li & 1;
+                const int li = i - first, b = li % QBUFS;
                 trace(a, TR_QEMPTY, i, li, b);
-                if (li >= 2) wait(q_empty[b], ((li >> 1) - 1) & 1);
+                if (li >= QBUFS) wait(q_empty[b], ((li / QBUFS) - 1) & 1);
                 const bool kv = it[F_FLAGS] & 1;
                 for (int w = 0; w < (kv ? 1 : NWG); w++)
                     load_q<T, D>(q_smem[b * NWG + w], a, it[F_SEQ0], it[F_HEAD], it[F_ROW0] + w * TILE, it[F_NROWS]);
@@ -303,6 +326,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     int s = g % STAGES;
                     trace(a, TR_DONE, i, g, s);
                     if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
+                    stage_valid[s] = src.valid(it, t);
                     tma::expect_bytes(k_full[s], sizeof(kv_tile));
                     tma::expect_bytes(v_full[s], sizeof(kv_tile));
                     src.load(it, t, k_smem[s], v_smem[s], k_full[s], v_full[s]);
@@ -326,10 +350,19 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
         const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
         const int slot = it[F_SLOT] + (kvsplit ? wg : 0);
-        const int li = i - first, qb = li & 1;
+        const int li = i - first, qb = li % QBUFS;
         q_tile &qt = q_smem[qb * NWG + (kvsplit ? 0 : wg)];  // kv split: both read one tile
         trace(a, TR_QFULL, i, li, qb);
-        wait(q_full[qb], (li >> 1) & 1);
+        wait(q_full[qb], (li / QBUFS) & 1);
+        // Q from registers (wgmma RS) in every schedule, so the query buffer is free for the
+        // next item's gather as soon as the whole warpgroup holds it. With 64-key tiles a
+        // shared-memory Q would also make Q K^T read A and B from shared memory for 64 x 64 x
+        // 16 per instruction: all of the SM's shared-memory bandwidth, with TMA writing too.
+        typename dt<T>::template rt_t<16, D> q_reg;
+        warpgroup::load(q_reg, qt);
+        trace(a, TR_NAMED, i, g, wg);
+        named_sync(1 + wg);  // every warp of this warpgroup has read qt
+        if (warpgroup::laneid() == 0) arrive(q_empty[qb], 1);
 
         rt_fl<16, TILE> att;
         typename dt<T>::template rt_t<16, TILE> att_lp;
@@ -349,11 +382,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // Invariant: a pending tile is always the previous tile (a skipped tile flushes),
             // so this warpgroup holds at most two ring stages and the producer, which needs
             // tile t - STAGES released before it loads tile t, never waits on us.
-            // Q from registers (wgmma RS): with 64-key tiles a shared-memory Q would make
-            // Q K^T read A and B from shared memory for 64 x 64 x 16 per instruction, which
-            // is all of the SM's shared-memory bandwidth, with TMA writing the ring too.
-            typename dt<T>::template rt_t<16, D> q_reg;
-            warpgroup::load(q_reg, qt);
             using att_t = decltype(att);
             using o_t = decltype(o);
             using p_t = decltype(att_lp);
@@ -382,7 +410,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 const int s = g % STAGES, ph = (g / STAGES) & 1;
                 trace(a, TR_KFULL, i, g, s);
                 wait(k_full[s], ph);
-                const int valid = src.valid(it, t);
+                const int valid = ATTN_TK_STAGE_VALID ? stage_valid[s] : src.valid(it, t);
                 if (valid <= 0) {
                     if (pend) flush();
                     wait(v_full[s], ph);  // nobody reads this V: its load must land before reuse
@@ -390,6 +418,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     continue;
                 }
                 any = true;
+                bool rescale;
                 // Each branch retires every wgmma it issued: ptxas tracks in-flight wgmma
                 // registers path-insensitively, and a group still pending at a join makes it
                 // insert waits and serialize every wgmma of the kernel (C7518).
@@ -403,7 +432,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
                     reg_fence(att);
-                    softmax_step_fast(att, m, l, alpha, valid, a.scale_log2);
+                    rescale = softmax_step_fast(att, m, l, alpha, valid, a.scale_log2);
                     // Keep the softmax above the wait. ptxas schedules the wait (no register
                     // inputs) at the top of its basic block, before the softmax, so nothing
                     // would overlap P V; the fences keep the compiler from sinking it, and a
@@ -424,9 +453,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<0>();
                     reg_fence(att);
-                    softmax_step_fast(att, m, l, alpha, valid, a.scale_log2);
+                    rescale = softmax_step_fast(att, m, l, alpha, valid, a.scale_log2);
                 }
-                warp::mul_row(o, o, alpha);
+                if (rescale) warp::mul_row(o, o, alpha);
                 warp::copy(att_lp, att);
                 pend = true;
                 ps = s;
@@ -442,14 +471,14 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // on done[s] can never run a phase ahead of the producer.
             trace(a, TR_KFULL, i, g, s);
             wait(k_full[s], ph);
-            int valid = src.valid(it, t);
+            int valid = ATTN_TK_STAGE_VALID ? stage_valid[s] : src.valid(it, t);
             bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
             // A tile nobody computes on (past a partial chunk) is released only once its V
             // has landed: the producer's next expect_bytes on v_full[s] must start a new phase.
             if (valid <= 0) wait(v_full[s], ph);
             if (mine) {
                 any = true;
-                warpgroup::mm_ABt(att, qt, k_smem[s]);
+                warpgroup::mm_ABt(att, q_reg, k_smem[s]);
                 warpgroup::mma_async_wait();
                 softmax_step(att, m, l, alpha, valid, a.scale_log2);
                 warp::mul_row(o, o, alpha);
@@ -461,10 +490,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             }
             if (laneid() == 0) arrive(done[s], 1);
         }
-        trace(a, TR_NAMED, i, g, wg);
-        named_sync(1 + wg);  // every warp's wgmma on qt has completed
-        if (warpgroup::laneid() == 0) arrive(q_empty[qb], 1);
-
         const bool direct = it[F_FLAGS] & FLAG_DIRECT;
         if (direct && kvsplit) {
             // Rows >= DIRECT_ROWS are not in the item (plan.mark_direct): only warp 0 works.

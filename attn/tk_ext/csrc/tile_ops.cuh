@@ -87,13 +87,25 @@ __device__ inline float ex2(float x) {
     return y;
 }
 
+// Lazy rescaling (as in FlashAttention-4): a warp keeps its rows' running max m while no row's
+// new scores exceed it by more than this (log2 units), so that most tiles need no rescale of
+// the output accumulator (64 FMULs per thread at D = 128, a sixth of a tile's instructions).
+// Exact in real arithmetic: o, l and the lse all use the same m. P = 2^(s - m) <= 2^8 then,
+// far inside float32 and bf16 / fp16 range (P is rounded to T with the same relative error).
+// ATTN_TK_RESCALE_LOG2=-1e30f rescales on every tile (the schedule of run 0008).
+#ifndef ATTN_TK_RESCALE_LOG2
+#define ATTN_TK_RESCALE_LOG2 8.f
+#endif
+constexpr float RESCALE_LOG2 = ATTN_TK_RESCALE_LOG2;
+
 // softmax_step for the pipelined loop, where the softmax must fit under the tensor cores' time:
 // the scale is folded into exp2's argument (one FFMA + one MUFU per score; m is bit-identical,
 // scaling by a positive constant commutes with max and rounding), and l holds this thread's
 // partial row sums (16 of a tile's 64 columns), so the only shuffles per tile are the max's;
-// row_lanes_sum completes l once per item.
+// row_lanes_sum completes l once per item. Returns whether o must be rescaled by alpha: false
+// when the warp keeps its max (RESCALE_LOG2), a warp-uniform answer.
 template<typename ATT, typename V>
-__device__ inline void softmax_step_fast(ATT &att, V &m, V &l, V &alpha, int valid, float scale_log2) {
+__device__ inline bool softmax_step_fast(ATT &att, V &m, V &l, V &alpha, int valid, float scale_log2) {
     if (valid < TILE) mask_tail(att, valid);
     float mx[2] = {-INFINITY, -INFINITY};  // rows lane / 4 and lane / 4 + 8 (m[0][0].x, .y)
     #pragma unroll
@@ -108,9 +120,19 @@ __device__ inline void softmax_step_fast(ATT &att, V &m, V &l, V &alpha, int val
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
     }
     float2 &mv = m[0][0];
-    const float n0 = fmaxf(mv.x, mx[0] * scale_log2), n1 = fmaxf(mv.y, mx[1] * scale_log2);
-    alpha[0][0] = make_float2(ex2(mv.x - n0), ex2(mv.y - n1));
-    mv = make_float2(n0, n1);
+    const float c0 = mx[0] * scale_log2, c1 = mx[1] * scale_log2;
+    // The first tile always rescales: m = -inf fails the test (every processed tile has a
+    // valid key in each row, so c0 and c1 are finite).
+    const bool keep = __all_sync(0xffffffffu, c0 <= mv.x + RESCALE_LOG2 && c1 <= mv.y + RESCALE_LOG2);
+    float n0 = mv.x, n1 = mv.y;
+    if (keep) {
+        alpha[0][0] = make_float2(1.f, 1.f);
+    } else {
+        n0 = fmaxf(mv.x, c0);
+        n1 = fmaxf(mv.y, c1);
+        alpha[0][0] = make_float2(ex2(mv.x - n0), ex2(mv.y - n1));
+        mv = make_float2(n0, n1);
+    }
     float sum[2] = {0.f, 0.f};
     #pragma unroll
     for (int j = 0; j < TILE / 16; j++) {
@@ -124,6 +146,7 @@ __device__ inline void softmax_step_fast(ATT &att, V &m, V &l, V &alpha, int val
         }
     }
     l[0][0] = make_float2(l[0][0].x * alpha[0][0].x + sum[0], l[0][0].y * alpha[0][0].y + sum[1]);
+    return !keep;
 }
 
 // Completes softmax_step_fast's per-thread partial row sums.

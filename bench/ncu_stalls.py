@@ -1,0 +1,75 @@
+"""Where a kernel's warps stall, per SASS instruction, from an Nsight Compute source page.
+
+    ncu --import REPORT.ncu-rep --page source --csv --print-source sass > src.csv
+    python3 bench/ncu_stalls.py src.csv [--top 50]
+
+Prints the instructions with the most warp stall samples (all samples and not-issued), each
+with its share and address, then the samples summed by opcode. The warp-specialised tk
+kernel's producer and query warps spend their lives waiting on barriers: read their wait
+loops apart from the consumers' (the addresses tell which role's code an instruction is in).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections import Counter
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text.replace(",", "")) if text.strip() else 0.0
+    except ValueError:
+        return 0.0
+
+
+def read_rows(path: str) -> tuple[list[str], list[dict]]:
+    with open(path, newline="", errors="replace") as f:
+        lines = f.read().splitlines()
+    # ncu prints ==PROF== lines and a kernel title before the table: start at the header row.
+    start = next(i for i, line in enumerate(lines) if "Source" in line and "," in line)
+    reader = csv.DictReader(io.StringIO("\n".join(lines[start:])))
+    return list(reader.fieldnames or []), list(reader)
+
+
+def column(fields: list[str], *needles: str) -> str | None:
+    for f in fields:
+        if all(n.lower() in f.lower() for n in needles):
+            return f
+    return None
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("csv")
+    ap.add_argument("--top", type=int, default=50)
+    args = ap.parse_args(argv)
+    fields, rows = read_rows(args.csv)
+    print("columns:", "; ".join(fields))
+    all_col = column(fields, "stall sampling", "all") or column(fields, "sampling", "all")
+    not_col = column(fields, "stall sampling", "not")
+    src_col = column(fields, "source") or fields[1]
+    addr_col = column(fields, "address") or fields[0]
+    if all_col is None:
+        raise SystemExit("no stall sampling column in this page")
+    total = sum(_number(r[all_col]) for r in rows) or 1.0
+    print(f"{len(rows)} instructions, {total:.0f} samples")
+    ranked = sorted(rows, key=lambda r: -_number(r[all_col]))
+    for r in ranked[: args.top]:
+        s = _number(r[all_col])
+        n = _number(r[not_col]) if not_col else 0.0
+        print(f"{100 * s / total:6.2f} % {s:8.0f} (not issued {n:8.0f})  {r[addr_col]:>8s}  {r[src_col].strip()}")
+    by_op = Counter()
+    for r in rows:
+        text = r[src_col].strip()
+        op = text.split()[0] if text else "?"
+        if op.startswith("@"):
+            op = text.split()[1] if len(text.split()) > 1 else op
+        by_op[op.split(".")[0]] += _number(r[all_col])
+    print("by opcode:")
+    for op, s in by_op.most_common(25):
+        print(f"{100 * s / total:6.2f} %  {op}")
+
+
+if __name__ == "__main__":
+    main()

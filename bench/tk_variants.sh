@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# tk build variants side by side, in one GPU call. Each variant is a string of extra nvcc flags
+# (ATTN_TK_NVCC_FLAGS; "default" = none) with its own cache entry; all build at once. Then:
+# tests/test_tk.py on the first variant, the tk benchmark (bf16, both ops, every workload) of
+# each variant saved as run NAME-v<i>, the gate of each against the first, and Nsight Compute
+# stall samples per SASS instruction (bench/ncu_stalls.py) of the first variant on NCU_CASES.
+#   NCU_CASES="gqa-8b-long:shared_prefix" bash bench/tk_variants.sh NAME default "-DATTN_TK_QBUFS=2"
+# SKIP_TESTS=1 skips the tests; NCU_CASES="" skips Nsight Compute. At most 8 files land in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=. PYTHONUNBUFFERED=1 ATTN_CACHE_DIR=${ATTN_CACHE_DIR:-/tmp/attn-cache-variants}
+out=${OUT:-out/variants}
+mkdir -p "$out"
+name=$1; shift
+variants=("$@")
+flags() { [ "$1" = default ] && echo "" || echo "$1"; }
+slug=$(python3 -c 'from attn.perf import gpu_slug; print(gpu_slug())')
+store=bench/results/$slug
+log=$out/variants.log
+echo "# $(git rev-parse --short HEAD 2>/dev/null) variants: ${variants[*]}" | tee "$log"
+for i in "${!variants[@]}"; do
+  ( ATTN_TK_NVCC_FLAGS="$(flags "${variants[$i]}")" python3 -m attn build > "$out/build-v$i.txt" 2>&1; echo "build v$i rc=$?" ) &
+done
+time wait 2>&1 | tee -a "$log"
+cat "$out"/build-v*.txt >> "$log"; rm -f "$out"/build-v*.txt
+export ATTN_TK_NVCC_FLAGS="$(flags "${variants[0]}")"
+if [ -z "${SKIP_TESTS:-}" ]; then
+  timeout -s INT "${TEST_TIMEOUT:-200}" python3 -m pytest tests/test_tk.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
+fi
+for i in "${!variants[@]}"; do
+  echo "## bench v$i: ${variants[$i]}" | tee -a "$log"
+  ATTN_TK_NVCC_FLAGS="$(flags "${variants[$i]}")" timeout -s INT "${BENCH_TIMEOUT:-150}" \
+    python3 -m pytest bench/ -p no:cacheprovider -q --backend tk --bench-dtype bf16 \
+      --benchmark-storage="file://$store" --benchmark-save="$name-v$i" \
+      --benchmark-columns=median,rounds --benchmark-sort=name 2>&1 | tail -30 | tee -a "$log"
+  cp "$(ls -t "$store"/*/*.json | head -1)" "$out/"
+done
+runs=($(ls -t "$store"/*/*"$name"-v*.json | tac | xargs -n1 basename | cut -d_ -f1))
+for r in "${runs[@]:1}"; do
+  python3 bench/gate.py --results "$store" --run "$r" --against "${runs[0]}" 2>&1 | tee -a "$log"
+done
+for c in ${NCU_CASES-gqa-8b-long:shared_prefix}; do
+  n=${c%%:*}; op=${c##*:}
+  timeout -s INT "${NCU_TIMEOUT:-150}" ncu --clock-control none --kernel-name regex:stacked_attn \
+      --launch-skip 1 --launch-count 1 --section WarpStateStats --section SourceCounters \
+      --section SpeedOfLight -o "/tmp/ncu-$n-$op" -f python3 bench/tk_ncu.py "$n" "$op" > /tmp/ncu-run.txt 2>&1
+  echo "## ncu $n $op rc=$?" | tee -a "$log"
+  ncu --import "/tmp/ncu-$n-$op.ncu-rep" --page details 2>&1 | grep -E "Duration|Throughput|Warp Cycles|Ipc" | tee -a "$log"
+  ncu --import "/tmp/ncu-$n-$op.ncu-rep" --page source --csv --print-source sass > "/tmp/src-$n-$op.csv" 2>&1
+  python3 bench/ncu_stalls.py "/tmp/src-$n-$op.csv" --top 60 > "$out/stalls-$n-$op.txt" 2>&1
+  head -75 "$out/stalls-$n-$op.txt"
+  gzip -c "/tmp/src-$n-$op.csv" > "$out/src-$n-$op.csv.gz"
+done
+ls -la "$out"
