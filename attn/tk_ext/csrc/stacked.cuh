@@ -27,7 +27,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 #include "kittens.cuh"
 #include "tile_ops.cuh"
 
@@ -328,28 +327,22 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // after P V, and one thread issuing both in order would hold the next K loads
             // behind that V wait (pairs of tiles were 2-19 % slower so, H200 run 0007 of
             // logs/0009). The K warp also publishes each tile's valid keys.
-            auto stream = [&](auto kv_) {
-                constexpr int kv = decltype(kv_)::value;
-                kv_tile *dst = kv ? v_smem : k_smem;
-                semaphore *full = kv ? v_full : k_full, *free_ = kv ? v_done : k_done;
-                int g = 0;
-                for (int i = first; i < last; i++) {
-                    const int *it = a.items + (long)i * ITEM_INTS;
-                    const int n = src.ntiles(it);
-                    for (int t = 0; t < n; t++, g++) {
-                        const int s = g % STAGES;
-                        trace(a, TR_DONE, i, g, s + kv * STAGES);
-                        if (g >= STAGES) wait(free_[s], ((g / STAGES) - 1) & 1);
-                        if (!kv) stage_valid[s] = src.valid(it, t);
-                        tma::expect_bytes(full[s], sizeof(kv_tile));
-                        src.load(it, t, kv, dst[s], full[s]);
-                        trace(a, TR_LOADED, i, g, s + kv * STAGES);
-                    }
+            const int kv = threadIdx.x % 128 == 64;
+            int g = 0;
+            for (int i = first; i < last; i++) {
+                const int *it = a.items + (long)i * ITEM_INTS;
+                const int n = src.ntiles(it);
+                for (int t = 0; t < n; t++, g++) {
+                    const int s = g % STAGES;
+                    trace(a, TR_DONE, i, g, s + kv * STAGES);
+                    if (g >= STAGES) wait(kv ? v_done[s] : k_done[s], ((g / STAGES) - 1) & 1);
+                    if (!kv) stage_valid[s] = src.valid(it, t);
+                    tma::expect_bytes(kv ? v_full[s] : k_full[s], sizeof(kv_tile));
+                    src.load(it, t, kv, kv ? v_smem[s] : k_smem[s], kv ? v_full[s] : k_full[s]);
+                    trace(a, TR_LOADED, i, g, s + kv * STAGES);
                 }
-                trace(a, TR_EXIT, last, g, 0);
-            };
-            if (threadIdx.x % 128 == 0) stream(std::integral_constant<int, 0>{});
-            else stream(std::integral_constant<int, 1>{});
+            }
+            trace(a, TR_EXIT, last, g, 0);
         }
         return;
     }
