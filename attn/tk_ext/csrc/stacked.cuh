@@ -321,25 +321,27 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             }
             trace(a, TR_EXIT, last, 0, 0);
         }
-        if (threadIdx.x % 128 == 0 || threadIdx.x % 128 == 64) {
-            // Warp 0 streams the K tiles, warp 2 the V tiles, each through its own waits: the
-            // pipelined loop frees a pair's K after Q K^T but its V only an iteration later,
-            // after P V, and one thread issuing both in order would hold the next K loads
-            // behind that V wait (pairs of tiles were 2-19 % slower so, H200 run 0007 of
-            // logs/0009). The K warp also publishes each tile's valid keys.
-            const int kv = threadIdx.x % 128 == 64;
+        if (threadIdx.x % 128 == 0) {
             int g = 0;
             for (int i = first; i < last; i++) {
                 const int *it = a.items + (long)i * ITEM_INTS;
                 const int n = src.ntiles(it);
                 for (int t = 0; t < n; t++, g++) {
-                    const int s = g % STAGES;
-                    trace(a, TR_DONE, i, g, s + kv * STAGES);
-                    if (g >= STAGES) wait(kv ? v_done[s] : k_done[s], ((g / STAGES) - 1) & 1);
-                    if (!kv) stage_valid[s] = src.valid(it, t);
-                    tma::expect_bytes(kv ? v_full[s] : k_full[s], sizeof(kv_tile));
-                    src.load(it, t, kv, kv ? v_smem[s] : k_smem[s], kv ? v_full[s] : k_full[s]);
-                    trace(a, TR_LOADED, i, g, s + kv * STAGES);
+                    int s = g % STAGES;
+                    // K and V stages are released separately (the pipelined loop frees K
+                    // after Q K^T, V after P V), so the K load of a tile need not wait for
+                    // the V of the tile that last used its stage.
+                    const int reuse = ((g / STAGES) - 1) & 1;
+                    trace(a, TR_DONE, i, g, s);
+                    if (g >= STAGES) wait(k_done[s], reuse);
+                    stage_valid[s] = src.valid(it, t);
+                    tma::expect_bytes(k_full[s], sizeof(kv_tile));
+                    src.load(it, t, 0, k_smem[s], k_full[s]);
+                    trace(a, TR_DONE, i, g, s + STAGES);
+                    if (g >= STAGES) wait(v_done[s], reuse);
+                    tma::expect_bytes(v_full[s], sizeof(kv_tile));
+                    src.load(it, t, 1, v_smem[s], v_full[s]);
+                    trace(a, TR_LOADED, i, g, s);
                 }
             }
             trace(a, TR_EXIT, last, g, 0);
