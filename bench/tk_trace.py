@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-EVENTS = {1: "k_done or v_done (producer: stage free?; x >= stages: the V half)", 2: "loaded", 3: "q_empty", 4: "q gathered", 10: "q_full",
+EVENTS = {1: "done (producer: stage free?)", 2: "loaded", 3: "q_empty", 4: "q gathered", 10: "q_full",
           11: "k_full", 12: "v_full", 13: "turn", 14: "item-end named barrier", 15: "exchange", 99: "exit"}
 ROLES = [f"wg{w // 4}.warp{w % 4}" for w in range(8)] + ["producer", "query", "idle", "idle"]
 NWARPS = 12

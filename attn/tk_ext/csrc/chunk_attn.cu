@@ -25,11 +25,12 @@ template<typename T, int D> struct chunk_src {
         int c = clist[it[F_GIDX] + g / tpc];
         return chunk_lens[c] - (g % tpc) * TILE;
     }
-    __device__ inline void load(const int *it, int t, int kv, kv_tile &dst, semaphore &bar) const {
+    __device__ inline void load(const int *it, int t, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
         int g = it[F_TILE0] + t;
         int c = clist[it[F_GIDX] + g / tpc];
         coord<kv_tile> co{c, it[F_HEAD], g % tpc, 0};
-        tma::load_async<2, cache_policy::NORMAL>(dst, kv ? v : k, co, bar);
+        tma::load_async<2, cache_policy::NORMAL>(kt, k, co, kb);
+        tma::load_async<2, cache_policy::NORMAL>(vt, v, co, vb);
     }
 };
 

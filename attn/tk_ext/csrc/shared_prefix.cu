@@ -32,11 +32,12 @@ template<typename T, int D> struct level_src {
     __device__ inline int valid(const int *it, int t) const {
         return keylen(it) - (it[F_TILE0] + t) * TILE;
     }
-    __device__ inline void load(const int *it, int t, int kv, kv_tile &dst, semaphore &bar) const {
+    __device__ inline void load(const int *it, int t, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
         coord<kv_tile> c{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0};
         switch (it[F_SRC]) {
 #define ATTN_TK_SRC(i) case i: \
-            tma::load_async<1, cache_policy::NORMAL>(dst, kv ? v##i : k##i, c, bar); break;
+            tma::load_async<1, cache_policy::NORMAL>(k, k##i, c, kb); \
+            tma::load_async<1, cache_policy::NORMAL>(v, v##i, c, vb); break;
             ATTN_TK_SRC(0) ATTN_TK_SRC(1) ATTN_TK_SRC(2) ATTN_TK_SRC(3) ATTN_TK_SRC(4) ATTN_TK_SRC(5)
 #undef ATTN_TK_SRC
         }

@@ -48,17 +48,16 @@ using namespace kittens;
 constexpr int NWG = 2;               // consumer warpgroups
 constexpr int NTHREADS = (NWG + 1) * 128;
 constexpr int ITEM_INTS = 12;
-// setmaxnreg budgets: the producer warps only compute addresses and issue copies (load_q's
-// loop is unrolled 4 times so that 40 registers hold it; fully unrolled it spilled under 56 at
-// D = 64), the consumers hold Q (D / 4 registers per thread), o (D / 2 floats), two float
-// score tiles (64) and two P tiles (32) of a pair, and the row statistics, live across two
-// wgmma groups: at D = 128 ptxas still spills 12 bytes at 232. 128 * PRODUCER + NWG * 128 *
-// CONSUMER must fit the 168 per thread of the launch.
+// setmaxnreg budgets: the producer warps only compute addresses and issue copies (under 56 its
+// unrolled cp.async loop spills at D = 64), the consumers hold o (D / 2 floats per thread), a
+// float score tile (32), P (16) and the row statistics, and the pipelined loop keeps them live
+// across two wgmma groups. 128 * PRODUCER + NWG * 128 * CONSUMER must fit the 168 per thread
+// of the launch. The serial fallback keeps the budgets it was verified with.
 #ifndef ATTN_TK_PRODUCER_REGS
-#define ATTN_TK_PRODUCER_REGS 40
+#define ATTN_TK_PRODUCER_REGS 56
 #endif
 #ifndef ATTN_TK_CONSUMER_REGS
-#define ATTN_TK_CONSUMER_REGS 232
+#define ATTN_TK_CONSUMER_REGS (ATTN_TK_PIPELINE ? 224 : 160)
 #endif
 constexpr int PRODUCER_REGS = ATTN_TK_PRODUCER_REGS;
 constexpr int CONSUMER_REGS = ATTN_TK_CONSUMER_REGS;
@@ -127,9 +126,9 @@ struct common_args {
 // stores what it is about to wait on into a device buffer, which the host copies on another
 // stream while a hung launch still runs (bench/tk_trace.py). Plain volatile stores, no fence:
 // with host-mapped memory and a system-scope fence per wait, the 2-stage ring's hang (the
-// per-warp stage releases, below) did not occur on an H200. Off by default.
+// done[] arrivals, below) did not occur on an H200. Off by default.
 enum TraceEvent {
-    TR_DONE = 1,      // producer waits k_done[s] (x = s) or v_done[s] (x = s + STAGES) before loading tile g
+    TR_DONE = 1,      // producer waits done[s] before loading tile g
     TR_LOADED = 2,    // producer issued tile g
     TR_QEMPTY = 3,    // query warp waits q_empty before gathering item li
     TR_QLOADED = 4,   // query warp gathered item li
@@ -229,7 +228,6 @@ __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, in
     constexpr int VEC = 8;  // 16 bytes
     const T *q = reinterpret_cast<const T *>(a.q);
     int tid = threadIdx.x % 32;
-    #pragma unroll 4
     for (int i = tid; i < TILE * (D / VEC); i += 32) {
         int row = i / (D / VEC), col = (i % (D / VEC)) * VEC;
         int j = row0 + row;
@@ -252,8 +250,7 @@ __device__ inline void load_q_wait() {
 }
 
 // The kernel. SRC provides, for an item: ntiles(item) (tiles to process, after dynamic lengths),
-// valid(item, t) (valid keys of tile t, <= 0 to skip it), and load(item, t, kv, dst, bar)
-// (tile t's K (kv = 0) or V (kv = 1) into dst, completing on bar).
+// valid(item, t) (valid keys of tile t, <= 0 to skip it), and load(item, t, k, v, kbar, vbar).
 template<typename T, int D, typename SRC>
 __global__ void __launch_bounds__(NTHREADS, 1)
 stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant__ SRC src) {
@@ -268,7 +265,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     q_tile(&q_smem)[QBUFS * NWG] = al.allocate<q_tile, QBUFS * NWG>();
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
-    __shared__ semaphore k_full[STAGES], v_full[STAGES], k_done[STAGES], v_done[STAGES], q_full[QBUFS], q_empty[QBUFS];
+    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QBUFS], q_empty[QBUFS];
     __shared__ exchange<D> xchg;
     // Valid keys of the tile in each ring stage, written by the producer before it arms the
     // stage's k_full (an arrive: release) and read by the consumers after their wait on it
@@ -282,13 +279,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         for (int s = 0; s < STAGES; s++) {
             init_semaphore(k_full[s], 0, 1);
             init_semaphore(v_full[s], 0, 1);
-            // Every consumer warp releases a stage's K and V (not one per warpgroup): a warp that lags
+            // Every consumer warp releases a stage (not one per warpgroup): a warp that lags
             // its warpgroup's lane 0 past a stage's reuse would otherwise wait on the stage's
             // parity two phases on, i.e. forever. Warps of a warpgroup meet only at its
             // collective wgmmas, and a kv-split warpgroup whose tiles are all past partial
             // chunks issues none; a 2-stage ring (notes/tk-keys128.patch) hung this way.
-            init_semaphore(k_done[s], NWG * 4, 0);
-            init_semaphore(v_done[s], NWG * 4, 0);
+            init_semaphore(done[s], NWG * 4, 0);
         }
         for (int b = 0; b < QBUFS; b++) {
             init_semaphore(q_full[b], 1, 0);
@@ -328,19 +324,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 const int n = src.ntiles(it);
                 for (int t = 0; t < n; t++, g++) {
                     int s = g % STAGES;
-                    // K and V stages are released separately (the pipelined loop frees K
-                    // after Q K^T, V after P V), so the K load of a tile need not wait for
-                    // the V of the tile that last used its stage.
-                    const int reuse = ((g / STAGES) - 1) & 1;
                     trace(a, TR_DONE, i, g, s);
-                    if (g >= STAGES) wait(k_done[s], reuse);
+                    if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
                     stage_valid[s] = src.valid(it, t);
                     tma::expect_bytes(k_full[s], sizeof(kv_tile));
-                    src.load(it, t, 0, k_smem[s], k_full[s]);
-                    trace(a, TR_DONE, i, g, s + STAGES);
-                    if (g >= STAGES) wait(v_done[s], reuse);
                     tma::expect_bytes(v_full[s], sizeof(kv_tile));
-                    src.load(it, t, 1, v_smem[s], v_full[s]);
+                    src.load(it, t, k_smem[s], v_smem[s], k_full[s], v_full[s]);
                     trace(a, TR_LOADED, i, g, s);
                 }
             }
@@ -386,24 +375,18 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 
 #if ATTN_TK_PIPELINE
         if (!kvsplit && a.sched != SCHED_SERIAL) {
-            // FlashAttention-3 intra-warpgroup pipeline over PAIRS of ring tiles (128 keys per
-            // iteration, two m64n64 Q K^T groups into two score tiles): S_t = Q K_t^T and
-            // O += P_{t-1} V_{t-1} are issued back to back; the softmax of S_t runs while the
-            // tensor cores still do P_{t-1} V_{t-1}. A pair halves the per-iteration work that
-            // does not scale with keys (barrier waits, turns, row-max shuffles, the rescale
-            // test), which bounds these items: at 64 keys a warp issued ~400 instructions per
-            // tile against 512 tensor-core cycles (Nsight Compute, gqa-8b-long, H200).
-            // K stages are released as soon as Q K^T has read them, V stages after P V, so
-            // the producer refills the K half of the ring an iteration ahead while this pair
-            // and the pending one hold four V tiles. An odd last tile runs as a pair whose
-            // second half re-reads the first tile fully masked (P = 0): one code path, every
-            // wgmma retired in the branch that issued it.
+            // FlashAttention-3 intra-warpgroup pipeline: S_t = Q K_t^T and O += P_{t-1} V_{t-1}
+            // are issued back to back as two wgmma groups; the softmax of S_t runs while the
+            // tensor cores still do P_{t-1} V_{t-1}. Stage of tile t-1 ("pending": its P is
+            // in att_lp, its V not yet consumed) is released only after that PV completed.
+            // Invariant: a pending tile is always the previous tile (a skipped tile flushes),
+            // so this warpgroup holds at most two ring stages and the producer, which needs
+            // tile t - STAGES released before it loads tile t, never waits on us.
             using att_t = decltype(att);
             using o_t = decltype(o);
             using p_t = decltype(att_lp);
             using qr_t = decltype(q_reg);
-            att_t att1;
-            p_t att_lp1;
+            // S = Q K^T and O += P V, each one committed wgmma group.
             auto qk_async = [](att_t &sc, const qr_t &qr, const kv_tile &k) {
                 wgmma_fence(sc);
                 warpgroup::mma_ABt<att_t, qr_t, kv_tile, 0, 0>(sc, qr, k);
@@ -412,55 +395,26 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 wgmma_fence(acc);
                 warpgroup::mma_AB<o_t, p_t, kv_tile, 0, 1>(acc, p, v);
             };
-            auto release = [&](semaphore &bar) { if (laneid() == 0) arrive(bar, 1); };
-            // The pending pair is the one just before tile g (registers are tight at D = 128:
-            // its stages and phases are recomputed, not kept).
-            bool pend = false, pend_two = false;
-            auto pstage = [&](int h) { return (g - (pend_two ? 2 : 1) + h) % STAGES; };
-            auto pphase = [&](int h) { return ((g - (pend_two ? 2 : 1) + h) / STAGES) & 1; };
-            auto pending_v_wait = [&]() {
-                trace(a, TR_VFULL, i, g - 1, pstage(0));
-                wait(v_full[pstage(0)], pphase(0));
-                if (pend_two) wait(v_full[pstage(1)], pphase(1));
-            };
-            auto pending_v_release = [&]() {
-                release(v_done[pstage(0)]);
-                if (pend_two) release(v_done[pstage(1)]);
-            };
+            bool pend = false;
+            int ps = 0, pph = 0;  // stage and phase of the pending tile
             auto flush = [&]() {
-                pending_v_wait();
-                pv_async(o, att_lp, v_smem[pstage(0)]);
-                pv_async(o, att_lp1, v_smem[pstage(pend_two ? 1 : 0)]);
+                trace(a, TR_VFULL, i, g - 1, ps);
+                wait(v_full[ps], pph);
+                pv_async(o, att_lp, v_smem[ps]);
                 warpgroup::mma_async_wait<0>();
                 reg_fence(o);
-                pending_v_release();
+                if (laneid() == 0) arrive(done[ps], 1);
                 pend = false;
             };
-            for (int t = 0; t < ntiles; t += 2) {
-                const bool two = t + 1 < ntiles;
-                const int s0 = g % STAGES, ph0 = (g / STAGES) & 1;
-                const int s1 = (g + 1) % STAGES, ph1 = ((g + 1) / STAGES) & 1;
-                trace(a, TR_KFULL, i, g, s0);
-                wait(k_full[s0], ph0);
-                const int valid0 = ATTN_TK_STAGE_VALID ? stage_valid[s0] : src.valid(it, t);
-                int valid1 = 0;
-                if (two) {
-                    wait(k_full[s1], ph1);
-                    valid1 = ATTN_TK_STAGE_VALID ? stage_valid[s1] : src.valid(it, t + 1);
-                }
-                const int ks1 = two ? s1 : s0;
-                if (valid0 <= 0 && valid1 <= 0) {
+            for (int t = 0; t < ntiles; t++, g++) {
+                const int s = g % STAGES, ph = (g / STAGES) & 1;
+                trace(a, TR_KFULL, i, g, s);
+                wait(k_full[s], ph);
+                const int valid = ATTN_TK_STAGE_VALID ? stage_valid[s] : src.valid(it, t);
+                if (valid <= 0) {
                     if (pend) flush();
-                    // Nobody reads these V tiles: their loads must land before reuse.
-                    wait(v_full[s0], ph0);
-                    release(k_done[s0]);
-                    release(v_done[s0]);
-                    if (two) {
-                        wait(v_full[s1], ph1);
-                        release(k_done[s1]);
-                        release(v_done[s1]);
-                    }
-                    g += two ? 2 : 1;
+                    wait(v_full[s], ph);  // nobody reads this V: its load must land before reuse
+                    if (laneid() == 0) arrive(done[s], 1);
                     continue;
                 }
                 any = true;
@@ -469,53 +423,43 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 // registers path-insensitively, and a group still pending at a join makes it
                 // insert waits and serialize every wgmma of the kernel (C7518).
                 if (pend) {
-                    pending_v_wait();  // before taking the turn: hold it only to issue
+                    trace(a, TR_VFULL, i, g - 1, ps);
+                    wait(v_full[ps], pph);  // before taking the turn: hold it only to issue
                     trace(a, TR_TURN, i, g, wg);
                     if (pingpong) turn_wait(wg);
-                    qk_async(att, q_reg, k_smem[s0]);
-                    qk_async(att1, q_reg, k_smem[ks1]);
-                    pv_async(o, att_lp, v_smem[pstage(0)]);
-                    pv_async(o, att_lp1, v_smem[pstage(pend_two ? 1 : 0)]);
+                    qk_async(att, q_reg, k_smem[s]);
+                    pv_async(o, att_lp, v_smem[ps]);
                     if (pingpong) turn_pass(wg);
-                    warpgroup::mma_async_wait<2>();  // S done; the P V groups may still run
+                    warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
                     reg_fence(att);
-                    reg_fence(att1);
-                    release(k_done[s0]);
-                    if (two) release(k_done[s1]);
-                    rescale = softmax_step_fast(att, att1, m, l, alpha, valid0, valid1, a.scale_log2);
+                    rescale = softmax_step_fast(att, m, l, alpha, valid, a.scale_log2);
                     // Keep the softmax above the wait. ptxas schedules the wait (no register
                     // inputs) at the top of its basic block, before the softmax, so nothing
                     // would overlap P V; the fences keep the compiler from sinking it, and a
                     // branch on the row sums (never taken: l >= 0, and NaN compares false)
-                    // ends the block only once every exp2 of the pair is done.
+                    // ends the block only once every exp2 of the tile is done.
                     reg_fence(att);
-                    reg_fence(att1);
                     vec_fence(m);
                     vec_fence(l);
                     vec_fence(alpha);
                     if (l[0][0].x < 0.f || l[0][0].y < 0.f) __trap();
-                    warpgroup::mma_async_wait<0>();  // o and the P tiles are free again
+                    warpgroup::mma_async_wait<0>();  // o and att_lp are free again
                     reg_fence(o);
-                    pending_v_release();
+                    if (laneid() == 0) arrive(done[ps], 1);
                 } else {
                     trace(a, TR_TURN, i, g, wg);
                     if (pingpong) turn_wait(wg);
-                    qk_async(att, q_reg, k_smem[s0]);
-                    qk_async(att1, q_reg, k_smem[ks1]);
+                    qk_async(att, q_reg, k_smem[s]);
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<0>();
                     reg_fence(att);
-                    reg_fence(att1);
-                    release(k_done[s0]);
-                    if (two) release(k_done[s1]);
-                    rescale = softmax_step_fast(att, att1, m, l, alpha, valid0, valid1, a.scale_log2);
+                    rescale = softmax_step_fast(att, m, l, alpha, valid, a.scale_log2);
                 }
                 if (rescale) warp::mul_row(o, o, alpha);
                 warp::copy(att_lp, att);
-                warp::copy(att_lp1, att1);
                 pend = true;
-                pend_two = two;
-                g += two ? 2 : 1;
+                ps = s;
+                pph = ph;
             }
             if (pend) flush();
             row_lanes_sum(l);
@@ -524,7 +468,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         for (int t = 0; t < ntiles; t++, g++) {
             int s = g % STAGES, ph = (g / STAGES) & 1;
             // Both warpgroups wait for every tile, even one they skip, so that their arrivals
-            // on k_done[s] / v_done[s] can never run a phase ahead of the producer.
+            // on done[s] can never run a phase ahead of the producer.
             trace(a, TR_KFULL, i, g, s);
             wait(k_full[s], ph);
             int valid = ATTN_TK_STAGE_VALID ? stage_valid[s] : src.valid(it, t);
@@ -544,10 +488,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 warpgroup::mma_AB(o, att_lp, v_smem[s]);
                 warpgroup::mma_async_wait();
             }
-            if (laneid() == 0) {
-                arrive(k_done[s], 1);
-                arrive(v_done[s], 1);
-            }
+            if (laneid() == 0) arrive(done[s], 1);
         }
         const bool direct = it[F_FLAGS] & FLAG_DIRECT;
         if (direct && kvsplit) {

@@ -98,26 +98,21 @@ __device__ inline float ex2(float x) {
 #endif
 constexpr float RESCALE_LOG2 = ATTN_TK_RESCALE_LOG2;
 
-// softmax_step for the pipelined loop over pairs of tiles (a0: keys 0..63, a1: 64..127 of the
-// pair, valid0 / valid1 keys each), where the softmax must fit under the tensor cores' time:
+// softmax_step for the pipelined loop, where the softmax must fit under the tensor cores' time:
 // the scale is folded into exp2's argument (one FFMA + one MUFU per score; m is bit-identical,
 // scaling by a positive constant commutes with max and rounding), and l holds this thread's
-// partial row sums (32 of a pair's 128 columns), so the only shuffles per pair are the max's;
+// partial row sums (16 of a tile's 64 columns), so the only shuffles per tile are the max's;
 // row_lanes_sum completes l once per item. Returns whether o must be rescaled by alpha: false
 // when the warp keeps its max (RESCALE_LOG2), a warp-uniform answer.
 template<typename ATT, typename V>
-__device__ inline bool softmax_step_fast(ATT &a0, ATT &a1, V &m, V &l, V &alpha, int valid0, int valid1,
-                                         float scale_log2) {
-    if (valid0 < TILE) mask_tail(a0, valid0);
-    if (valid1 < TILE) mask_tail(a1, valid1);
+__device__ inline bool softmax_step_fast(ATT &att, V &m, V &l, V &alpha, int valid, float scale_log2) {
+    if (valid < TILE) mask_tail(att, valid);
     float mx[2] = {-INFINITY, -INFINITY};  // rows lane / 4 and lane / 4 + 8 (m[0][0].x, .y)
     #pragma unroll
     for (int j = 0; j < TILE / 16; j++) {
         #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            mx[k & 1] = fmaxf(mx[k & 1], fmaxf(a0.tiles[0][j].data[k].x, a0.tiles[0][j].data[k].y));
-            mx[k & 1] = fmaxf(mx[k & 1], fmaxf(a1.tiles[0][j].data[k].x, a1.tiles[0][j].data[k].y));
-        }
+        for (int k = 0; k < 4; k++)
+            mx[k & 1] = fmaxf(mx[k & 1], fmaxf(att.tiles[0][j].data[k].x, att.tiles[0][j].data[k].y));
     }
     #pragma unroll
     for (int r = 0; r < 2; r++) {  // the four lanes of a row differ in lane bits 0 and 1
@@ -126,7 +121,7 @@ __device__ inline bool softmax_step_fast(ATT &a0, ATT &a1, V &m, V &l, V &alpha,
     }
     float2 &mv = m[0][0];
     const float c0 = mx[0] * scale_log2, c1 = mx[1] * scale_log2;
-    // The first pair always rescales: m = -inf fails the test (every processed pair has a
+    // The first tile always rescales: m = -inf fails the test (every processed tile has a
     // valid key in each row, so c0 and c1 are finite).
     const bool keep = __all_sync(0xffffffffu, c0 <= mv.x + RESCALE_LOG2 && c1 <= mv.y + RESCALE_LOG2);
     float n0 = mv.x, n1 = mv.y;
@@ -139,21 +134,17 @@ __device__ inline bool softmax_step_fast(ATT &a0, ATT &a1, V &m, V &l, V &alpha,
         mv = make_float2(n0, n1);
     }
     float sum[2] = {0.f, 0.f};
-    auto exp_tile = [&](ATT &att) {
+    #pragma unroll
+    for (int j = 0; j < TILE / 16; j++) {
         #pragma unroll
-        for (int j = 0; j < TILE / 16; j++) {
-            #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                float2 &d = att.tiles[0][j].data[k];
-                const float n = (k & 1) ? n1 : n0;
-                d.x = ex2(fmaf(d.x, scale_log2, -n));
-                d.y = ex2(fmaf(d.y, scale_log2, -n));
-                sum[k & 1] += d.x + d.y;
-            }
+        for (int k = 0; k < 4; k++) {
+            float2 &d = att.tiles[0][j].data[k];
+            const float n = (k & 1) ? n1 : n0;
+            d.x = ex2(fmaf(d.x, scale_log2, -n));
+            d.y = ex2(fmaf(d.y, scale_log2, -n));
+            sum[k & 1] += d.x + d.y;
         }
-    };
-    exp_tile(a0);
-    exp_tile(a1);
+    }
     l[0][0] = make_float2(l[0][0].x * alpha[0][0].x + sum[0], l[0][0].y * alpha[0][0].y + sum[1]);
     return !keep;
 }
