@@ -116,6 +116,34 @@ def test_trace_harness_parses_its_cases():
     assert len(mod.ROLES) == mod.NWARPS and mod.ROLES[8:10] == ["producer", "query"]
 
 
+def test_ncu_stall_ranking_reads_a_source_page(tmp_path, capsys):
+    """bench/ncu_stalls.py: skips ncu's preamble, ranks instructions by stall samples, sums by opcode."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "ncu_stalls.py"
+    spec = importlib.util.spec_from_file_location("ncu_stalls", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    page = tmp_path / "src.csv"
+    page.write_text(
+        "==PROF== Connected to process 1\n"
+        '"Kernel Name","stacked_attn_kernel"\n'
+        '"# Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)"\n'
+        '"0x10","HGMMA.64x64x16.F32.BF16 R88, R164, gdesc[UR4], RZ","30","10"\n'
+        '"0x20","@!P3  BRA 0x100","1,200","1,100"\n'
+        '"0x30","MUFU.EX2 R1, R1","70",""\n'
+        '"0x40","MUFU.EX2 R2, R2","",""\n')
+    mod.main([str(page), "--top", "2"])
+    out = capsys.readouterr().out
+    assert "4 instructions, 1300 samples" in out
+    top, by_op = out.split("by opcode:")
+    ranked = [line for line in top.splitlines() if "(not issued" in line]
+    assert len(ranked) == 2 and "BRA 0x100" in ranked[0] and "MUFU.EX2 R1, R1" in ranked[1]
+    assert ranked[0].split()[:2] == ["92.31", "%"] and "not issued     1100" in ranked[0]
+    assert by_op.index("BRA") < by_op.index("MUFU") < by_op.index("HGMMA")
+    assert " 92.31 %  BRA" in by_op and "  5.38 %  MUFU" in by_op
+
+
 def test_cache_dir_override(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
     assert build.build_dir("abc") == tmp_path / "tk-abc"
