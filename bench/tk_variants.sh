@@ -17,12 +17,15 @@ flags() { [ "$1" = default ] && echo "" || echo "$1"; }
 slug=$(python3 -c 'from attn.perf import gpu_slug; print(gpu_slug())')
 store=bench/results/$slug
 log=$out/variants.log
-echo "# $(git rev-parse --short HEAD 2>/dev/null) variants: ${variants[*]}" | tee "$log"
+# The device's copy of the tree may carry a stale git HEAD: name the kernel sources by content.
+echo "# tk sources $(cat attn/tk_ext/csrc/* | sha1sum | cut -c1-12), variants: ${variants[*]}" | tee "$log"
+t0=$(date +%s)
 for i in "${!variants[@]}"; do
-  ( ATTN_TK_NVCC_FLAGS="$(flags "${variants[$i]}")" python3 -m attn build > "$out/build-v$i.txt" 2>&1; echo "build v$i rc=$?" ) &
+  ( ATTN_TK_NVCC_FLAGS="$(flags "${variants[$i]}")" python3 -m attn build > "$out/build-v$i.txt" 2>&1; echo "build v$i rc=$?" >> "$out/build-v$i.txt" ) &
 done
-time wait 2>&1 | tee -a "$log"
-cat "$out"/build-v*.txt >> "$log"; rm -f "$out"/build-v*.txt
+wait
+echo "builds: $(( $(date +%s) - t0 )) s" | tee -a "$log"
+cat "$out"/build-v*.txt >> "$log"; grep -h "rc=" "$out"/build-v*.txt; rm -f "$out"/build-v*.txt
 export ATTN_TK_NVCC_FLAGS="$(flags "${variants[0]}")"
 if [ -z "${SKIP_TESTS:-}" ]; then
   timeout -s INT "${TEST_TIMEOUT:-200}" python3 -m pytest tests/test_tk.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"

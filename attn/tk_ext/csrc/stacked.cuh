@@ -136,7 +136,7 @@ enum TraceEvent {
     TR_KFULL = 11,    // consumer waits k_full of tile g
     TR_VFULL = 12,    // consumer waits v_full of tile g
     TR_TURN = 13,     // consumer waits its ping-pong turn
-    TR_NAMED = 14,    // consumer at the end-of-item named barrier
+    TR_NAMED = 14,    // consumer at the named barrier after loading its query tile
     TR_XCHG = 15,     // consumer at the direct items' exchange barrier
     TR_EXIT = 99,     // the warp's role is finished
 };
@@ -272,7 +272,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     // (acquire), before they release the stage. The consumers would otherwise chase the item's
     // fields and the source's lengths (chunk ids, suffix lengths) through global memory on
     // every tile, on the critical path of each iteration.
-    // (ATTN_TK_STAGE_VALID=0: the consumers read them from global memory, as in run 0008.)
+    // (ATTN_TK_STAGE_VALID=0: the consumers read them from global memory, as in H200 run 0008.)
     __shared__ int stage_valid[STAGES];
 
     if (threadIdx.x == 0) {

@@ -92,7 +92,7 @@ __device__ inline float ex2(float x) {
 // the output accumulator (64 FMULs per thread at D = 128, a sixth of a tile's instructions).
 // Exact in real arithmetic: o, l and the lse all use the same m. P = 2^(s - m) <= 2^8 then,
 // far inside float32 and bf16 / fp16 range (P is rounded to T with the same relative error).
-// ATTN_TK_RESCALE_LOG2=-1e30f rescales on every tile (the schedule of run 0008).
+// ATTN_TK_RESCALE_LOG2=-1e30f rescales on every tile (as in H200 run 0008).
 #ifndef ATTN_TK_RESCALE_LOG2
 #define ATTN_TK_RESCALE_LOG2 8.f
 #endif
