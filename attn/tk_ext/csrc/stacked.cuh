@@ -88,6 +88,10 @@ template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; te
 // i + 1 while item i runs; two gather an item further ahead, at the cost of a ring stage
 // at D = 128. Two are 1-4 % faster on the spec workloads (H200, bench/tk_variants.sh, runs
 // 0007 / 0008: the earlier query gather is worth more than a fifth stage).
+// ATTN_TK_QROWS=0: the query warp copies all 64 rows of a tile, zero-filled (run 0016).
+#ifndef ATTN_TK_QROWS
+#define ATTN_TK_QROWS 1
+#endif
 #ifndef ATTN_TK_QBUFS
 #define ATTN_TK_QBUFS 2
 #endif
@@ -220,27 +224,45 @@ __device__ inline void turn_pass(int wg) {
     asm volatile("bar.arrive %0, %1;\n" :: "r"(SCHED_BAR + (wg ^ 1)), "n"(256) : "memory");
 }
 
-// Loads 64 stacked query rows into shared memory (zero beyond nrows), by one warp, with
-// cp.async so that all of a lane's 16-byte copies are in flight at once. The rows are gathered
-// (row j is sequence seq0 + j / r, head h * r + j % r), so this is not a TMA box.
+// Loads the valid rows of a 64-row block of stacked queries into shared memory, by one warp,
+// with cp.async so that all of a lane's 16-byte copies are in flight at once. The rows are
+// gathered (row j is sequence seq0 + j / r, head h * r + j % r), so this is not a TMA box.
+// Rows past nrows are not written: they keep an earlier item's (finite) rows, or the zeros of
+// the kernel's start, and the epilogue never stores them. Copying only valid rows matters for
+// decode items of a few rows (a tree's leaves: 4 of 64): the query warp issued ~2200
+// instructions per item zero-filling the rest, and the consumers waited on it (Nsight
+// Compute, tree-3level: a quarter of all warp samples at the q_full wait).
 template<typename T, int D, typename QT>
 __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, int row0, int nrows) {
     constexpr int VEC = 8;  // 16 bytes
+    constexpr int CHUNKS = D / VEC;
     const T *q = reinterpret_cast<const T *>(a.q);
-    int tid = threadIdx.x % 32;
-    for (int i = tid; i < TILE * (D / VEC); i += 32) {
-        int row = i / (D / VEC), col = (i % (D / VEC)) * VEC;
-        int j = row0 + row;
+#if ATTN_TK_QROWS
+    const int rows = max(0, min(TILE, nrows - row0));
+    #pragma unroll 2  // (4 makes the 56-register producer warps spill)
+    for (int i = threadIdx.x % 32; i < rows * CHUNKS; i += 32) {
+        const int row = i / CHUNKS, col = (i % CHUNKS) * VEC;
+        const int j = row0 + row;
+        const long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
+        const T *src = q + b * a.q_sb + hh * a.q_sh + col;
+        uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(&dst[int2{row, col}]));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(s), "l"(src) : "memory");
+    }
+#else  // all 64 rows, zero-filled past nrows (as in H200 run 0016)
+    for (int i = threadIdx.x % 32; i < TILE * CHUNKS; i += 32) {
+        const int row = i / CHUNKS, col = (i % CHUNKS) * VEC;
+        const int j = row0 + row;
         const T *src = q;
-        int bytes = 0;  // 0: zero-fill a padding row
+        int bytes = 0;
         if (j < nrows) {
-            long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
+            const long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
             src = q + b * a.q_sb + hh * a.q_sh + col;
             bytes = 16;
         }
         uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(&dst[int2{row, col}]));
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(s), "l"(src), "r"(bytes) : "memory");
     }
+#endif
 }
 
 // Makes this lane's finished cp.async copies visible to wgmma (the async proxy).
@@ -290,6 +312,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             init_semaphore(q_full[b], 1, 0);
             init_semaphore(q_empty[b], NWG, 0);
         }
+    }
+    {
+        // load_q writes only the valid rows of an item: the others must hold finite values.
+        constexpr int N16 = (int)(sizeof(q_tile) * QBUFS * NWG / 16);
+        int4 *z = reinterpret_cast<int4 *>(&q_smem[0]);
+        for (int k = threadIdx.x; k < N16; k += NTHREADS) z[k] = make_int4(0, 0, 0, 0);
     }
     __syncthreads();
 
