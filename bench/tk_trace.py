@@ -24,7 +24,7 @@ import sys
 import time
 
 EVENTS = {1: "done (producer: stage free?)", 2: "loaded", 3: "q_empty", 4: "q gathered", 10: "q_full",
-          11: "k_full", 12: "v_full", 13: "turn", 14: "named barrier after the Q load", 15: "exchange", 99: "exit"}
+          11: "k_full", 12: "v_full", 13: "turn", 15: "exchange", 99: "exit"}
 ROLES = [f"wg{w // 4}.warp{w % 4}" for w in range(8)] + ["producer", "query", "idle", "idle"]
 NWARPS = 12
 FIELDS = ["flags", "src", "gidx", "head", "seq0", "nrows", "row0", "tile0", "tile1", "keylen", "slot"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tk build variants side by side, in one GPU call. Each variant is a string of extra nvcc flags
-# (ATTN_TK_NVCC_FLAGS; "default" = none) with its own cache entry; all build at once. Then:
+# (ATTN_TK_NVCC_FLAGS; "default" = none) and / or csrc=DIR, with its own cache entry; all
+# build at once. Then:
 # tests/test_tk.py on the first variant, the tk benchmark (bf16, both ops, every workload) of
 # each variant saved as run NAME-v<i>, the gate of each against the first, and Nsight Compute
 # stall samples per SASS instruction (bench/ncu_stalls.py) of the first variant on NCU_CASES.
@@ -13,7 +14,14 @@ out=${OUT:-out/variants}
 mkdir -p "$out"
 name=$1; shift
 variants=("$@")
-flags() { [ "$1" = default ] && echo "" || echo "$1"; }
+# A variant's words: "default", nvcc flags, or csrc=DIR (build from another copy of the
+# kernel sources: A/B of two versions of a kernel in one call, on one machine).
+flags() { local w out=""; for w in $1; do case $w in default|csrc=*) ;; *) out="$out $w";; esac; done; echo "$out"; }
+csrc() { local w; for w in $1; do case $w in csrc=*) echo "${w#csrc=}"; return;; esac; done; echo ""; }
+run_variant() {  # run_variant VARIANT CMD...: CMD with the variant's flags and sources
+  local v=$1; shift
+  ATTN_TK_NVCC_FLAGS="$(flags "$v")" ATTN_TK_CSRC="$(csrc "$v")" "$@"
+}
 slug=$(python3 -c 'from attn.perf import gpu_slug; print(gpu_slug())')
 store=bench/results/$slug
 log=$out/variants.log
@@ -21,18 +29,18 @@ log=$out/variants.log
 echo "# tk sources $(cat attn/tk_ext/csrc/* | sha1sum | cut -c1-12), variants: ${variants[*]}" | tee "$log"
 t0=$(date +%s)
 for i in "${!variants[@]}"; do
-  ( ATTN_TK_NVCC_FLAGS="$(flags "${variants[$i]}")" python3 -m attn build > "$out/build-v$i.txt" 2>&1; echo "build v$i rc=$?" >> "$out/build-v$i.txt" ) &
+  ( run_variant "${variants[$i]}" python3 -m attn build > "$out/build-v$i.txt" 2>&1; echo "build v$i rc=$?" >> "$out/build-v$i.txt" ) &
 done
 wait
 echo "builds: $(( $(date +%s) - t0 )) s" | tee -a "$log"
 cat "$out"/build-v*.txt >> "$log"; grep -h "rc=" "$out"/build-v*.txt; rm -f "$out"/build-v*.txt
-export ATTN_TK_NVCC_FLAGS="$(flags "${variants[0]}")"
+export ATTN_TK_NVCC_FLAGS="$(flags "${variants[0]}")" ATTN_TK_CSRC="$(csrc "${variants[0]}")"
 if [ -z "${SKIP_TESTS:-}" ]; then
   timeout -s INT "${TEST_TIMEOUT:-200}" python3 -m pytest tests/test_tk.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
 fi
 for i in "${!variants[@]}"; do
   echo "## bench v$i: ${variants[$i]}" | tee -a "$log"
-  ATTN_TK_NVCC_FLAGS="$(flags "${variants[$i]}")" timeout -s INT "${BENCH_TIMEOUT:-150}" \
+  run_variant "${variants[$i]}" timeout -s INT "${BENCH_TIMEOUT:-150}" \
     python3 -m pytest bench/ -p no:cacheprovider -q --backend tk --bench-dtype bf16 \
       --benchmark-storage="file://$store" --benchmark-save="$name-v$i" \
       --benchmark-columns=median,rounds --benchmark-sort=name 2>&1 | tail -30 | tee -a "$log"

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,21 @@ def test_extra_nvcc_flags_reach_the_build_and_the_cache_key(monkeypatch, tmp_pat
     assert build.nvcc_flags()[-2:] == ["-DATTN_TK_TRACE", "-lineinfo"]
     assert build.build_args(root, tmp_path, "k")["extra_cuda_cflags"][-2:] == ["-DATTN_TK_TRACE", "-lineinfo"]
     assert build.cache_key("sm_90", root) != plain
+
+
+def test_another_source_dir_builds_from_its_files_under_its_own_key(monkeypatch, tmp_path):
+    root = build.tk_root() or tmp_path
+    monkeypatch.delenv("ATTN_TK_CSRC", raising=False)
+    plain = build.cache_key("sm_90", root)
+    other = tmp_path / "csrc"
+    shutil.copytree(build.CSRC, other)
+    monkeypatch.setenv("ATTN_TK_CSRC", str(other))
+    assert build.cache_key("sm_90", root) == plain  # same bytes, same key
+    (other / "stacked.cuh").write_text((other / "stacked.cuh").read_text() + "\n// B\n")
+    assert build.cache_key("sm_90", root) != plain
+    args = build.build_args(root, tmp_path, "k")
+    assert args["sources"] and all(Path(s).parent == other.resolve() for s in args["sources"])
+    assert str(other.resolve()) in args["extra_include_paths"]
 
 
 def test_info_names_extra_nvcc_flags(monkeypatch):

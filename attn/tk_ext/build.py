@@ -50,13 +50,20 @@ def nvcc_flags() -> list[str]:
     return list(NVCC_FLAGS) + os.environ.get("ATTN_TK_NVCC_FLAGS", "").split()
 
 
+def csrc_dir() -> Path:
+    """The kernel sources: :data:`CSRC`, or ``ATTN_TK_CSRC`` (for A/B runs of two versions of
+    the kernels in one process tree, ``bench/tk_variants.sh``; each gets its own cache entry)."""
+    env = os.environ.get("ATTN_TK_CSRC")
+    return Path(env).resolve() if env else CSRC
+
+
 def sources() -> list[Path]:
     """The files compiled into the extension (the .cu / .cpp units)."""
-    return sorted(p for p in CSRC.iterdir() if p.suffix in (".cu", ".cpp"))
+    return sorted(p for p in csrc_dir().iterdir() if p.suffix in (".cu", ".cpp"))
 
 
 def _hashed_files() -> list[Path]:
-    return sorted(p for p in CSRC.iterdir() if p.suffix in (".cu", ".cpp", ".cuh", ".h"))
+    return sorted(p for p in csrc_dir().iterdir() if p.suffix in (".cu", ".cpp", ".cuh", ".h"))
 
 
 def tk_root() -> Optional[Path]:
@@ -183,7 +190,7 @@ def build_args(root: Path, d: Path, key: str, verbose: bool = False) -> dict:
     return dict(
         name=f"attn_tk_{key}",
         sources=[str(p) for p in sources()],
-        extra_include_paths=[str(root / "include"), str(root / "prototype"), str(CSRC)],
+        extra_include_paths=[str(root / "include"), str(root / "prototype"), str(csrc_dir())],
         extra_cflags=["-O3", "-std=c++20"],
         extra_cuda_cflags=nvcc_flags(),
         extra_ldflags=["-lcuda"],

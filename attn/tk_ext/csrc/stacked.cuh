@@ -12,7 +12,7 @@
 //
 // CTA layout: NWG consumer warpgroups (64 query rows each, wgmma) + 1 producer warpgroup
 // whose first warp streams K/V tiles with TMA through a STAGES-deep ring of shared tiles and
-// whose second warp gathers the next item's query rows into a second buffer of query tiles.
+// whose second warp gathers the items' query rows ahead into a ring of query tiles.
 // Items with more than 64 rows split the rows between the consumer warpgroups ("row split",
 // both consume every tile); items with at most 64 rows (decode) split the tiles instead
 // ("kv split": warpgroup w takes tiles w, w+NWG, ... and writes slot + w), so that decode
@@ -83,11 +83,12 @@ template<typename T> struct dt {};
 template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
 template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; template<int R, int C> using rt_t = rt_hf<R, C>; };
 
-// Buffers of NWG query tiles. Consumers copy an item's query tile into registers when the
-// item starts and free it at once, so one buffer already lets the query warp gather item
-// i + 1 while item i runs; two gather an item further ahead, at the cost of a ring stage
-// at D = 128. Two are 1-4 % faster on the spec workloads (H200, bench/tk_variants.sh, runs
-// 0007 / 0008: the earlier query gather is worth more than a fifth stage).
+// Query tiles: a ring of QSLOTS = QBUFS * NWG single tiles. A row-split item takes two
+// consecutive slots (one per warpgroup), a kv-split item one (both warpgroups read it), so
+// the query warp gathers decode items further ahead than row-split ones. Consumers copy
+// their query tile into registers when an item starts and free the slot at once. QBUFS = 2
+// (4 slots, and so 4 ring stages at D = 128 instead of 5) was 1-4 % faster than 1 on the
+// spec workloads (H200, bench/tk_variants.sh, runs 0007 / 0008).
 // ATTN_TK_QROWS=0: the query warp copies all 64 rows of a tile, zero-filled (run 0016).
 #ifndef ATTN_TK_QROWS
 #define ATTN_TK_QROWS 1
@@ -97,6 +98,14 @@ template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; te
 #endif
 constexpr int QBUFS = ATTN_TK_QBUFS;
 static_assert(QBUFS == 1 || QBUFS == 2, "one or two query buffers");
+constexpr int QSLOTS = QBUFS * NWG;
+// 1: each lane of the query warp signals q_full with cp.async.mbarrier.arrive, which fires
+// when its copies have landed, so the warp goes on to gather the next item at once; 0: it
+// waits for its copies (cp.async.wait_all) and lane 0 arrives, one memory latency per item
+// (as in H200 run 0018).
+#ifndef ATTN_TK_QASYNC
+#define ATTN_TK_QASYNC 1
+#endif
 
 template<typename T, int D> struct tiles {
     using q_tile = typename dt<T>::template st_t<TILE, D>;
@@ -140,7 +149,6 @@ enum TraceEvent {
     TR_KFULL = 11,    // consumer waits k_full of tile g
     TR_VFULL = 12,    // consumer waits v_full of tile g
     TR_TURN = 13,     // consumer waits its ping-pong turn
-    TR_NAMED = 14,    // consumer at the named barrier after loading its query tile
     TR_XCHG = 15,     // consumer at the direct items' exchange barrier
     TR_EXIT = 99,     // the warp's role is finished
 };
@@ -169,7 +177,7 @@ inline int *trace_ptr() { return nullptr; }
 // warpgroup: warp 0 of warpgroup 1 hands its registers to warp 0 of warpgroup 0 through this
 // buffer, lane for lane (both hold the same rows and columns), and the latter merges.
 constexpr int DIRECT_ROWS = 16;
-constexpr int XCHG_BAR = 5;  // 1, 2: named_sync; 3, 4: ping-pong turns
+constexpr int XCHG_BAR = 5;  // 3, 4: ping-pong turns (1, 2 unused)
 template<int D> struct exchange {
     float2 o[D / 4][32];  // o.tiles[0][c].data[k] of lane l at [c * 4 + k][l]
     float2 m[32], l[32];
@@ -205,17 +213,13 @@ inline int sched_mode() {
 #endif
 }
 
-__device__ inline void named_sync(int id) {
-    asm volatile("bar.sync %0, %1;\n" :: "r"(id), "n"(128) : "memory");
-}
-
 // Ping-pong (FA3): warpgroup w issues a tile's wgmmas only after the other one issued its
 // previous ones, so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
 // Barrier SCHED_BAR + w is "w's turn": w syncs on it (128 threads), the other warpgroup
 // arrives (128 more). Both warpgroups take the same branches on every row-split tile (same
 // item, same valid counts), so turns strictly alternate for the life of the CTA; warpgroup 1
 // grants the first turn. A grant left over at exit is harmless (barriers reset per CTA).
-constexpr int SCHED_BAR = 3;  // 1, 2: named_sync per warpgroup
+constexpr int SCHED_BAR = 3;
 static_assert(NWG == 2, "ping-pong pairs two consumer warpgroups");
 __device__ inline void turn_wait(int wg) {
     asm volatile("bar.sync %0, %1;\n" :: "r"(SCHED_BAR + wg), "n"(256) : "memory");
@@ -265,10 +269,18 @@ __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, in
 #endif
 }
 
-// Makes this lane's finished cp.async copies visible to wgmma (the async proxy).
-__device__ inline void load_q_wait() {
+// Completes q_full of a slot once the query warp's copies into it have landed. Consumers read
+// query tiles with ld.shared (Q K^T takes Q from registers), so the generic proxy suffices:
+// no fence.proxy.async.
+__device__ inline void q_signal(semaphore &full) {
+#if ATTN_TK_QASYNC
+    const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(&full));
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
+#else
     asm volatile("cp.async.wait_all;\n" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncwarp();
+    if (laneid() == 0) arrive(full, 1);
+#endif
 }
 
 // The kernel. SRC provides, for an item: ntiles(item) (tiles to process, after dynamic lengths),
@@ -283,11 +295,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 
     extern __shared__ int __shm[];
     tma_swizzle_allocator al((int *)&__shm[0]);
-    // QBUFS buffers of NWG query tiles: the query warp fills item i + 1's while item i runs.
-    q_tile(&q_smem)[QBUFS * NWG] = al.allocate<q_tile, QBUFS * NWG>();
+    q_tile(&q_smem)[QSLOTS] = al.allocate<q_tile, QSLOTS>();
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
-    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QBUFS], q_empty[QBUFS];
+    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QSLOTS], q_empty[QSLOTS];
     __shared__ exchange<D> xchg;
     // Valid keys of the tile in each ring stage, written by the producer before it arms the
     // stage's k_full (an arrive: release) and read by the consumers after their wait on it
@@ -308,14 +319,18 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // chunks issues none; a 2-stage ring (notes/tk-keys128.patch) hung this way.
             init_semaphore(done[s], NWG * 4, 0);
         }
-        for (int b = 0; b < QBUFS; b++) {
-            init_semaphore(q_full[b], 1, 0);
-            init_semaphore(q_empty[b], NWG, 0);
+        for (int b = 0; b < QSLOTS; b++) {
+            init_semaphore(q_full[b], ATTN_TK_QASYNC ? 32 : 1, 0);  // every lane / lane 0
+            // Every consumer warp frees a slot once it holds its rows (count 1 each of 8 for a
+            // kv-split item's slot, 2 each of 4 for a row-split warpgroup's), so no warp waits
+            // at an item's start for its warpgroup's slowest, e.g. the one warp of a
+            // few-row decode item that stores rows in the epilogue.
+            init_semaphore(q_empty[b], NWG * 4, 0);
         }
     }
     {
         // load_q writes only the valid rows of an item: the others must hold finite values.
-        constexpr int N16 = (int)(sizeof(q_tile) * QBUFS * NWG / 16);
+        constexpr int N16 = (int)(sizeof(q_tile) * QSLOTS / 16);
         int4 *z = reinterpret_cast<int4 *>(&q_smem[0]);
         for (int k = threadIdx.x; k < N16; k += NTHREADS) z[k] = make_int4(0, 0, 0, 0);
     }
@@ -329,20 +344,23 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
         if (warpid() % 4 == 1) {
-            // Query warp: gathers each item's stacked query rows one item ahead.
+            // Query warp: gathers the items' stacked query rows into the slot ring, as far
+            // ahead as free slots allow. qs counts the slots used so far.
+            int qs = 0;
             for (int i = first; i < last; i++) {
                 const int *it = a.items + (long)i * ITEM_INTS;
-                const int li = i - first, b = li % QBUFS;
-                trace(a, TR_QEMPTY, i, li, b);
-                if (li >= QBUFS) wait(q_empty[b], ((li / QBUFS) - 1) & 1);
                 const bool kv = it[F_FLAGS] & 1;
-                for (int w = 0; w < (kv ? 1 : NWG); w++)
-                    load_q<T, D>(q_smem[b * NWG + w], a, it[F_SEQ0], it[F_HEAD], it[F_ROW0] + w * TILE, it[F_NROWS]);
-                load_q_wait();
-                __syncwarp();
-                if (laneid() == 0) arrive(q_full[b], 1);
-                trace(a, TR_QLOADED, i, li, b);
+                for (int w = 0; w < (kv ? 1 : NWG); w++, qs++) {
+                    const int b = qs % QSLOTS;
+                    trace(a, TR_QEMPTY, i, qs, b);
+                    if (qs >= QSLOTS) wait(q_empty[b], ((qs / QSLOTS) - 1) & 1);
+                    load_q<T, D>(q_smem[b], a, it[F_SEQ0], it[F_HEAD], it[F_ROW0] + w * TILE, it[F_NROWS]);
+                    q_signal(q_full[b]);
+                    trace(a, TR_QLOADED, i, qs, b);
+                }
             }
+            // Its copies land before the warp exits (their arrives still count).
+            asm volatile("cp.async.wait_all;\n" ::: "memory");
             trace(a, TR_EXIT, last, 0, 0);
         }
         if (threadIdx.x % 128 == 0) {
@@ -371,6 +389,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     const bool pingpong = a.sched == SCHED_PINGPONG;
     if (pingpong && wg == 1) turn_pass(wg);
     int g = 0;  // tiles consumed so far by this CTA: ring stage g % STAGES, phase (g / STAGES) & 1
+    int qs = 0;  // query slots used so far (as the query warp counts them)
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
         const bool kvsplit = it[F_FLAGS] & 1;
@@ -378,19 +397,19 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
         const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
         const int slot = it[F_SLOT] + (kvsplit ? wg : 0);
-        const int li = i - first, qb = li % QBUFS;
-        q_tile &qt = q_smem[qb * NWG + (kvsplit ? 0 : wg)];  // kv split: both read one tile
-        trace(a, TR_QFULL, i, li, qb);
-        wait(q_full[qb], (li / QBUFS) & 1);
-        // Q from registers (wgmma RS) in every schedule, so the query buffer is free for the
-        // next item's gather as soon as the whole warpgroup holds it. With 64-key tiles a
+        const int qu = qs + (kvsplit ? 0 : wg), qb = qu % QSLOTS;  // kv split: both read one slot
+        qs += kvsplit ? 1 : NWG;
+        q_tile &qt = q_smem[qb];
+        trace(a, TR_QFULL, i, qu, qb);
+        wait(q_full[qb], (qu / QSLOTS) & 1);
+        // Q from registers (wgmma RS) in every schedule, so the query slot is free for a later
+        // item's gather as soon as every warp holds its rows. With 64-key tiles a
         // shared-memory Q would also make Q K^T read A and B from shared memory for 64 x 64 x
         // 16 per instruction: all of the SM's shared-memory bandwidth, with TMA writing too.
         typename dt<T>::template rt_t<16, D> q_reg;
-        warpgroup::load(q_reg, qt);
-        trace(a, TR_NAMED, i, g, wg);
-        named_sync(1 + wg);  // every warp of this warpgroup has read qt
-        if (warpgroup::laneid() == 0) arrive(q_empty[qb], 1);
+        warpgroup::load(q_reg, qt);  // this warp's 16 rows
+        __syncwarp();
+        if (laneid() == 0) arrive(q_empty[qb], kvsplit ? 1 : NWG);
 
         rt_fl<16, TILE> att;
         typename dt<T>::template rt_t<16, TILE> att_lp;
