@@ -160,6 +160,33 @@ def test_ncu_stall_ranking_reads_a_source_page(tmp_path, capsys):
     assert " 92.31 %  BRA" in by_op and "  5.38 %  MUFU" in by_op
 
 
+def test_timeline_report_of_a_synthetic_launch():
+    """bench/tk_timeline.py: cycles to us from the clocks and timers, per-kind means, last CTA."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "tk_timeline.py"
+    spec = importlib.util.spec_from_file_location("tk_timeline", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    items = np.zeros((3, plan.ITEM_INTS), dtype=np.int32)
+    items[0, [plan.F_FLAGS, plan.F_SRC, plan.F_NROWS, plan.F_TILE1]] = [0, 0, 512, 7]
+    items[1:, plan.F_FLAGS], items[1:, plan.F_SRC], items[1:, plan.F_NROWS], items[1:, plan.F_TILE1] = 1, 1, 4, 1
+    ctas = np.array([0, 2, 3], dtype=np.int32)
+    tl = np.zeros((3, 2, 4), dtype=np.uint64)
+    # CTA 0 (0.5 ns per cycle): a 2 us row-split item, then a 1 us kv item; CTA 1 starts
+    # 0.5 us later and runs a 1 us kv item.
+    tl[0, :] = [1000, 1200, 5000, 10_000]
+    tl[1, :] = [5000, 5000, 7000, 12_000]
+    tl[2, :] = [300, 500, 2300, 10_500]
+    out = mod.summarize(items, ctas, tl)
+    assert "3 items on 2 CTAs; kernel (first item start to last end) 3.0 us; 0.500 ns per cycle" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("src")]
+    assert rows[0] == ["src0", "rows", "512r", "7t", "1", "2.00", "0.10", "50.0%"]
+    assert rows[1] == ["src1", "kv", "4r", "1t", "2", "1.00", "0.05", "50.0%"]
+    assert "CTA start (us after the first): median 0.25, max 0.50; end: min 1.5, median 2.2, max 3.0" in out
+    assert "CTA 0 (ends last)" in out and out.count("  src") == 2
+
+
 def test_cache_dir_override(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
     assert build.build_dir("abc") == tmp_path / "tk-abc"

@@ -21,9 +21,12 @@ BLOCK_ROWS = TILE * NWG
 SLOTS_PER_SPLIT = NWG
 MIN_TILES_ROWS = 4   # fewest tiles of a row-split item (more splits only add merge traffic)
 MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
-# Cost of a tile in a CTA's time: in a row-split item both warpgroups compute on every tile
-# (and the K/V tiles mostly hit L2), in a kv-split item one does, so it costs about half.
-ROW_TILE_COST, KV_TILE_COST = 2.0, 1.0
+# Cost of a tile in a CTA's time, measured (H200, bench/tk_timeline.py, logs/0022-tk-timeline.log):
+# a row-split tile (both warpgroups, tensor-core bound) took 1.13-1.16 us on gqa-8b(-long), a
+# kv-split tile (HBM bound while the decode items stream) 1.0-1.1 us. The earlier guess of
+# 2 : 1 (only one warpgroup computes on a kv-split tile) gave decode-heavy CTAs up to 20 %
+# more time than the others (gqa-8b-long: CTAs ended between 87 and 110 us).
+ROW_TILE_COST, KV_TILE_COST = 1.2, 1.0
 
 F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
 FLAG_KV_SPLIT, FLAG_DIRECT = 1, 2  # bits of F_FLAGS (stacked.cuh ItemFlag)
@@ -201,7 +204,9 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
     return out, True
 
 
-ITEM_OVERHEAD = 1.0  # fixed cost of an item (epilogue, pipeline bubbles), in kv-split tiles
+# Fixed cost of an item (query wait, epilogue, pipeline bubbles), in kv-split tiles: a
+# one-tile decode item took ~2 us, a 4-tile one ~4.4 us (same log).
+ITEM_OVERHEAD = 1.0
 
 
 def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):

@@ -47,7 +47,7 @@ static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc,
     S src{mk(kc), mk(vc), clist.data_ptr<int>(), clens.data_ptr<int>(), (int)((kc.size(2) + TILE - 1) / TILE)};
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / kc.size(1)), (int)(q.size(0) * q.size(1)),
-                  scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr()};
+                  scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 

@@ -133,6 +133,7 @@ struct common_args {
     float *lse;                // direct items: [rows_total]
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
     int *trace;                // ATTN_TK_TRACE builds: device [ctas, NTHREADS / 32, 4]; else unused
+    unsigned long long *timeline;  // ATTN_TK_TIMELINE builds: device [num_items, NWG, 4]; else unused
 };
 
 // Trace builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TRACE): before each wait, lane 0 of every warp
@@ -169,6 +170,33 @@ inline int *trace_ptr() {
 #else
 __device__ inline void trace(const common_args &, int, int, int, int) {}
 inline int *trace_ptr() { return nullptr; }
+#endif
+
+// Timeline builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TIMELINE): lane 0 of each consumer
+// warpgroup's first warp stores the SM's clock when it starts an item, when the item's query
+// rows have arrived and when its epilogue is done, plus %globaltimer (ns) at the start, at
+// [item, warpgroup, 0..3] (bench/tk_timeline.py: where a launch's time goes, per kind of
+// item; the clocks give durations, the timer aligns CTAs and converts cycles). Off by default.
+enum TimelineMark { TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3 };
+#ifdef ATTN_TK_TIMELINE
+__device__ inline void timeline(const common_args &a, int item, int wg, int mark) {
+    if (a.timeline && threadIdx.x % 128 == 0) {
+        unsigned long long *p = a.timeline + ((long)item * NWG + wg) * 4;
+        p[mark] = clock64();
+        if (mark == TL_START) {
+            unsigned long long t;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+            p[TL_TIMER] = t;
+        }
+    }
+}
+inline unsigned long long *timeline_ptr() {
+    const char *e = std::getenv("ATTN_TK_TIMELINE_PTR");
+    return e ? reinterpret_cast<unsigned long long *>(std::strtoull(e, nullptr, 10)) : nullptr;
+}
+#else
+__device__ inline void timeline(const common_args &, int, int, int) {}
+inline unsigned long long *timeline_ptr() { return nullptr; }
 #endif
 
 // Direct items (plan.mark_direct: every row of the op is in this one item) write the final
@@ -242,15 +270,25 @@ __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, in
     constexpr int CHUNKS = D / VEC;
     const T *q = reinterpret_cast<const T *>(a.q);
 #if ATTN_TK_QROWS
+    // A lane copies one 16-byte column of every STEP-th row: its sequence and head advance
+    // by a fixed (STEP / r, STEP % r) per row step, so the runtime divisions by r happen once
+    // per call instead of per copy (they were most of the ~3200 instructions per lane that
+    // gathering a row-split item's 128 rows took: 3-4 us at a kernel's start).
+    constexpr int STEP = 32 / CHUNKS;
+    const int lane = threadIdx.x % 32, col = (lane % CHUNKS) * VEC;
     const int rows = max(0, min(TILE, nrows - row0));
+    int row = lane / CHUNKS;
+    int b = (row0 + row) / a.r, hr = (row0 + row) - b * a.r;  // sequence seq0 + b, head h * r + hr
+    const int db = STEP / a.r, dr = STEP - db * a.r;
+    const T *base = q + (long)seq0 * a.q_sb + (long)h * a.r * a.q_sh + col;
     #pragma unroll 2  // (4 makes the 56-register producer warps spill)
-    for (int i = threadIdx.x % 32; i < rows * CHUNKS; i += 32) {
-        const int row = i / CHUNKS, col = (i % CHUNKS) * VEC;
-        const int j = row0 + row;
-        const long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
-        const T *src = q + b * a.q_sb + hh * a.q_sh + col;
+    for (; row < rows; row += STEP) {
+        const T *src = base + (long)b * a.q_sb + (long)hr * a.q_sh;
         uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(&dst[int2{row, col}]));
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(s), "l"(src) : "memory");
+        b += db;
+        hr += dr;
+        if (hr >= a.r) { hr -= a.r; b++; }
     }
 #else  // all 64 rows, zero-filled past nrows (as in H200 run 0016)
     for (int i = threadIdx.x % 32; i < TILE * CHUNKS; i += 32) {
@@ -401,7 +439,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         qs += kvsplit ? 1 : NWG;
         q_tile &qt = q_smem[qb];
         trace(a, TR_QFULL, i, qu, qb);
+        timeline(a, i, wg, TL_START);
         wait(q_full[qb], (qu / QSLOTS) & 1);
+        timeline(a, i, wg, TL_QREADY);
         // Q from registers (wgmma RS) in every schedule, so the query slot is free for a later
         // item's gather as soon as every warp holds its rows. With 64-key tiles a
         // shared-memory Q would also make Q K^T read A and B from shared memory for 64 x 64 x
@@ -554,6 +594,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             exchange_sync();  // warpgroup 1's state is in xchg
             if (wg == 1) {
                 exchange_sync();  // read: xchg is free for the next item
+                timeline(a, i, wg, TL_END);
                 continue;
             }
             const float2 m1 = xchg.m[lane], l1 = xchg.l[lane];
@@ -613,6 +654,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 else a.part_lse[grow] = lse;
             }
         }
+        timeline(a, i, wg, TL_END);
     }
     trace(a, TR_EXIT, last, g, wg);
 }

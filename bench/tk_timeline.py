@@ -1,0 +1,145 @@
+"""Where a tk launch's time goes: per-item clocks of a ``-DATTN_TK_TIMELINE`` build.
+
+Builds the extension with ``-DATTN_TK_TIMELINE`` (its own cache entry): each consumer
+warpgroup then stores the SM clock when it starts an item, when the item's query rows have
+arrived and when its epilogue is done (``stacked.cuh`` ``timeline``). The launch is run once
+to warm up, then once more after flushing L2 (as the benchmark does), and this prints:
+
+- per kind of item (source, row or kv split, rows, tiles): how many, their mean time, the
+  mean wait for their queries, and their share of all warpgroup time;
+- the spread of the CTAs' start and end times (launch skew and load balance);
+- the items of the CTA that ends last, in order.
+
+    PYTHONPATH=. python bench/tk_timeline.py CASE ... [--show N]
+
+CASE: a spec workload (``tree-3level``, ``gqa-8b-ragged``, ...) or ``B,Hq,Hkv,P,S``;
+``:chunk`` after it runs ``chunk_attention``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections import defaultdict
+
+import numpy as np
+
+NWG = 2
+F_FLAGS, F_SRC, F_NROWS, F_TILE0, F_TILE1 = 0, 1, 5, 7, 8
+TL_START, TL_QREADY, TL_END, TL_TIMER = range(4)
+
+
+def kind(item) -> str:
+    split = "kv" if item[F_FLAGS] & 1 else "rows"
+    return f"src{item[F_SRC]} {split} {item[F_NROWS]}r {item[F_TILE1] - item[F_TILE0]}t"
+
+
+def ns_per_cycle(tl: np.ndarray, ctas: np.ndarray) -> float:
+    """Timer ns per SM clock cycle, from the first and last item start of each CTA."""
+    ratios = []
+    for c in range(len(ctas) - 1):
+        a, b = int(ctas[c]), int(ctas[c + 1]) - 1
+        dc = float(tl[b, 0, TL_START]) - float(tl[a, 0, TL_START])
+        if b > a and dc > 0:
+            ratios.append((float(tl[b, 0, TL_TIMER]) - float(tl[a, 0, TL_TIMER])) / dc)
+    return float(np.median(ratios)) if ratios else 1.0
+
+
+def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 40) -> str:
+    """The report of one launch.
+
+    Parameters
+    ----------
+    items : int32 ``[n, 12]``, the scheduled item table of the launch.
+    ctas : int32 ``[num_ctas + 1]``, CTA ``c`` ran items ``[ctas[c], ctas[c + 1])``.
+    tl : uint64 / int64 ``[n, NWG, 4]``: clocks at start, queries ready, end; timer at start.
+    """
+    tl = tl.astype(np.float64)
+    scale = ns_per_cycle(tl, ctas) / 1000.0  # us per cycle
+    ncta = len(ctas) - 1
+    cta_of = np.repeat(np.arange(ncta), np.diff(ctas))
+    # Each CTA's clock against the timer: its first start's timer value.
+    first = np.asarray(ctas[:-1], dtype=np.int64)
+    t_first = tl[first, 0, TL_TIMER] / 1000.0
+    t0 = t_first.min()
+
+    def at(i, wg, mark):  # us since the kernel's first item start
+        c = cta_of[i]
+        return t_first[c] - t0 + (tl[i, wg, mark] - tl[first[c], 0, TL_START]) * scale
+
+    dur = (tl[:, :, TL_END] - tl[:, :, TL_START]) * scale
+    qwait = (tl[:, :, TL_QREADY] - tl[:, :, TL_START]) * scale
+    ends = np.asarray([max(at(int(ctas[c + 1]) - 1, w, TL_END) for w in range(NWG)) for c in range(ncta)])
+    span = ends.max()
+    lines = [f"{len(items)} items on {ncta} CTAs; kernel (first item start to last end) {span:.1f} us; "
+             f"{scale * 1000:.3f} ns per cycle"]
+    groups = defaultdict(list)
+    for i, it in enumerate(items.tolist()):
+        groups[kind(it)].append(i)
+    total = dur.sum()
+    lines.append(f"{'kind':<26} {'items':>6} {'mean us':>8} {'q wait':>7} {'share':>6}")
+    for k, idx in sorted(groups.items(), key=lambda kv: -dur[kv[1]].sum()):
+        lines.append(f"{k:<26} {len(idx):6d} {dur[idx].mean():8.2f} {qwait[idx].mean():7.2f} "
+                     f"{100 * dur[idx].sum() / total:5.1f}%")
+    starts = t_first - t0
+    busy = np.asarray([dur[ctas[c]:ctas[c + 1]].sum() / NWG for c in range(ncta)])
+    gaps = ends - starts - busy
+    lines.append(f"CTA start (us after the first): median {np.median(starts):.2f}, max {starts.max():.2f}; "
+                 f"end: min {ends.min():.1f}, median {np.median(ends):.1f}, max {ends.max():.1f}; "
+                 f"time between items per CTA: median {np.median(gaps):.2f} us")
+    c = int(ends.argmax())
+    lines.append(f"CTA {c} (ends last), its items: kind, start us, q wait, duration (warpgroup 0 / 1)")
+    for i in range(int(ctas[c]), min(int(ctas[c + 1]), int(ctas[c]) + show)):
+        lines.append(f"  {kind(items[i].tolist()):<26} {at(i, 0, TL_START):7.2f} {qwait[i, 0]:6.2f} "
+                     f"{dur[i, 0]:6.2f} / {dur[i, 1]:6.2f}")
+    return "\n".join(lines)
+
+
+def _run(case: str, show: int) -> str:
+    import torch
+
+    import attn
+    from attn.dispatch import get_backend
+    from attn.problems import chunk_problem, shared_prefix_problem
+    from attn.workloads import make_inputs, to_chunk_form
+    from tk_trace import _workload
+
+    w = _workload(case)
+    chunk = case.endswith(":chunk")
+    inp = make_inputs(w, torch.bfloat16, "cuda", seed=0)
+    tk = get_backend("tk")
+    if chunk:
+        ch = to_chunk_form(inp, 64)
+        args, prob = ch.args(), chunk_problem(*ch.args())
+        items, ctas = tk.chunk_items(prob)[:2]
+    else:
+        args, prob = inp.args(), shared_prefix_problem(*inp.args())
+        items, ctas = tk.level_items(prob)[:2]
+    items, ctas = items.cpu().numpy(), ctas.cpu().numpy()
+    tl = torch.zeros((len(items), NWG, 4), dtype=torch.int64, device="cuda")
+    os.environ["ATTN_TK_TIMELINE_PTR"] = str(tl.data_ptr())
+    op = attn.chunk_attention if chunk else attn.shared_prefix_attention
+    op(*args, backend="tk")
+    flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    flush.zero_()
+    torch.cuda.synchronize()
+    op(*args, backend="tk")
+    torch.cuda.synchronize()
+    os.environ.pop("ATTN_TK_TIMELINE_PTR")
+    return f"## {case}\n" + summarize(items, ctas, tl.cpu().numpy().view(np.uint64), show)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cases", nargs="+")
+    ap.add_argument("--show", type=int, default=40, help="items of the last CTA to list")
+    args = ap.parse_args(argv)
+    flags = os.environ.get("ATTN_TK_NVCC_FLAGS", "")
+    if "-DATTN_TK_TIMELINE" not in flags.split():
+        os.environ["ATTN_TK_NVCC_FLAGS"] = (flags + " -DATTN_TK_TIMELINE").strip()
+    for case in args.cases:
+        print(_run(case, args.show), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
