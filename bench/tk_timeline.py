@@ -2,11 +2,13 @@
 
 Builds the extension with ``-DATTN_TK_TIMELINE`` (its own cache entry): each consumer
 warpgroup then stores the SM clock when it starts an item, when the item's query rows have
-arrived and when its epilogue is done (``stacked.cuh`` ``timeline``). The launch is run once
+arrived and when its epilogue is done, and the cycles it waited for K and for V tiles
+(``stacked.cuh`` ``timeline``). The launch is run once
 to warm up, then once more after flushing L2 (as the benchmark does), and this prints:
 
 - per kind of item (source, row or kv split, rows, tiles): how many, their mean time, the
-  mean wait for their queries, and their share of all warpgroup time;
+  mean waits for their queries, K tiles and V tiles, and their share of all warpgroup time
+  (an item that spends its time in the K / V waits is waiting for memory, not computing);
 - the spread of the CTAs' start and end times (launch skew and load balance);
 - the items of the CTA that ends last, in order.
 
@@ -25,7 +27,7 @@ import numpy as np
 
 NWG = 2
 F_FLAGS, F_SRC, F_NROWS, F_TILE0, F_TILE1 = 0, 1, 5, 7, 8
-TL_START, TL_QREADY, TL_END, TL_TIMER = range(4)
+TL_START, TL_QREADY, TL_END, TL_TIMER, TL_KWAIT, TL_VWAIT, TL_FIELDS = range(7)
 
 
 def kind(item) -> str:
@@ -51,7 +53,8 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     ----------
     items : int32 ``[n, 12]``, the scheduled item table of the launch.
     ctas : int32 ``[num_ctas + 1]``, CTA ``c`` ran items ``[ctas[c], ctas[c + 1])``.
-    tl : uint64 / int64 ``[n, NWG, 4]``: clocks at start, queries ready, end; timer at start.
+    tl : uint64 / int64 ``[n, NWG, TL_FIELDS]``: clocks at start, queries ready and end; the
+        timer (ns) at the start; cycles waited for K tiles, for V tiles.
     """
     tl = tl.astype(np.float64)
     scale = ns_per_cycle(tl, ctas) / 1000.0  # us per cycle
@@ -68,6 +71,7 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
 
     dur = (tl[:, :, TL_END] - tl[:, :, TL_START]) * scale
     qwait = (tl[:, :, TL_QREADY] - tl[:, :, TL_START]) * scale
+    kwait, vwait = tl[:, :, TL_KWAIT] * scale, tl[:, :, TL_VWAIT] * scale
     ends = np.asarray([max(at(int(ctas[c + 1]) - 1, w, TL_END) for w in range(NWG)) for c in range(ncta)])
     span = ends.max()
     lines = [f"{len(items)} items on {ncta} CTAs; kernel (first item start to last end) {span:.1f} us; "
@@ -76,10 +80,10 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     for i, it in enumerate(items.tolist()):
         groups[kind(it)].append(i)
     total = dur.sum()
-    lines.append(f"{'kind':<26} {'items':>6} {'mean us':>8} {'q wait':>7} {'share':>6}")
+    lines.append(f"{'kind':<26} {'items':>6} {'mean us':>8} {'q wait':>7} {'k wait':>7} {'v wait':>7} {'share':>6}")
     for k, idx in sorted(groups.items(), key=lambda kv: -dur[kv[1]].sum()):
         lines.append(f"{k:<26} {len(idx):6d} {dur[idx].mean():8.2f} {qwait[idx].mean():7.2f} "
-                     f"{100 * dur[idx].sum() / total:5.1f}%")
+                     f"{kwait[idx].mean():7.2f} {vwait[idx].mean():7.2f} {100 * dur[idx].sum() / total:5.1f}%")
     starts = t_first - t0
     busy = np.asarray([dur[ctas[c]:ctas[c + 1]].sum() / NWG for c in range(ncta)])
     gaps = ends - starts - busy
@@ -115,7 +119,7 @@ def _run(case: str, show: int) -> str:
         args, prob = inp.args(), shared_prefix_problem(*inp.args())
         items, ctas = tk.level_items(prob)[:2]
     items, ctas = items.cpu().numpy(), ctas.cpu().numpy()
-    tl = torch.zeros((len(items), NWG, 4), dtype=torch.int64, device="cuda")
+    tl = torch.zeros((len(items), NWG, TL_FIELDS), dtype=torch.int64, device="cuda")
     os.environ["ATTN_TK_TIMELINE_PTR"] = str(tl.data_ptr())
     op = attn.chunk_attention if chunk else attn.shared_prefix_attention
     op(*args, backend="tk")

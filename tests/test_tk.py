@@ -172,17 +172,18 @@ def test_timeline_report_of_a_synthetic_launch():
     items[0, [plan.F_FLAGS, plan.F_SRC, plan.F_NROWS, plan.F_TILE1]] = [0, 0, 512, 7]
     items[1:, plan.F_FLAGS], items[1:, plan.F_SRC], items[1:, plan.F_NROWS], items[1:, plan.F_TILE1] = 1, 1, 4, 1
     ctas = np.array([0, 2, 3], dtype=np.int32)
-    tl = np.zeros((3, 2, 4), dtype=np.uint64)
+    tl = np.zeros((3, 2, mod.TL_FIELDS), dtype=np.uint64)
     # CTA 0 (0.5 ns per cycle): a 2 us row-split item, then a 1 us kv item; CTA 1 starts
-    # 0.5 us later and runs a 1 us kv item.
-    tl[0, :] = [1000, 1200, 5000, 10_000]
-    tl[1, :] = [5000, 5000, 7000, 12_000]
-    tl[2, :] = [300, 500, 2300, 10_500]
+    # 0.5 us later and runs a 1 us kv item. Fields: start, q ready, end (cycles), timer (ns),
+    # k wait, v wait (cycles).
+    tl[0, :] = [1000, 1200, 5000, 10_000, 400, 200]
+    tl[1, :] = [5000, 5000, 7000, 12_000, 1000, 0]
+    tl[2, :] = [300, 500, 2300, 10_500, 600, 200]
     out = mod.summarize(items, ctas, tl)
     assert "3 items on 2 CTAs; kernel (first item start to last end) 3.0 us; 0.500 ns per cycle" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("src")]
-    assert rows[0] == ["src0", "rows", "512r", "7t", "1", "2.00", "0.10", "50.0%"]
-    assert rows[1] == ["src1", "kv", "4r", "1t", "2", "1.00", "0.05", "50.0%"]
+    assert rows[0] == ["src0", "rows", "512r", "7t", "1", "2.00", "0.10", "0.20", "0.10", "50.0%"]
+    assert rows[1] == ["src1", "kv", "4r", "1t", "2", "1.00", "0.05", "0.40", "0.05", "50.0%"]
     assert "CTA start (us after the first): median 0.25, max 0.50; end: min 1.5, median 2.2, max 3.0" in out
     assert "CTA 0 (ends last)" in out and out.count("  src") == 2
 

@@ -139,7 +139,7 @@ struct common_args {
     float *lse;                // direct items: [rows_total]
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
     int *trace;                // ATTN_TK_TRACE builds: device [ctas, NTHREADS / 32, 4]; else unused
-    unsigned long long *timeline;  // ATTN_TK_TIMELINE builds: device [num_items, NWG, 4]; else unused
+    unsigned long long *timeline;  // ATTN_TK_TIMELINE builds: device [num_items, NWG, TL_FIELDS]; else unused
 };
 
 // Trace builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TRACE): before each wait, lane 0 of every warp
@@ -179,17 +179,19 @@ inline int *trace_ptr() { return nullptr; }
 #endif
 
 // Timeline builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TIMELINE): lane 0 of each consumer
-// warpgroup's first warp stores the SM's clock when it starts an item, when the item's query
-// rows have arrived and when its epilogue is done, plus %globaltimer (ns) at the start, at
-// [item, warpgroup, 0..3] (bench/tk_timeline.py: where a launch's time goes, per kind of
-// item; the clocks give durations, the timer aligns CTAs and converts cycles). Off by default.
-enum TimelineMark { TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3 };
+// warpgroup's first warp stores, per item, the SM's clock when it starts the item, when the
+// item's query rows have arrived and when its epilogue is done, %globaltimer (ns) at the
+// start, and the cycles it spent in its k_full and in its v_full waits, at [item, warpgroup,
+// 0..5] (bench/tk_timeline.py: where a launch's time goes, per kind of item; the clocks give
+// durations, the timer aligns CTAs and converts cycles, the waits tell an item that waits
+// for memory from one that computes). Off by default.
+enum TimelineField { TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3, TL_KWAIT = 4, TL_VWAIT = 5, TL_FIELDS = 6 };
 #ifdef ATTN_TK_TIMELINE
-__device__ inline void timeline(const common_args &a, int item, int wg, int mark) {
+__device__ inline void timeline(const common_args &a, int item, int wg, int field, long long v = -1) {
     if (a.timeline && threadIdx.x % 128 == 0) {
-        unsigned long long *p = a.timeline + ((long)item * NWG + wg) * 4;
-        p[mark] = clock64();
-        if (mark == TL_START) {
+        unsigned long long *p = a.timeline + ((long)item * NWG + wg) * TL_FIELDS;
+        p[field] = v >= 0 ? (unsigned long long)v : clock64();
+        if (field == TL_START) {
             unsigned long long t;
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
             p[TL_TIMER] = t;
@@ -200,9 +202,12 @@ inline unsigned long long *timeline_ptr() {
     const char *e = std::getenv("ATTN_TK_TIMELINE_PTR");
     return e ? reinterpret_cast<unsigned long long *>(std::strtoull(e, nullptr, 10)) : nullptr;
 }
+// A ring wait, its cycles added to acc (a long long of the item).
+#define TL_WAIT(acc, call) do { const long long t0_ = clock64(); call; acc += clock64() - t0_; } while (0)
 #else
-__device__ inline void timeline(const common_args &, int, int, int) {}
+__device__ inline void timeline(const common_args &, int, int, int, long long = -1) {}
 inline unsigned long long *timeline_ptr() { return nullptr; }
+#define TL_WAIT(acc, call) call
 #endif
 
 // Direct items (plan.mark_direct: every row of the op is in this one item) write the final
@@ -448,6 +453,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         timeline(a, i, wg, TL_START);
         wait(q_full[qb], (qu / QSLOTS) & 1);
         timeline(a, i, wg, TL_QREADY);
+        long long kwait = 0, vwait = 0;  // timeline builds: cycles in ring waits
+        (void)kwait;
+        (void)vwait;
         // Q from registers (wgmma RS) in every schedule, so the query slot is free for a later
         // item's gather as soon as every warp holds its rows. With 64-key tiles a
         // shared-memory Q would also make Q K^T read A and B from shared memory for 64 x 64 x
@@ -492,7 +500,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             int ps = 0, pph = 0;  // stage and phase of the pending tile
             auto flush = [&]() {
                 trace(a, TR_VFULL, i, g - 1, ps);
-                wait(v_full[ps], pph);
+                TL_WAIT(vwait, wait(v_full[ps], pph));
                 pv_async(o, att_lp, v_smem[ps]);
                 warpgroup::mma_async_wait<0>();
                 reg_fence(o);
@@ -502,7 +510,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             for (int t = 0; t < ntiles; t++, g++) {
                 const int s = g % STAGES, ph = (g / STAGES) & 1;
                 trace(a, TR_KFULL, i, g, s);
-                wait(k_full[s], ph);
+                TL_WAIT(kwait, wait(k_full[s], ph));
                 const int valid = ATTN_TK_STAGE_VALID ? stage_valid[s] : src.valid(it, t);
                 if (valid <= 0) {
                     if (pend) flush();
@@ -517,7 +525,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 // insert waits and serialize every wgmma of the kernel (C7518).
                 if (pend) {
                     trace(a, TR_VFULL, i, g - 1, ps);
-                    wait(v_full[ps], pph);  // before taking the turn: hold it only to issue
+                    TL_WAIT(vwait, wait(v_full[ps], pph));  // before taking the turn: hold it only to issue
                     trace(a, TR_TURN, i, g, wg);
                     if (pingpong) turn_wait(wg);
                     qk_async(att, q_reg, k_smem[s]);
@@ -564,7 +572,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // Both warpgroups wait for every tile, even one they skip, so that their arrivals
             // on done[s] can never run a phase ahead of the producer.
             trace(a, TR_KFULL, i, g, s);
-            wait(k_full[s], ph);
+            TL_WAIT(kwait, wait(k_full[s], ph));
             int valid = ATTN_TK_STAGE_VALID ? stage_valid[s] : src.valid(it, t);
             bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
             // A tile nobody computes on (past a partial chunk) is released only once its V
@@ -586,7 +594,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 #endif
                 warp::copy(att_lp, att);
                 trace(a, TR_VFULL, i, g, s);
-                wait(v_full[s], ph);
+                TL_WAIT(vwait, wait(v_full[s], ph));
                 wgmma_fence(o);
                 warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, v_smem[s]);
                 warpgroup::mma_async_wait();
@@ -615,6 +623,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             exchange_sync();  // warpgroup 1's state is in xchg
             if (wg == 1) {
                 exchange_sync();  // read: xchg is free for the next item
+                timeline(a, i, wg, TL_KWAIT, kwait);
+                timeline(a, i, wg, TL_VWAIT, vwait);
                 timeline(a, i, wg, TL_END);
                 continue;
             }
@@ -675,6 +685,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 else a.part_lse[grow] = lse;
             }
         }
+        timeline(a, i, wg, TL_KWAIT, kwait);
+        timeline(a, i, wg, TL_VWAIT, vwait);
         timeline(a, i, wg, TL_END);
     }
     trace(a, TR_EXIT, last, g, wg);
