@@ -3,7 +3,7 @@
 Builds the extension with ``-DATTN_TK_TIMELINE`` (its own cache entry): each consumer
 warpgroup then stores the SM clock when it starts an item, when the item's query rows have
 arrived and when its epilogue is done, and the cycles it waited for K and for V tiles
-(``stacked.cuh`` ``timeline``). The launch is run once
+(``stacked_debug.cuh`` ``timeline``). The launch is run once
 to warm up, then once more after flushing L2 (as the benchmark does), and this prints:
 
 - per kind of item (source, row or kv split, rows, tiles): how many, their mean time, the

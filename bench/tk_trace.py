@@ -2,7 +2,7 @@
 
 Builds the extension with ``-DATTN_TK_TRACE`` (``ATTN_TK_NVCC_FLAGS``, its own cache entry):
 lane 0 of every warp then stores the wait it is about to enter into a device buffer
-(``stacked.cuh`` ``trace``), which is copied on a second stream while the launch (on a first
+(``stacked_debug.cuh`` ``trace``), which is copied on a second stream while the launch (on a first
 one, neither synchronising with the default stream) still runs; ``--no-trace`` runs the
 plain build (hang or not, no positions). Each case runs in its own process; one that has not
 finished after ``--timeout`` seconds prints, per unfinished CTA, its items and where its

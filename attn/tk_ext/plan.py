@@ -2,7 +2,7 @@
 
 Every attention phase runs as items of ``csrc/stacked.cuh``: a block of stacked query rows
 against a range of K/V tiles, writing a partial state into a slot. An item is 12 int32
-(see ``ItemField`` in stacked.cuh). Slots are laid out so that each (slot, row) is written by
+(see ``ItemField`` in stacked_layout.cuh). Slots are laid out so that each (slot, row) is written by
 at most one item; the merge kernel combines every slot of a row, skipping ``lse = -inf``.
 When every row is in one item (:func:`mark_direct`), items write the final output instead.
 """
@@ -29,7 +29,7 @@ MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
 ROW_TILE_COST, KV_TILE_COST = 1.2, 1.0
 
 F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
-FLAG_KV_SPLIT, FLAG_DIRECT = 1, 2  # bits of F_FLAGS (stacked.cuh ItemFlag)
+FLAG_KV_SPLIT, FLAG_DIRECT = 1, 2  # bits of F_FLAGS (stacked_layout.cuh ItemFlag)
 # A direct kv-split item's two warpgroups combine their states through a shared-memory buffer
 # of this many rows (stacked.cuh: one warp's 16 rows), so only items this small go direct.
 DIRECT_KV_ROWS = 16

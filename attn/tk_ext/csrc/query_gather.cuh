@@ -1,0 +1,76 @@
+// The stacked kernel's query warp: gathers an item's stacked query rows into a query slot with
+// cp.async and completes the slot's barrier.
+#pragma once
+
+#include "stacked_layout.cuh"
+
+namespace attn_tk {
+
+using namespace kittens;
+
+// Loads the valid rows of a 64-row block of stacked queries into shared memory, by one warp,
+// with cp.async so that all of a lane's 16-byte copies are in flight at once. The rows are
+// gathered (row j is sequence seq0 + j / r, head h * r + j % r), so this is not a TMA box.
+// Rows past nrows are not written: they keep an earlier item's (finite) rows, or the zeros of
+// the kernel's start, and the epilogue never stores them. Copying only valid rows matters for
+// decode items of a few rows (a tree's leaves: 4 of 64): the query warp issued ~2200
+// instructions per item zero-filling the rest, and the consumers waited on it (Nsight
+// Compute, tree-3level: a quarter of all warp samples at the q_full wait).
+template<typename T, int D, typename QT>
+__device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, int row0, int nrows) {
+    constexpr int VEC = 8;  // 16 bytes
+    constexpr int CHUNKS = D / VEC;
+    const T *q = reinterpret_cast<const T *>(a.q);
+#if ATTN_TK_QROWS
+    // A lane copies one 16-byte column of every STEP-th row: its sequence and head advance
+    // by a fixed (STEP / r, STEP % r) per row step, so the runtime divisions by r happen once
+    // per call instead of per copy (they were most of the ~3200 instructions per lane that
+    // gathering a row-split item's 128 rows took: 3-4 us at a kernel's start).
+    constexpr int STEP = 32 / CHUNKS;
+    const int lane = threadIdx.x % 32, col = (lane % CHUNKS) * VEC;
+    const int rows = max(0, min(TILE, nrows - row0));
+    int row = lane / CHUNKS;
+    int b = (row0 + row) / a.r, hr = (row0 + row) - b * a.r;  // sequence seq0 + b, head h * r + hr
+    const int db = STEP / a.r, dr = STEP - db * a.r;
+    const T *base = q + (long)seq0 * a.q_sb + (long)h * a.r * a.q_sh + col;
+    #pragma unroll 2  // (4 makes the 56-register producer warps spill)
+    for (; row < rows; row += STEP) {
+        const T *src = base + (long)b * a.q_sb + (long)hr * a.q_sh;
+        uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(&dst[int2{row, col}]));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(s), "l"(src) : "memory");
+        b += db;
+        hr += dr;
+        if (hr >= a.r) { hr -= a.r; b++; }
+    }
+#else  // all 64 rows, zero-filled past nrows (as in H200 run 0016)
+    for (int i = threadIdx.x % 32; i < TILE * CHUNKS; i += 32) {
+        const int row = i / CHUNKS, col = (i % CHUNKS) * VEC;
+        const int j = row0 + row;
+        const T *src = q;
+        int bytes = 0;
+        if (j < nrows) {
+            const long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
+            src = q + b * a.q_sb + hh * a.q_sh + col;
+            bytes = 16;
+        }
+        uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(&dst[int2{row, col}]));
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(s), "l"(src), "r"(bytes) : "memory");
+    }
+#endif
+}
+
+// Completes q_full of a slot once the query warp's copies into it have landed. Consumers read
+// query tiles with ld.shared (Q K^T takes Q from registers), so the generic proxy suffices:
+// no fence.proxy.async.
+__device__ inline void q_signal(semaphore &full) {
+#if ATTN_TK_QASYNC
+    const uint32_t bar = static_cast<uint32_t>(__cvta_generic_to_shared(&full));
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
+#else
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncwarp();
+    if (laneid() == 0) arrive(full, 1);
+#endif
+}
+
+}  // namespace attn_tk

@@ -1,0 +1,80 @@
+// Debug builds of the stacked kernel: where each warp waits (ATTN_TK_TRACE, for hangs) and
+// per-item clocks (ATTN_TK_TIMELINE, for where the time goes). Both compile to nothing by default.
+#pragma once
+
+#include <cstdlib>
+#include "stacked_layout.cuh"
+
+namespace attn_tk {
+
+using namespace kittens;
+
+// Trace builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TRACE): before each wait, lane 0 of every warp
+// stores what it is about to wait on into a device buffer, which the host copies on another
+// stream while a hung launch still runs (bench/tk_trace.py). Plain volatile stores, no fence:
+// with host-mapped memory and a system-scope fence per wait, the 2-stage ring's hang (the
+// done[] arrivals, below) did not occur on an H200. Off by default.
+enum TraceEvent {
+    TR_DONE = 1,      // producer waits done[s] before loading tile g
+    TR_LOADED = 2,    // producer issued tile g
+    TR_QEMPTY = 3,    // query warp waits q_empty before gathering item li
+    TR_QLOADED = 4,   // query warp gathered item li
+    TR_QFULL = 10,    // consumer waits q_full of item li
+    TR_KFULL = 11,    // consumer waits k_full of tile g
+    TR_VFULL = 12,    // consumer waits v_full of tile g
+    TR_TURN = 13,     // consumer waits its ping-pong turn
+    TR_XCHG = 15,     // consumer at the direct items' exchange barrier
+    TR_EXIT = 99,     // the warp's role is finished
+};
+#ifdef ATTN_TK_TRACE
+__device__ inline void trace(const common_args &a, int ev, int item, int g, int x) {
+    if (a.trace && threadIdx.x % 32 == 0) {
+        volatile int *p = a.trace + ((long)blockIdx.x * (NTHREADS / 32) + threadIdx.x / 32) * 4;
+        p[0] = ev;
+        p[1] = item;
+        p[2] = g;
+        p[3] = x;
+    }
+}
+inline int *trace_ptr() {
+    const char *e = std::getenv("ATTN_TK_TRACE_PTR");
+    return e ? reinterpret_cast<int *>(std::strtoull(e, nullptr, 10)) : nullptr;
+}
+#else
+__device__ inline void trace(const common_args &, int, int, int, int) {}
+inline int *trace_ptr() { return nullptr; }
+#endif
+
+// Timeline builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TIMELINE): lane 0 of each consumer
+// warpgroup's first warp stores, per item, the SM's clock when it starts the item, when the
+// item's query rows have arrived and when its epilogue is done, %globaltimer (ns) at the
+// start, and the cycles it spent in its k_full and in its v_full waits, at [item, warpgroup,
+// 0..5] (bench/tk_timeline.py: where a launch's time goes, per kind of item; the clocks give
+// durations, the timer aligns CTAs and converts cycles, the waits tell an item that waits
+// for memory from one that computes). Off by default.
+enum TimelineField { TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3, TL_KWAIT = 4, TL_VWAIT = 5, TL_FIELDS = 6 };
+#ifdef ATTN_TK_TIMELINE
+__device__ inline void timeline(const common_args &a, int item, int wg, int field, long long v = -1) {
+    if (a.timeline && threadIdx.x % 128 == 0) {
+        unsigned long long *p = a.timeline + ((long)item * NWG + wg) * TL_FIELDS;
+        p[field] = v >= 0 ? (unsigned long long)v : clock64();
+        if (field == TL_START) {
+            unsigned long long t;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+            p[TL_TIMER] = t;
+        }
+    }
+}
+inline unsigned long long *timeline_ptr() {
+    const char *e = std::getenv("ATTN_TK_TIMELINE_PTR");
+    return e ? reinterpret_cast<unsigned long long *>(std::strtoull(e, nullptr, 10)) : nullptr;
+}
+// A ring wait, its cycles added to acc (a long long of the item).
+#define TL_WAIT(acc, call) do { const long long t0_ = clock64(); call; acc += clock64() - t0_; } while (0)
+#else
+__device__ inline void timeline(const common_args &, int, int, int, long long = -1) {}
+inline unsigned long long *timeline_ptr() { return nullptr; }
+#define TL_WAIT(acc, call) call
+#endif
+
+}  // namespace attn_tk

@@ -1,0 +1,120 @@
+// The stacked kernel's compile-time switches, CTA layout (warpgroups, register budgets, query
+// slots, ring stages), its work-item fields and the arguments every item shares.
+#pragma once
+
+#include "kittens.cuh"
+#include "tile_ops.cuh"
+
+namespace attn_tk {
+
+using namespace kittens;
+
+// 1: row-split items run the FlashAttention-3 intra-warpgroup pipeline (QK^T of tile t+1 and
+// P_t V_t in flight while the softmax of tile t+1 runs); 0: every item runs the serial loop
+// (QK^T, wait, softmax, PV, wait). Kept as a fallback; kv-split (decode) items always run the
+// serial loop: they are memory-bound.
+#ifndef ATTN_TK_PIPELINE
+#define ATTN_TK_PIPELINE 1
+#endif
+// The serial loop (kv-split items: decode) runs softmax_step_fast (lazy rescale, per-lane
+// row sums) as the pipelined loop does: 1-4 % faster than softmax_step on the spec
+// workloads (H200 runs 0026 / 0028). 0: softmax_step.
+#ifndef ATTN_TK_SERIAL_SOFTMAX
+#define ATTN_TK_SERIAL_SOFTMAX 1
+#endif
+#ifndef ATTN_TK_STAGE_VALID
+#define ATTN_TK_STAGE_VALID 1
+#endif
+
+constexpr int NWG = 2;               // consumer warpgroups
+constexpr int NTHREADS = (NWG + 1) * 128;
+constexpr int ITEM_INTS = 12;
+// setmaxnreg budgets: the producer warps only compute addresses and issue copies (under 56 its
+// unrolled cp.async loop spills at D = 64), the consumers hold o (D / 2 floats per thread), a
+// float score tile (32), P (16) and the row statistics, and the pipelined loop keeps them live
+// across two wgmma groups. 128 * PRODUCER + NWG * 128 * CONSUMER must fit the 168 per thread
+// of the launch. The serial fallback keeps the budgets it was verified with.
+#ifndef ATTN_TK_PRODUCER_REGS
+#define ATTN_TK_PRODUCER_REGS 56
+#endif
+#ifndef ATTN_TK_CONSUMER_REGS
+#define ATTN_TK_CONSUMER_REGS (ATTN_TK_PIPELINE ? 224 : 160)
+#endif
+constexpr int PRODUCER_REGS = ATTN_TK_PRODUCER_REGS;
+constexpr int CONSUMER_REGS = ATTN_TK_CONSUMER_REGS;
+static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS <= 168 * NTHREADS, "register budget");
+
+// Fields of one work item (int32, ITEM_INTS per item).
+enum ItemField {
+    F_FLAGS = 0,      // bit 0: kv split; bit 1: direct (write the final out / lse, see DIRECT_ROWS)
+    F_SRC = 1,        // level mode: which K/V source (a level, or the suffix)
+    F_GIDX = 2,       // level mode: group / batch index in the source; chunk mode: offset into the chunk list
+    F_HEAD = 3,       // kv head
+    F_SEQ0 = 4,       // first sequence of the stacked rows
+    F_NROWS = 5,      // stacked rows of the whole (group, head): nseq * r
+    F_ROW0 = 6,       // first stacked row of this item
+    F_TILE0 = 7,      // first tile of this item
+    F_TILE1 = 8,      // one past the last tile of this item
+    F_KEYLEN = 9,     // level mode: keys of the source; -1 = suffix_lens[gidx]
+    F_SLOT = 10,      // partial slot (kv split: slot + warpgroup)
+};
+enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2 };  // bits of F_FLAGS (plan.py: the same)
+
+template<typename T> struct dt {};
+template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
+template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; template<int R, int C> using rt_t = rt_hf<R, C>; };
+
+// Query tiles: a ring of QSLOTS = QBUFS * NWG single tiles. A row-split item takes two
+// consecutive slots (one per warpgroup), a kv-split item one (both warpgroups read it), so
+// the query warp gathers decode items further ahead than row-split ones. Consumers copy
+// their query tile into registers when an item starts and free the slot at once. QBUFS = 2
+// (4 slots, and so 4 ring stages at D = 128 instead of 5) was 1-4 % faster than 1 on the
+// spec workloads (H200, bench/tk_variants.sh, runs 0007 / 0008).
+// ATTN_TK_QROWS=0: the query warp copies all 64 rows of a tile, zero-filled (run 0016).
+#ifndef ATTN_TK_QROWS
+#define ATTN_TK_QROWS 1
+#endif
+#ifndef ATTN_TK_QBUFS
+#define ATTN_TK_QBUFS 2
+#endif
+constexpr int QBUFS = ATTN_TK_QBUFS;
+static_assert(QBUFS == 1 || QBUFS == 2, "one or two query buffers");
+constexpr int QSLOTS = QBUFS * NWG;
+// 1: each lane of the query warp signals q_full with cp.async.mbarrier.arrive, which fires
+// when its copies have landed, so the warp goes on to gather the next item at once; 0: it
+// waits for its copies (cp.async.wait_all) and lane 0 arrives, one memory latency per item
+// (as in H200 run 0018).
+#ifndef ATTN_TK_QASYNC
+#define ATTN_TK_QASYNC 1
+#endif
+
+template<typename T, int D> struct tiles {
+    using q_tile = typename dt<T>::template st_t<TILE, D>;
+    using kv_tile = typename dt<T>::template st_t<TILE, D>;
+    // Deep rings: decode items are memory-bound and the ring must cover item switches. The
+    // query buffers and the ring share 192 KB (+ the barriers and the direct items' exchange
+    // buffer, within the 227 KB of an SM).
+    static constexpr int STAGES = (192 * 1024 - (int)sizeof(q_tile) * QBUFS * NWG) / (2 * (int)sizeof(kv_tile));
+    static constexpr size_t smem = sizeof(q_tile) * QBUFS * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
+};
+
+// What every item needs besides its K/V source.
+struct common_args {
+    const int *items;          // [num_items, ITEM_INTS]
+    const int *cta_items;      // [num_ctas + 1]: CTA c runs items [cta_items[c], cta_items[c + 1])
+    const void *q;             // [B, Hq, D]
+    long q_sb, q_sh;           // strides of q (elements); stride 1 in D
+    int hq, r;                 // query heads, query heads per kv head
+    int rows_total;            // B * Hq: rows of one partial slot
+    float scale_log2;          // scale * log2(e)
+    void *part_out;            // [nslot, rows_total, D]: float32, or T when half_parts
+    float *part_lse;           // [nslot, rows_total]
+    int half_parts;            // partial outs in T (half the bytes written and merged)
+    void *out;                 // direct items: [rows_total, D] in T
+    float *lse;                // direct items: [rows_total]
+    int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
+    int *trace;                // ATTN_TK_TRACE builds: device [ctas, NTHREADS / 32, 4]; else unused
+    unsigned long long *timeline;  // ATTN_TK_TIMELINE builds: device [num_items, NWG, TL_FIELDS]; else unused
+};
+
+}  // namespace attn_tk

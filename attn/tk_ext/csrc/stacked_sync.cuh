@@ -1,0 +1,71 @@
+// Synchronisation between the stacked kernel's consumer warpgroups: the direct items' state
+// exchange, the ping-pong turns of row-split items and the schedule switch; the epilogue's
+// paired stores.
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+#include "stacked_layout.cuh"
+
+namespace attn_tk {
+
+using namespace kittens;
+
+// Direct items (plan.mark_direct: every row of the op is in this one item) write the final
+// output instead of a partial state, so the op needs no merge launch. A direct kv-split item's
+// rows (at most DIRECT_ROWS: one warp's rows of the MMA layout) have two states, one per
+// warpgroup: warp 0 of warpgroup 1 hands its registers to warp 0 of warpgroup 0 through this
+// buffer, lane for lane (both hold the same rows and columns), and the latter merges.
+constexpr int DIRECT_ROWS = 16;
+constexpr int XCHG_BAR = 5;  // 3, 4: ping-pong turns (1, 2 unused)
+template<int D> struct exchange {
+    float2 o[D / 4][32];  // o.tiles[0][c].data[k] of lane l at [c * 4 + k][l]
+    float2 m[32], l[32];
+};
+__device__ inline void exchange_sync() {
+    asm volatile("bar.sync %0, %1;\n" :: "n"(XCHG_BAR), "n"(64) : "memory");
+}
+
+template<typename T> __device__ inline void store2(T *p, float x, float y);
+template<> __device__ inline void store2<bf16>(bf16 *p, float x, float y) {
+    *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(x, y);
+}
+template<> __device__ inline void store2<half>(half *p, float x, float y) {
+    *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(x, y);
+}
+
+// Consumer schedule of row-split items, chosen per launch (no rebuild to compare or fall back).
+enum Sched {
+    SCHED_SERIAL = 0,    // QK^T, wait, softmax, PV, wait
+    SCHED_PIPELINE = 1,  // FA3 intra-warpgroup pipeline
+    SCHED_PINGPONG = 2,  // pipeline + the two warpgroups take turns issuing their wgmmas
+};
+
+// ATTN_TK_SCHED=serial|pipeline|pingpong (default pingpong), read at every launch (host).
+inline int sched_mode() {
+#if ATTN_TK_PIPELINE
+    const char *e = std::getenv("ATTN_TK_SCHED");
+    if (e && !std::strcmp(e, "serial")) return SCHED_SERIAL;
+    if (e && !std::strcmp(e, "pipeline")) return SCHED_PIPELINE;
+    return SCHED_PINGPONG;
+#else
+    return SCHED_SERIAL;
+#endif
+}
+
+// Ping-pong (FA3): warpgroup w issues a tile's wgmmas only after the other one issued its
+// previous ones, so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
+// Barrier SCHED_BAR + w is "w's turn": w syncs on it (128 threads), the other warpgroup
+// arrives (128 more). Both warpgroups take the same branches on every row-split tile (same
+// item, same valid counts), so turns strictly alternate for the life of the CTA; warpgroup 1
+// grants the first turn. A grant left over at exit is harmless (barriers reset per CTA).
+constexpr int SCHED_BAR = 3;
+static_assert(NWG == 2, "ping-pong pairs two consumer warpgroups");
+__device__ inline void turn_wait(int wg) {
+    asm volatile("bar.sync %0, %1;\n" :: "r"(SCHED_BAR + wg), "n"(256) : "memory");
+}
+__device__ inline void turn_pass(int wg) {
+    asm volatile("bar.arrive %0, %1;\n" :: "r"(SCHED_BAR + (wg ^ 1)), "n"(256) : "memory");
+}
+
+}  // namespace attn_tk
