@@ -106,6 +106,18 @@ def test_another_source_dir_builds_from_its_files_under_its_own_key(monkeypatch,
     assert str(other.resolve()) in args["extra_include_paths"]
 
 
+def test_package_data_ships_every_kernel_source():
+    """A wheel (not only an editable install) must carry csrc/: the extension builds from it."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["attn.tk_ext"]
+    files = [p.relative_to(build.CSRC.parent).as_posix() for p in build.CSRC.iterdir() if p.is_file()]
+    assert set(build._hashed_files()) <= set(build.CSRC.iterdir())
+    assert files and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), (files, patterns)
+
+
 def test_info_names_extra_nvcc_flags(monkeypatch):
     from attn.tk_ext.backend import TKBackend
 
