@@ -127,6 +127,15 @@ def test_info_names_extra_nvcc_flags(monkeypatch):
     assert TKBackend().versions()["extra nvcc flags"] == "-DATTN_TK_TRACE"
 
 
+def test_info_names_another_source_dir(monkeypatch, tmp_path):
+    from attn.tk_ext.backend import TKBackend
+
+    monkeypatch.delenv("ATTN_TK_CSRC", raising=False)
+    assert "kernel sources" not in TKBackend().versions()
+    monkeypatch.setenv("ATTN_TK_CSRC", str(tmp_path))
+    assert TKBackend().versions()["kernel sources"] == str(tmp_path.resolve())
+
+
 def test_trace_harness_parses_its_cases():
     """bench/tk_trace.py's case names: spec workloads, their ragged ids, and B,Hq,Hkv,P,S."""
     import importlib.util

@@ -85,6 +85,8 @@ class TKBackend(Backend):
         extra = build.nvcc_flags()[len(build.NVCC_FLAGS):]
         if extra:  # a developer build (ATTN_TK_NVCC_FLAGS): say so where users look first
             v["extra nvcc flags"] = " ".join(extra)
+        if build.csrc_dir() != build.CSRC:  # ATTN_TK_CSRC: kernels from another source tree
+            v["kernel sources"] = str(build.csrc_dir())
         return v
 
     def not_supported_reasons(self, problem) -> list[str]:
