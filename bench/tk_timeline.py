@@ -101,27 +101,11 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
 def _run(case: str, show: int) -> str:
     import torch
 
-    import attn
-    from attn.dispatch import get_backend
-    from attn.problems import chunk_problem, shared_prefix_problem
-    from attn.workloads import make_inputs, to_chunk_form
-    from tk_trace import _workload
+    from tk_trace import case_launch
 
-    w = _workload(case)
-    chunk = case.endswith(":chunk")
-    inp = make_inputs(w, torch.bfloat16, "cuda", seed=0)
-    tk = get_backend("tk")
-    if chunk:
-        ch = to_chunk_form(inp, 64)
-        args, prob = ch.args(), chunk_problem(*ch.args())
-        items, ctas = tk.chunk_items(prob)[:2]
-    else:
-        args, prob = inp.args(), shared_prefix_problem(*inp.args())
-        items, ctas = tk.level_items(prob)[:2]
-    items, ctas = items.cpu().numpy(), ctas.cpu().numpy()
+    op, args, items, ctas = case_launch(case)
     tl = torch.zeros((len(items), NWG, TL_FIELDS), dtype=torch.int64, device="cuda")
     os.environ["ATTN_TK_TIMELINE_PTR"] = str(tl.data_ptr())
-    op = attn.chunk_attention if chunk else attn.shared_prefix_attention
     op(*args, backend="tk")
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
     flush.zero_()

@@ -40,7 +40,9 @@ def _workload(case: str):
     return Workload(f"b{b}-h{hq}/{hkv}-p{p}-s{s}", b, hq, hkv, ((1, p),) if p else (), s, 128)
 
 
-def _child(case: str, timeout: float, traced: bool) -> int:
+def case_launch(case: str):
+    """``(op, args, items, ctas)`` of a CASE on the GPU: the op, its bf16 inputs, and the tk
+    plan's scheduled item table and CTA offsets (numpy) that its launch will run."""
     import torch
 
     import attn
@@ -59,11 +61,17 @@ def _child(case: str, timeout: float, traced: bool) -> int:
     else:
         args, prob = inp.args(), shared_prefix_problem(*inp.args())
         items, ctas = tk.level_items(prob)[:2]
-    items, ctas = items.cpu().numpy(), ctas.cpu().numpy()
+    op = attn.chunk_attention if chunk else attn.shared_prefix_attention
+    return op, args, items.cpu().numpy(), ctas.cpu().numpy()
+
+
+def _child(case: str, timeout: float, traced: bool) -> int:
+    import torch
+
+    op, args, items, ctas = case_launch(case)
     trace = torch.full(((len(ctas) - 1) * NWARPS * 4,), -1, dtype=torch.int32, device="cuda")
     host = torch.empty(trace.shape, dtype=torch.int32, pin_memory=True)  # not after the launch: may sync
     os.environ["ATTN_TK_TRACE_PTR"] = str(trace.data_ptr())
-    op = attn.chunk_attention if chunk else attn.shared_prefix_attention
     launch, side = torch.cuda.Stream(), torch.cuda.Stream()
     torch.cuda.synchronize()
     with torch.cuda.stream(launch):
