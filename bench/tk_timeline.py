@@ -2,13 +2,16 @@
 
 Builds the extension with ``-DATTN_TK_TIMELINE`` (its own cache entry): each consumer
 warpgroup then stores the SM clock when it starts an item, when the item's query rows have
-arrived and when its epilogue is done, and the cycles it waited for K and for V tiles
-(``stacked_debug.cuh`` ``timeline``). The launch is run once
+arrived, when its tile loop starts and ends and when its epilogue is done, and the cycles it
+waited for K and for V tiles (``stacked_debug.cuh`` ``timeline``). The launch is run once
 to warm up, then once more after flushing L2 (as the benchmark does), and this prints:
 
 - per kind of item (source, row or kv split, rows, tiles): how many, their mean time, the
-  mean waits for their queries, K tiles and V tiles, and their share of all warpgroup time
-  (an item that spends its time in the K / V waits is waiting for memory, not computing);
+  mean waits for their queries, K tiles and V tiles, the mean time from the queries' arrival
+  to the tile loop ("setup"), in the loop and after it ("tail": the merge of the CTA's states
+  of a direct or warp-split item, then the epilogue, whose stores alone are "stores"), and their
+  share of all warpgroup time (an item that spends its time in the K / V waits is waiting for
+  memory, not computing);
 - the spread of the CTAs' start and end times (launch skew and load balance);
 - the items of the CTA that ends last, in order.
 
@@ -27,7 +30,8 @@ import numpy as np
 
 NWG = 2
 F_FLAGS, F_SRC, F_NROWS, F_TILE0, F_TILE1 = 0, 1, 5, 7, 8
-TL_START, TL_QREADY, TL_END, TL_TIMER, TL_KWAIT, TL_VWAIT, TL_FIELDS = range(7)
+(TL_START, TL_QREADY, TL_END, TL_TIMER, TL_KWAIT, TL_VWAIT, TL_LOOP, TL_TAIL, TL_EPI, TL_STORED,
+ TL_FIELDS) = range(11)
 
 
 def kind(item) -> str:
@@ -54,7 +58,8 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     items : int32 ``[n, 12]``, the scheduled item table of the launch.
     ctas : int32 ``[num_ctas + 1]``, CTA ``c`` ran items ``[ctas[c], ctas[c + 1])``.
     tl : uint64 / int64 ``[n, NWG, TL_FIELDS]``: clocks at start, queries ready and end; the
-        timer (ns) at the start; cycles waited for K tiles, for V tiles.
+        timer (ns) at the start; cycles waited for K tiles, for V tiles; clocks at the tile
+        loop's start and end.
     """
     tl = tl.astype(np.float64)
     scale = ns_per_cycle(tl, ctas) / 1000.0  # us per cycle
@@ -72,6 +77,11 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     dur = (tl[:, :, TL_END] - tl[:, :, TL_START]) * scale
     qwait = (tl[:, :, TL_QREADY] - tl[:, :, TL_START]) * scale
     kwait, vwait = tl[:, :, TL_KWAIT] * scale, tl[:, :, TL_VWAIT] * scale
+    setup = (tl[:, :, TL_LOOP] - tl[:, :, TL_QREADY]) * scale
+    loop = (tl[:, :, TL_TAIL] - tl[:, :, TL_LOOP]) * scale
+    tail = (tl[:, :, TL_END] - tl[:, :, TL_TAIL]) * scale
+    merge = (tl[:, :, TL_EPI] - tl[:, :, TL_TAIL]) * scale      # states merged in the CTA
+    stores = (tl[:, :, TL_STORED] - tl[:, :, TL_EPI]) * scale   # the epilogue's stores issued
     ends = np.asarray([max(at(int(ctas[c + 1]) - 1, w, TL_END) for w in range(NWG)) for c in range(ncta)])
     span = ends.max()
     lines = [f"{len(items)} items on {ncta} CTAs; kernel (first item start to last end) {span:.1f} us; "
@@ -80,10 +90,13 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     for i, it in enumerate(items.tolist()):
         groups[kind(it)].append(i)
     total = dur.sum()
-    lines.append(f"{'kind':<26} {'items':>6} {'mean us':>8} {'q wait':>7} {'k wait':>7} {'v wait':>7} {'share':>6}")
+    lines.append(f"{'kind':<26} {'items':>6} {'mean us':>8} {'q wait':>7} {'k wait':>7} {'v wait':>7} "
+                 f"{'setup':>6} {'loop':>7} {'tail':>6} {'merge':>6} {'stores':>6} {'share':>6}")
     for k, idx in sorted(groups.items(), key=lambda kv: -dur[kv[1]].sum()):
         lines.append(f"{k:<26} {len(idx):6d} {dur[idx].mean():8.2f} {qwait[idx].mean():7.2f} "
-                     f"{kwait[idx].mean():7.2f} {vwait[idx].mean():7.2f} {100 * dur[idx].sum() / total:5.1f}%")
+                     f"{kwait[idx].mean():7.2f} {vwait[idx].mean():7.2f} {setup[idx].mean():6.2f} "
+                     f"{loop[idx].mean():7.2f} {tail[idx].mean():6.2f} {merge[idx].mean():6.2f} "
+                     f"{stores[idx].mean():6.2f} {100 * dur[idx].sum() / total:5.1f}%")
     starts = t_first - t0
     busy = np.asarray([dur[ctas[c]:ctas[c + 1]].sum() / NWG for c in range(ncta)])
     gaps = ends - starts - busy

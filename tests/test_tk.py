@@ -196,15 +196,19 @@ def test_timeline_report_of_a_synthetic_launch():
     tl = np.zeros((3, 2, mod.TL_FIELDS), dtype=np.uint64)
     # CTA 0 (0.5 ns per cycle): a 2 us row-split item, then a 1 us kv item; CTA 1 starts
     # 0.5 us later and runs a 1 us kv item. Fields: start, q ready, end (cycles), timer (ns),
-    # k wait, v wait (cycles).
-    tl[0, :] = [1000, 1200, 5000, 10_000, 400, 200]
-    tl[1, :] = [5000, 5000, 7000, 12_000, 1000, 0]
-    tl[2, :] = [300, 500, 2300, 10_500, 600, 200]
+    # k wait, v wait (cycles), tile loop start and end, epilogue start, stores issued (cycles).
+    tl[0, :] = [1000, 1200, 5000, 10_000, 400, 200, 1400, 4600, 4700, 4900]
+    tl[1, :] = [5000, 5000, 7000, 12_000, 1000, 0, 5200, 6000, 6000, 6800]
+    tl[2, :] = [300, 500, 2300, 10_500, 600, 200, 600, 2200, 2250, 2290]
     out = mod.summarize(items, ctas, tl)
     assert "3 items on 2 CTAs; kernel (first item start to last end) 3.0 us; 0.500 ns per cycle" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("src")]
-    assert rows[0] == ["src0", "rows", "512r", "7t", "1", "2.00", "0.10", "0.20", "0.10", "50.0%"]
-    assert rows[1] == ["src1", "kv", "4r", "1t", "2", "1.00", "0.05", "0.40", "0.05", "50.0%"]
+    assert rows[0] == ["src0", "rows", "512r", "7t", "1", "2.00", "0.10", "0.20", "0.10", "0.10", "1.60", "0.20",
+                       "0.05", "0.10", "50.0%"]
+    # setup: (5200 - 5000, 600 - 500) cycles, loop (800, 1600), tail (1000, 100), merge (0, 50),
+    # stores (800, 40): means of 0.5 ns each
+    assert rows[1] == ["src1", "kv", "4r", "1t", "2", "1.00", "0.05", "0.40", "0.05", "0.07", "0.60", "0.28",
+                       "0.01", "0.21", "50.0%"]
     assert "CTA start (us after the first): median 0.25, max 0.50; end: min 1.5, median 2.2, max 3.0" in out
     assert "CTA 0 (ends last)" in out and out.count("  src") == 2
 

@@ -143,7 +143,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     int qs = 0;  // query slots used so far (as the query warp counts them)
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
-        const bool kvsplit = it[F_FLAGS] & 1;
+        // The fields the epilogue needs are read here, once: a read of it[] after the ring's
+        // waits (asm with memory clobbers) is a new global load, on the epilogue's critical path.
+        const int flags = it[F_FLAGS];
+        const bool kvsplit = flags & FLAG_KV_SPLIT, direct = flags & FLAG_DIRECT;
         const int ntiles = src.ntiles(it);
         const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
         const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
@@ -166,6 +169,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         warpgroup::load(q_reg, qt);  // this warp's 16 rows
         __syncwarp();
         if (laneid() == 0) arrive(q_empty[qb], kvsplit ? 1 : NWG);
+        timeline(a, i, wg, TL_LOOP);
 
         rt_fl<16, TILE> att;
         typename dt<T>::template rt_t<16, TILE> att_lp;
@@ -308,7 +312,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         row_lanes_sum(l);  // softmax_step_fast keeps per-lane partial row sums
 #endif
         }
-        const bool direct = it[F_FLAGS] & FLAG_DIRECT;
+        timeline(a, i, wg, TL_TAIL);
         if (direct && kvsplit) {
             // Rows >= DIRECT_ROWS are not in the item (plan.mark_direct): only warp 0 works.
             if ((warpid() % 4) * 16 >= DIRECT_ROWS) continue;
@@ -355,7 +359,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 
         // Epilogue: normalised out and natural-log lse of this warpgroup's rows, as a partial
         // state (into its slot, in T or float32) or, for a direct item, the final result (in T).
+        timeline(a, i, wg, TL_EPI);
         const int wrow = (warpid() % 4) * 16 + lane / 4;
+#if ATTN_TK_FAST_EPILOGUE
+        const bool half_out = direct || a.half_parts;
+        void *const out_base = direct ? a.out : a.part_out;
+        float *const lse_base = direct ? a.lse : a.part_lse;
+#endif
         #pragma unroll
         for (int half_ = 0; half_ < 2; half_++) {
             int j = row0 + wrow + half_ * 8;
@@ -365,28 +375,32 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             long grow = direct ? row : (long)slot * a.rows_total + row;
             float mv = half_ ? m[0][0].y : m[0][0].x;
             float lv = half_ ? l[0][0].y : l[0][0].x;
+#if ATTN_TK_FAST_EPILOGUE
+            // l >= 1 whenever any (m is a max of scores seen, so the row's largest key adds
+            // 2^(s - m) >= 1): MUFU's reciprocal and log2 are within 2 ulp and 2^-22 there.
+            const float inv = any ? __fdividef(1.f, lv) : 0.f;
+            if (half_out) {
+                if (half_) store_row<T, D, 1>(out_base, grow, o, inv);
+                else store_row<T, D, 0>(out_base, grow, o, inv);
+            } else {
+                if (half_) store_row<float, D, 1>(out_base, grow, o, inv);
+                else store_row<float, D, 0>(out_base, grow, o, inv);
+            }
+            if (lane % 4 == 0) lse_base[grow] = any ? (mv + __log2f(lv)) * 0.69314718055994531f : -INFINITY;
+#else
             float inv = any ? 1.f / lv : 0.f;
             #pragma unroll
-            for (int c = 0; c < D / 16; c++) {
-                int col = c * 16 + 2 * (lane % 4);
-                float2 v0 = o.tiles[0][c].data[half_ ? 1 : 0];
-                float2 v1 = o.tiles[0][c].data[half_ ? 3 : 2];
-                if (direct || a.half_parts) {
-                    T *dst = reinterpret_cast<T *>(direct ? a.out : a.part_out) + grow * D;
-                    store2<T>(dst + col, v0.x * inv, v0.y * inv);
-                    store2<T>(dst + col + 8, v1.x * inv, v1.y * inv);
-                } else {
-                    float *dst = reinterpret_cast<float *>(a.part_out) + grow * D;
-                    *reinterpret_cast<float2 *>(dst + col) = make_float2(v0.x * inv, v0.y * inv);
-                    *reinterpret_cast<float2 *>(dst + col + 8) = make_float2(v1.x * inv, v1.y * inv);
-                }
-            }
+            for (int c = 0; c < D / 16; c++)
+                store_cols<T, D>(a, direct, grow, c * 16 + 2 * (lane % 4), o.tiles[0][c].data[half_ ? 1 : 0],
+                                 o.tiles[0][c].data[half_ ? 3 : 2], inv);
             if (lane % 4 == 0) {
                 float lse = any ? (mv + log2f(lv)) * 0.69314718055994531f : -INFINITY;
                 if (direct) a.lse[grow] = lse;
                 else a.part_lse[grow] = lse;
             }
+#endif
         }
+        timeline(a, i, wg, TL_STORED);
         timeline(a, i, wg, TL_KWAIT, kwait);
         timeline(a, i, wg, TL_VWAIT, vwait);
         timeline(a, i, wg, TL_END);

@@ -48,11 +48,18 @@ inline int *trace_ptr() { return nullptr; }
 // Timeline builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_TIMELINE): lane 0 of each consumer
 // warpgroup's first warp stores, per item, the SM's clock when it starts the item, when the
 // item's query rows have arrived and when its epilogue is done, %globaltimer (ns) at the
-// start, and the cycles it spent in its k_full and in its v_full waits, at [item, warpgroup,
-// 0..5] (bench/tk_timeline.py: where a launch's time goes, per kind of item; the clocks give
+// start, the cycles it spent in its k_full and in its v_full waits, and the clocks when its tile
+// loop starts and ends, at [item, warpgroup, 0..7] (bench/tk_timeline.py: where a launch's time goes, per kind of item; the clocks give
 // durations, the timer aligns CTAs and converts cycles, the waits tell an item that waits
 // for memory from one that computes). Off by default.
-enum TimelineField { TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3, TL_KWAIT = 4, TL_VWAIT = 5, TL_FIELDS = 6 };
+enum TimelineField {
+    TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3, TL_KWAIT = 4, TL_VWAIT = 5,
+    TL_LOOP = 6,   // clock when the tile loop starts (queries in registers, state initialised)
+    TL_TAIL = 7,   // clock when the tile loop is done (merge and epilogue follow)
+    TL_EPI = 8,    // clock when the epilogue's stores start (after any merge of states)
+    TL_STORED = 9, // clock when the epilogue's stores are issued
+    TL_FIELDS = 10
+};
 #ifdef ATTN_TK_TIMELINE
 __device__ inline void timeline(const common_args &a, int item, int wg, int field, long long v = -1) {
     if (a.timeline && threadIdx.x % 128 == 0) {

@@ -22,6 +22,13 @@ using namespace kittens;
 #ifndef ATTN_TK_SERIAL_SOFTMAX
 #define ATTN_TK_SERIAL_SOFTMAX 1
 #endif
+// 1: the epilogue picks its destination once per item and stores each row with straight-line
+// code, with a fast reciprocal and log2 (MUFU). 0: per 16-column tile, a branch on the
+// destination and a select between two kernel parameters (compiled to an indexed constant
+// load), the chain of which took a decode item's epilogue ~0.9 us (bench/tk_timeline.py).
+#ifndef ATTN_TK_FAST_EPILOGUE
+#define ATTN_TK_FAST_EPILOGUE 1
+#endif
 #ifndef ATTN_TK_STAGE_VALID
 #define ATTN_TK_STAGE_VALID 1
 #endif

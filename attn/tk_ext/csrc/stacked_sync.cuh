@@ -34,6 +34,40 @@ template<> __device__ inline void store2<half>(half *p, float x, float y) {
     *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(x, y);
 }
 
+template<> __device__ inline void store2<float>(float *p, float x, float y) {
+    *reinterpret_cast<float2 *>(p) = make_float2(x, y);
+}
+
+// Columns col, col + 1 and col + 8, col + 9 of row grow (v0, v1 of a 16-column MMA tile),
+// times inv: into the final output (direct) or a partial slot (in T or float32).
+// (ATTN_TK_FAST_EPILOGUE=0: this per tile, as in H200 run 0029.)
+template<typename T, int D>
+__device__ inline void store_cols(const common_args &a, bool direct, long grow, int col, float2 v0, float2 v1, float inv) {
+    if (direct || a.half_parts) {
+        T *dst = reinterpret_cast<T *>(direct ? a.out : a.part_out) + grow * D;
+        store2<T>(dst + col, v0.x * inv, v0.y * inv);
+        store2<T>(dst + col + 8, v1.x * inv, v1.y * inv);
+    } else {
+        float *dst = reinterpret_cast<float *>(a.part_out) + grow * D;
+        *reinterpret_cast<float2 *>(dst + col) = make_float2(v0.x * inv, v0.y * inv);
+        *reinterpret_cast<float2 *>(dst + col + 8) = make_float2(v1.x * inv, v1.y * inv);
+    }
+}
+
+// One of this thread's two rows of o (rows lane / 4 and lane / 4 + 8 of its warp's 16: HALF),
+// times inv, into row grow of base as U (T, or float32 partials): straight-line stores, with
+// the destination and its type chosen by the caller once per item.
+template<typename U, int D, int HALF, typename O>
+__device__ inline void store_row(void *base, long grow, const O &o, float inv) {
+    U *dst = reinterpret_cast<U *>(base) + grow * D + 2 * (threadIdx.x % 4);
+    #pragma unroll
+    for (int c = 0; c < D / 16; c++) {
+        const float2 v0 = o.tiles[0][c].data[HALF], v1 = o.tiles[0][c].data[HALF + 2];
+        store2<U>(dst + c * 16, v0.x * inv, v0.y * inv);
+        store2<U>(dst + c * 16 + 8, v1.x * inv, v1.y * inv);
+    }
+}
+
 // Consumer schedule of row-split items, chosen per launch (no rebuild to compare or fall back).
 enum Sched {
     SCHED_SERIAL = 0,    // QK^T, wait, softmax, PV, wait

@@ -1,5 +1,5 @@
 // Register-tile helpers of the consumer warpgroups of stacked.cuh: compiler fences around
-// asynchronous wgmma, and the online-softmax step of one 16 x TILE score tile per warp.
+// asynchronous wgmma, and the online-softmax step of one 16-row score tile per warp.
 #pragma once
 
 #include "kittens.cuh"
@@ -52,7 +52,7 @@ template<typename ATT>
 __device__ inline void mask_tail(ATT &att, int valid) {
     const int lane = threadIdx.x % 32;
     #pragma unroll
-    for (int j = 0; j < TILE / 16; j++) {
+    for (int j = 0; j < ATT::width; j++) {
         #pragma unroll
         for (int k = 0; k < 4; k++) {
             int col = j * 16 + 2 * (lane % 4) + (k >= 2 ? 8 : 0);
@@ -69,7 +69,7 @@ __device__ inline void mask_tail(ATT &att, int valid) {
 template<typename ATT, typename V>
 __device__ inline void softmax_step(ATT &att, V &m, V &l, V &alpha, int valid, float scale_log2) {
     warp::mul(att, att, scale_log2);
-    if (valid < TILE) mask_tail(att, valid);
+    if (valid < ATT::cols) mask_tail(att, valid);
     warp::copy(alpha, m);
     warp::row_max(m, att, m);
     warp::sub_row(att, att, m);
@@ -101,15 +101,15 @@ constexpr float RESCALE_LOG2 = ATTN_TK_RESCALE_LOG2;
 // softmax_step for the pipelined loop, where the softmax must fit under the tensor cores' time:
 // the scale is folded into exp2's argument (one FFMA + one MUFU per score; m is bit-identical,
 // scaling by a positive constant commutes with max and rounding), and l holds this thread's
-// partial row sums (16 of a tile's 64 columns), so the only shuffles per tile are the max's;
+// partial row sums (a quarter of the tile's columns), so the only shuffles per tile are the max's;
 // row_lanes_sum completes l once per item. Returns whether o must be rescaled by alpha: false
 // when the warp keeps its max (RESCALE_LOG2), a warp-uniform answer.
 template<typename ATT, typename V>
 __device__ inline bool softmax_step_fast(ATT &att, V &m, V &l, V &alpha, int valid, float scale_log2) {
-    if (valid < TILE) mask_tail(att, valid);
+    if (valid < ATT::cols) mask_tail(att, valid);
     float mx[2] = {-INFINITY, -INFINITY};  // rows lane / 4 and lane / 4 + 8 (m[0][0].x, .y)
     #pragma unroll
-    for (int j = 0; j < TILE / 16; j++) {
+    for (int j = 0; j < ATT::width; j++) {
         #pragma unroll
         for (int k = 0; k < 4; k++)
             mx[k & 1] = fmaxf(mx[k & 1], fmaxf(att.tiles[0][j].data[k].x, att.tiles[0][j].data[k].y));
@@ -135,7 +135,7 @@ __device__ inline bool softmax_step_fast(ATT &att, V &m, V &l, V &alpha, int val
     }
     float sum[2] = {0.f, 0.f};
     #pragma unroll
-    for (int j = 0; j < TILE / 16; j++) {
+    for (int j = 0; j < ATT::width; j++) {
         #pragma unroll
         for (int k = 0; k < 4; k++) {
             float2 &d = att.tiles[0][j].data[k];
