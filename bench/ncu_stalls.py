@@ -69,6 +69,20 @@ def main(argv=None) -> None:
     print("by opcode:")
     for op, s in by_op.most_common(25):
         print(f"{100 * s / total:6.2f} %  {op}")
+    print(by_reason(fields, rows, total))
+
+
+def by_reason(fields: list[str], rows: list[dict], total: float) -> str:
+    """Samples summed by stall reason (the stall_* columns, all samples), largest first.
+
+    stall_no_inst is the instruction fetch (an instruction-cache miss), stall_long_sb a wait for
+    global memory, stall_barrier a named barrier, stall_wait a fixed-latency dependency.
+    """
+    reasons = [f for f in fields if f.startswith("stall_") and "not issued" not in f.lower()]
+    sums = sorted(((sum(_number(r[f]) for r in rows), f) for f in reasons), reverse=True)
+    lines = ["by stall reason:"]
+    lines += [f"{100 * v / total:6.2f} %  {f}" for v, f in sums if v > 0]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

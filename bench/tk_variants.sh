@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tk build variants side by side, in one GPU call. Each variant is a string of extra nvcc flags
-# (ATTN_TK_NVCC_FLAGS; "default" = none) and / or csrc=DIR, with its own cache entry; all
+# (ATTN_TK_NVCC_FLAGS; "default" = none), csrc=DIR and / or NAME=VALUE, with its own cache entry; all
 # build at once. Then:
 # tests/test_tk.py on the first variant, the tk benchmark (bf16, both ops, every workload) of
 # each variant saved as run NAME-v<i>, the gate of each against the first, and Nsight Compute
@@ -16,11 +16,14 @@ name=$1; shift
 variants=("$@")
 # A variant's words: "default", nvcc flags, or csrc=DIR (build from another copy of the
 # kernel sources: A/B of two versions of a kernel in one call, on one machine).
-flags() { local w out=""; for w in $1; do case $w in default|csrc=*) ;; *) out="$out $w";; esac; done; echo "$out"; }
+# NAME=VALUE (upper case) sets an environment variable for the variant's runs, e.g.
+# ATTN_TK_PLAN_COSTS=1.2,0.5,1 (plan.py's tile costs).
+flags() { local w out=""; for w in $1; do case $w in default|csrc=*|[A-Z]*=*) ;; *) out="$out $w";; esac; done; echo "$out"; }
 csrc() { local w; for w in $1; do case $w in csrc=*) echo "${w#csrc=}"; return;; esac; done; echo ""; }
-run_variant() {  # run_variant VARIANT CMD...: CMD with the variant's flags and sources
+envs() { local w; for w in $1; do case $w in [A-Z]*=*) echo "$w";; esac; done; }
+run_variant() {  # run_variant VARIANT CMD...: CMD with the variant's flags, sources and environment
   local v=$1; shift
-  ATTN_TK_NVCC_FLAGS="$(flags "$v")" ATTN_TK_CSRC="$(csrc "$v")" "$@"
+  env $(envs "$v") ATTN_TK_NVCC_FLAGS="$(flags "$v")" ATTN_TK_CSRC="$(csrc "$v")" "$@"
 }
 slug=$(python3 -c 'from attn.perf import gpu_slug; print(gpu_slug())')
 store=bench/results/$slug

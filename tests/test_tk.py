@@ -725,3 +725,37 @@ def test_failed_build_writes_log_and_marker(monkeypatch, tmp_path):
     assert any(str(d / "build.log") in r for r in build.unavailable_reasons())
     with pytest.raises(build.TKBuildError, match="failed to build earlier"):
         build.load()
+
+
+def test_plan_costs_from_the_environment():
+    """ATTN_TK_PLAN_COSTS (a tuning knob of bench/tk_variants.sh): parsed, or a clear error."""
+    assert plan.costs_from_env(None) == plan.DEFAULT_COSTS
+    assert plan.costs_from_env("") == plan.DEFAULT_COSTS
+    assert plan.costs_from_env("1.2,0.5,0") == (1.2, 0.5, 0.0)
+    for bad in ("1,2", "a,b,c", "0,1,1", "1,-1,1", "1,1,-1", "1,nan,1"):
+        with pytest.raises(ValueError, match="ATTN_TK_PLAN_COSTS"):
+            plan.costs_from_env(bad)
+
+
+def test_info_names_tuned_plan_costs(monkeypatch):
+    from attn.tk_ext.backend import TKBackend
+
+    monkeypatch.delenv("ATTN_TK_PLAN_COSTS", raising=False)
+    assert "plan costs (row, kv, item)" not in TKBackend().versions()
+    monkeypatch.setenv("ATTN_TK_PLAN_COSTS", "1.2,0.5,1")
+    assert "plan costs (row, kv, item)" in TKBackend().versions()
+
+
+def test_ncu_stalls_sums_samples_by_reason():
+    """bench/ncu_stalls.py by_reason: the stall_* columns summed, largest first, not-issued ones left out."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "ncu_stalls.py"
+    spec = importlib.util.spec_from_file_location("ncu_stalls", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fields = ["Source", "stall_no_inst", "stall_wait", "stall_long_sb", "stall_no_inst (Not Issued)"]
+    rows = [{"Source": "A", "stall_no_inst": "30", "stall_wait": "5", "stall_long_sb": "", "stall_no_inst (Not Issued)": "99"},
+            {"Source": "B", "stall_no_inst": "1,010", "stall_wait": "15", "stall_long_sb": "0", "stall_no_inst (Not Issued)": "9"}]
+    out = mod.by_reason(fields, rows, 2000.0).splitlines()
+    assert out == ["by stall reason:", " 52.00 %  stall_no_inst", "  1.00 %  stall_wait"]

@@ -87,6 +87,9 @@ class TKBackend(Backend):
             v["extra nvcc flags"] = " ".join(extra)
         if build.csrc_dir() != build.CSRC:  # ATTN_TK_CSRC: kernels from another source tree
             v["kernel sources"] = str(build.csrc_dir())
+        if os.environ.get("ATTN_TK_PLAN_COSTS"):  # a tuning run: the plans' costs are not the measured ones
+            costs = (plan.ROW_TILE_COST, plan.KV_TILE_COST, plan.ITEM_OVERHEAD)
+            v["plan costs (row, kv, item)"] = ", ".join(f"{c:g}" for c in costs)
         return v
 
     def not_supported_reasons(self, problem) -> list[str]:

@@ -9,6 +9,7 @@ When every row is in one item (:func:`mark_direct`), items write the final outpu
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -207,6 +208,28 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
 # Fixed cost of an item (query wait, epilogue, pipeline bubbles), in kv-split tiles: a
 # one-tile decode item took ~2 us, a 4-tile one ~4.4 us (same log).
 ITEM_OVERHEAD = 1.0
+
+
+def costs_from_env(value: str | None) -> tuple[float, float, float]:
+    """``(ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD)`` from ``ATTN_TK_PLAN_COSTS="row,kv,item"``.
+
+    A tuning knob (``bench/tk_variants.sh`` passes it as a variant word), read once at import:
+    every plan of the process uses it. Unset: the measured defaults above.
+    """
+    if not value:
+        return DEFAULT_COSTS
+    try:
+        parts = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or not all(math.isfinite(x) and x > 0 for x in parts[:2]) or not parts[2] >= 0:
+        raise ValueError(f"ATTN_TK_PLAN_COSTS={value!r}: expected 'row,kv,item' tile costs, "
+                         "two positive numbers and one >= 0, e.g. '1.2,1.0,1.0'")
+    return parts  # type: ignore[return-value]
+
+
+DEFAULT_COSTS = (ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD)
+ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD = costs_from_env(os.environ.get("ATTN_TK_PLAN_COSTS"))
 
 
 def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
