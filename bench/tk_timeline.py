@@ -2,14 +2,14 @@
 
 Builds the extension with ``-DATTN_TK_TIMELINE`` (its own cache entry): each consumer
 warpgroup then stores the SM clock when it starts an item, when the item's query rows have
-arrived, when its tile loop starts and ends and when its epilogue is done, and the cycles it
-waited for K and for V tiles (``stacked_debug.cuh`` ``timeline``). The launch is run once
-to warm up, then once more after flushing L2 (as the benchmark does), and this prints:
+arrived, when its tile loop starts and ends, when its epilogue's stores start and have been
+issued and when its epilogue is done, and the cycles it waited for K and for V tiles
+(``stacked_debug.cuh`` ``timeline``). The launch is run once to warm up, then once more after flushing L2 (as the benchmark does), and this prints:
 
 - per kind of item (source, row or kv split, rows, tiles): how many, their mean time, the
   mean waits for their queries, K tiles and V tiles, the mean time from the queries' arrival
-  to the tile loop ("setup"), in the loop and after it ("tail": the merge of the CTA's states
-  of a direct or warp-split item, then the epilogue, whose stores alone are "stores"), and their
+  to the tile loop ("setup"), in the loop and after it ("tail": the merge of the two warpgroups'
+  states of a direct item, then the epilogue, whose stores alone are "stores"), and their
   share of all warpgroup time (an item that spends its time in the K / V waits is waiting for
   memory, not computing);
 - the spread of the CTAs' start and end times (launch skew and load balance);
@@ -59,7 +59,7 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     ctas : int32 ``[num_ctas + 1]``, CTA ``c`` ran items ``[ctas[c], ctas[c + 1])``.
     tl : uint64 / int64 ``[n, NWG, TL_FIELDS]``: clocks at start, queries ready and end; the
         timer (ns) at the start; cycles waited for K tiles, for V tiles; clocks at the tile
-        loop's start and end.
+        loop's start and end, and when the epilogue's stores start and have been issued.
     """
     tl = tl.astype(np.float64)
     scale = ns_per_cycle(tl, ctas) / 1000.0  # us per cycle

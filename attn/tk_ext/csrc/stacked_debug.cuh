@@ -49,9 +49,10 @@ inline int *trace_ptr() { return nullptr; }
 // warpgroup's first warp stores, per item, the SM's clock when it starts the item, when the
 // item's query rows have arrived and when its epilogue is done, %globaltimer (ns) at the
 // start, the cycles it spent in its k_full and in its v_full waits, and the clocks when its tile
-// loop starts and ends, at [item, warpgroup, 0..7] (bench/tk_timeline.py: where a launch's time goes, per kind of item; the clocks give
-// durations, the timer aligns CTAs and converts cycles, the waits tell an item that waits
-// for memory from one that computes). Off by default.
+// loop starts and ends and when its epilogue's stores start and have been issued, at [item,
+// warpgroup, TimelineField] (bench/tk_timeline.py: where a launch's time goes, per kind of
+// item; the clocks give durations, the timer aligns CTAs and converts cycles, the waits tell
+// an item that waits for memory from one that computes). Off by default.
 enum TimelineField {
     TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3, TL_KWAIT = 4, TL_VWAIT = 5,
     TL_LOOP = 6,   // clock when the tile loop starts (queries in registers, state initialised)
