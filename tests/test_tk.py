@@ -381,8 +381,15 @@ PLAN_CASES = [c for c in CASES if not c.gpu_only] + [
 ]
 
 
+# Skewed tile costs (ATTN_TK_PLAN_COSTS) split rows200-split's prefix differently (118 items, not 114).
+@pytest.mark.parametrize("costs", [None, (8.0, 0.5, 0.0)], ids=["costs-default", "costs-skewed"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
-def test_plan_emulation_matches_reference(case):
+def test_plan_emulation_matches_reference(case, costs, monkeypatch):
+    """Every plan computes attention exactly, under the default tile costs and under others
+    (ATTN_TK_PLAN_COSTS: they change the splits)."""
+    if costs:
+        for name, value in zip(("ROW_TILE_COST", "KV_TILE_COST", "ITEM_OVERHEAD"), costs):
+            monkeypatch.setattr(plan, name, value)
     inp = case.inputs(torch.float64, "cpu")
     p = case.problem(inp)
     po, pl = (_run_level_emulation if case.op == "shared_prefix" else _run_chunk_emulation)(p)

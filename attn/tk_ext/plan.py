@@ -22,12 +22,15 @@ BLOCK_ROWS = TILE * NWG
 SLOTS_PER_SPLIT = NWG
 MIN_TILES_ROWS = 4   # fewest tiles of a row-split item (more splits only add merge traffic)
 MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
-# Cost of a tile in a CTA's time, measured (H200, bench/tk_timeline.py, logs/0022-tk-timeline.log):
-# a row-split tile (both warpgroups, tensor-core bound) took 1.13-1.16 us on gqa-8b(-long), a
-# kv-split tile (HBM bound while the decode items stream) 1.0-1.1 us. The earlier guess of
-# 2 : 1 (only one warpgroup computes on a kv-split tile) gave decode-heavy CTAs up to 20 %
-# more time than the others (gqa-8b-long: CTAs ended between 87 and 110 us).
-ROW_TILE_COST, KV_TILE_COST = 1.2, 1.0
+# Costs in a CTA's time, in kv-split tiles, measured (H200, bench/tk_timeline.py, logs
+# 0036-0037-tk-epilogue.log): a kv-split (decode) item takes ~1.2 us plus ~0.7 us per tile
+# (tree-3level's 1-tile items 1.86 us, gqa-8b's 4-tile ones 3.94 us), a row-split tile ~1.2 us
+# (gqa-8b: 53 us for 43 tiles). So a row-split tile costs 1.75 kv tiles and an item 1.7 (with
+# these costs gqa-8b is 4-5 % faster than with 1.2 and 1.0, the rest within 1 %: runs 0039 /
+# 0040, logs/0039-0042-tk-plan-costs.log). Before session 10's epilogue fix a decode item's
+# fixed cost was ~1 us higher, and 1.2 : 1 (+1 per item) was what balanced the CTAs; the guess
+# of 2 : 1 before that gave decode-heavy CTAs up to 20 % more time than the others.
+ROW_TILE_COST, KV_TILE_COST = 1.75, 1.0
 
 F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
 FLAG_KV_SPLIT, FLAG_DIRECT = 1, 2  # bits of F_FLAGS (stacked_layout.cuh ItemFlag)
@@ -205,9 +208,9 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
     return out, True
 
 
-# Fixed cost of an item (query wait, epilogue, pipeline bubbles), in kv-split tiles: a
-# one-tile decode item took ~2 us, a 4-tile one ~4.4 us (same log).
-ITEM_OVERHEAD = 1.0
+# Fixed cost of an item (query wait, epilogue, pipeline bubbles), in kv-split tiles (see
+# ROW_TILE_COST).
+ITEM_OVERHEAD = 1.7
 
 
 def costs_from_env(value: str | None) -> tuple[float, float, float]:
