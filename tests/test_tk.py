@@ -32,6 +32,17 @@ W = Workload
 
 # ---- availability and build ------------------------------------------------------------
 
+def _bench_module(name: str):
+    """bench/NAME.py imported as a module (bench/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_no_cuda_reason(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     reasons = tkb.TKBackend().unavailable_reasons() if build._module is None else build.environment_reasons()
@@ -138,12 +149,7 @@ def test_info_names_another_source_dir(monkeypatch, tmp_path):
 
 def test_trace_harness_parses_its_cases():
     """bench/tk_trace.py's case names: spec workloads, their ragged ids, and B,Hq,Hkv,P,S."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "tk_trace.py"
-    spec = importlib.util.spec_from_file_location("tk_trace", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("tk_trace")
     w = mod._workload("chunkattn-mha")
     assert (w.batch, w.q_heads, w.kv_heads, w.ragged) == (32, 32, 32, False)
     assert mod._workload("tree-3level-ragged:chunk").ragged
@@ -155,12 +161,7 @@ def test_trace_harness_parses_its_cases():
 
 def test_ncu_stall_ranking_reads_a_source_page(tmp_path, capsys):
     """bench/ncu_stalls.py: skips ncu's preamble, ranks instructions by stall samples, sums by opcode."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "ncu_stalls.py"
-    spec = importlib.util.spec_from_file_location("ncu_stalls", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("ncu_stalls")
     page = tmp_path / "src.csv"
     page.write_text(
         "==PROF== Connected to process 1\n"
@@ -183,12 +184,7 @@ def test_ncu_stall_ranking_reads_a_source_page(tmp_path, capsys):
 
 def test_timeline_report_of_a_synthetic_launch():
     """bench/tk_timeline.py: cycles to us from the clocks and timers, per-kind means, last CTA."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "tk_timeline.py"
-    spec = importlib.util.spec_from_file_location("tk_timeline", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("tk_timeline")
     items = np.zeros((3, plan.ITEM_INTS), dtype=np.int32)
     items[0, [plan.F_FLAGS, plan.F_SRC, plan.F_NROWS, plan.F_TILE1]] = [0, 0, 512, 7]
     items[1:, plan.F_FLAGS], items[1:, plan.F_SRC], items[1:, plan.F_NROWS], items[1:, plan.F_TILE1] = 1, 1, 4, 1
@@ -381,8 +377,22 @@ PLAN_CASES = [c for c in CASES if not c.gpu_only] + [
 ]
 
 
-# Skewed tile costs (ATTN_TK_PLAN_COSTS) split rows200-split's prefix differently (118 items, not 114).
-@pytest.mark.parametrize("costs", [None, (8.0, 0.5, 0.0)], ids=["costs-default", "costs-skewed"])
+# Skewed tile costs (ATTN_TK_PLAN_COSTS) split rows200-split's prefix differently
+# (test_skewed_costs_change_a_plan).
+SKEWED_COSTS = (8.0, 0.5, 0.0)
+
+
+def test_skewed_costs_change_a_plan(monkeypatch):
+    def items():
+        return plan.level_plan(50, 8, 2, [(1, 700), (5, 130)], 150, True, num_sms=3)[0]
+
+    default = items()
+    for name, value in zip(("ROW_TILE_COST", "KV_TILE_COST", "ITEM_OVERHEAD"), SKEWED_COSTS):
+        monkeypatch.setattr(plan, name, value)
+    assert items().shape[0] != default.shape[0]
+
+
+@pytest.mark.parametrize("costs", [None, SKEWED_COSTS], ids=["costs-default", "costs-skewed"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
 def test_plan_emulation_matches_reference(case, costs, monkeypatch):
     """Every plan computes attention exactly, under the default tile costs and under others
@@ -755,12 +765,7 @@ def test_info_names_tuned_plan_costs(monkeypatch):
 
 def test_ncu_stalls_sums_samples_by_reason():
     """bench/ncu_stalls.py by_reason: the stall_* columns summed, largest first, not-issued ones left out."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "ncu_stalls.py"
-    spec = importlib.util.spec_from_file_location("ncu_stalls", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _bench_module("ncu_stalls")
     fields = ["Source", "stall_no_inst", "stall_wait", "stall_long_sb", "stall_no_inst (Not Issued)"]
     rows = [{"Source": "A", "stall_no_inst": "30", "stall_wait": "5", "stall_long_sb": "", "stall_no_inst (Not Issued)": "99"},
             {"Source": "B", "stall_no_inst": "1,010", "stall_wait": "15", "stall_long_sb": "0", "stall_no_inst (Not Issued)": "9"}]
