@@ -154,6 +154,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const int qu = qs + (kvsplit ? 0 : wg), qb = qu % QSLOTS;  // kv split: both read one slot
         qs += kvsplit ? 1 : NWG;
         q_tile &qt = q_smem[qb];
+        // Which 16 of the item's rows this warp holds (the MMA's rows 16 wq ..): its own index,
+        // but warpgroup 1 of a kv-split item turns its warps by two (ATTN_TK_SPREAD_ROWS), so
+        // that the one or two warps that hold a decode item's rows sit on different SM
+        // sub-partitions in the two warpgroups (warp w runs on sub-partition w % 4). A warp
+        // whose rows are all past the item skips the softmax (its P stays 0).
+        const int wq = (warpid() % 4 + (ATTN_TK_SPREAD_ROWS && kvsplit && wg == 1 ? 2 : 0)) % 4;
+        const bool live = !ATTN_TK_SPREAD_ROWS || row0 + wq * 16 < nrows;
         trace(a, TR_QFULL, i, qu, qb);
         timeline(a, i, wg, TL_START);
         wait(q_full[qb], (qu / QSLOTS) & 1);
@@ -166,7 +173,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         // shared-memory Q would also make Q K^T read A and B from shared memory for 64 x 64 x
         // 16 per instruction: all of the SM's shared-memory bandwidth, with TMA writing too.
         typename dt<T>::template rt_t<16, D> q_reg;
-        warpgroup::load(q_reg, qt);  // this warp's 16 rows
+        if constexpr (ATTN_TK_SPREAD_ROWS) warp::load(q_reg, qt.template subtile<16, D>({wq, 0}));
+        else warpgroup::load(q_reg, qt);  // this warp's 16 rows
         __syncwarp();
         if (laneid() == 0) arrive(q_empty[qb], kvsplit ? 1 : NWG);
         timeline(a, i, wg, TL_LOOP);
@@ -178,6 +186,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         warp::neg_infty(m);
         warp::zero(l);
         warp::zero(o);
+        if (!live) warp::zero(att_lp);
         bool any = false;
 
 #if ATTN_TK_PIPELINE
@@ -196,11 +205,11 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // S = Q K^T and O += P V, each one committed wgmma group.
             auto qk_async = [](att_t &sc, const qr_t &qr, const kv_tile &k) {
                 wgmma_fence(sc);
-                warpgroup::mma_ABt<att_t, qr_t, kv_tile, 0, 0>(sc, qr, k);
+                if constexpr (ABL_QK) warpgroup::mma_ABt<att_t, qr_t, kv_tile, 0, 0>(sc, qr, k);
             };
             auto pv_async = [](o_t &acc, const p_t &p, const kv_tile &v) {
                 wgmma_fence(acc);
-                warpgroup::mma_AB<o_t, p_t, kv_tile, 0, 1>(acc, p, v);
+                if constexpr (ABL_PV) warpgroup::mma_AB<o_t, p_t, kv_tile, 0, 1>(acc, p, v);
             };
             bool pend = false;
             int ps = 0, pph = 0;  // stage and phase of the pending tile
@@ -239,7 +248,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
                     reg_fence(att);
-                    rescale = softmax_step_fast(att, m, l, alpha, valid, a.scale_log2);
+                    rescale = ABL_SM ? softmax_step_fast(att, m, l, alpha, valid, a.scale_log2) : false;
                     // Keep the softmax above the wait. ptxas schedules the wait (no register
                     // inputs) at the top of its basic block, before the softmax, so nothing
                     // would overlap P V; the fences keep the compiler from sinking it, and a
@@ -260,7 +269,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<0>();
                     reg_fence(att);
-                    rescale = softmax_step_fast(att, m, l, alpha, valid, a.scale_log2);
+                    rescale = ABL_SM ? softmax_step_fast(att, m, l, alpha, valid, a.scale_log2) : false;
                 }
                 if (rescale) warp::mul_row(o, o, alpha);
                 warp::copy(att_lp, att);
@@ -289,20 +298,22 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 // wgmma.fence only, as in the pipelined loop: TK's fence adds a fence.proxy.async
                 // that is not needed here (run 0026 / 0027: no measurable difference either way).
                 wgmma_fence(att);
-                warpgroup::mma_ABt<decltype(att), decltype(q_reg), kv_tile, 0, 0>(att, q_reg, k_smem[s]);
+                if constexpr (ABL_QK) warpgroup::mma_ABt<decltype(att), decltype(q_reg), kv_tile, 0, 0>(att, q_reg, k_smem[s]);
                 warpgroup::mma_async_wait();
                 reg_fence(att);
+                if (live) {
 #if ATTN_TK_SERIAL_SOFTMAX
-                if (softmax_step_fast(att, m, l, alpha, valid, a.scale_log2)) warp::mul_row(o, o, alpha);
+                    if (ABL_SM && softmax_step_fast(att, m, l, alpha, valid, a.scale_log2)) warp::mul_row(o, o, alpha);
 #else
-                softmax_step(att, m, l, alpha, valid, a.scale_log2);
-                warp::mul_row(o, o, alpha);
+                    softmax_step(att, m, l, alpha, valid, a.scale_log2);
+                    warp::mul_row(o, o, alpha);
 #endif
-                warp::copy(att_lp, att);
+                    warp::copy(att_lp, att);
+                }
                 trace(a, TR_VFULL, i, g, s);
                 TL_WAIT(vwait, wait(v_full[s], ph));
                 wgmma_fence(o);
-                warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, v_smem[s]);
+                if constexpr (ABL_PV) warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, v_smem[s]);
                 warpgroup::mma_async_wait();
                 reg_fence(o);
             }
@@ -314,8 +325,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         }
         timeline(a, i, wg, TL_TAIL);
         if (direct && kvsplit) {
-            // Rows >= DIRECT_ROWS are not in the item (plan.mark_direct): only warp 0 works.
-            if ((warpid() % 4) * 16 >= DIRECT_ROWS) continue;
+            // Rows >= DIRECT_ROWS are not in the item (plan.mark_direct): only the warp with
+            // rows 0-15 (wq = 0) of each warpgroup works.
+            if (wq * 16 >= DIRECT_ROWS) continue;
             if (wg == 1) {
                 #pragma unroll
                 for (int c = 0; c < D / 16; c++) {
@@ -360,7 +372,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         // Epilogue: normalised out and natural-log lse of this warpgroup's rows, as a partial
         // state (into its slot, in T or float32) or, for a direct item, the final result (in T).
         timeline(a, i, wg, TL_EPI);
-        const int wrow = (warpid() % 4) * 16 + lane / 4;
+        const int wrow = wq * 16 + lane / 4;
 #if ATTN_TK_FAST_EPILOGUE
         const bool half_out = direct || a.half_parts;
         void *const out_base = direct ? a.out : a.part_out;

@@ -85,4 +85,13 @@ inline unsigned long long *timeline_ptr() { return nullptr; }
 #define TL_WAIT(acc, call) call
 #endif
 
+// Ablation builds (ATTN_TK_NVCC_FLAGS=-DATTN_TK_ABLATE=BITS), for timing only: their results
+// are wrong. Bit 0 skips the consumers' softmax, bit 1 their Q K^T wgmma, bit 2 their P V
+// wgmma; everything else (ring, turns, epilogue) runs as usual, so bench/tk_timeline.py on
+// such a build tells how much of a loop each part holds up (H200: logs/s11-tk-timeline-ablate.log).
+#ifndef ATTN_TK_ABLATE
+#define ATTN_TK_ABLATE 0
+#endif
+constexpr bool ABL_SM = !(ATTN_TK_ABLATE & 1), ABL_QK = !(ATTN_TK_ABLATE & 2), ABL_PV = !(ATTN_TK_ABLATE & 4);
+
 }  // namespace attn_tk

@@ -16,6 +16,11 @@ using namespace kittens;
 #ifndef ATTN_TK_PIPELINE
 #define ATTN_TK_PIPELINE 1
 #endif
+// 1: a kv-split item's warps that hold rows sit on different SM sub-partitions in the two
+// warpgroups, and warps with no rows of the item skip the softmax (stacked.cuh: wq, live).
+#ifndef ATTN_TK_SPREAD_ROWS
+#define ATTN_TK_SPREAD_ROWS 1
+#endif
 // The serial loop (kv-split items: decode) runs softmax_step_fast (lazy rescale, per-lane
 // row sums) as the pipelined loop does: 1-4 % faster than softmax_step on the spec
 // workloads (H200 runs 0026 / 0028). 0: softmax_step.

@@ -14,8 +14,9 @@ using namespace kittens;
 // Direct items (plan.mark_direct: every row of the op is in this one item) write the final
 // output instead of a partial state, so the op needs no merge launch. A direct kv-split item's
 // rows (at most DIRECT_ROWS: one warp's rows of the MMA layout) have two states, one per
-// warpgroup: warp 0 of warpgroup 1 hands its registers to warp 0 of warpgroup 0 through this
-// buffer, lane for lane (both hold the same rows and columns), and the latter merges.
+// warpgroup: the warp of warpgroup 1 that holds them (warp 2 of it with ATTN_TK_SPREAD_ROWS,
+// else warp 0) hands its registers to warp 0 of warpgroup 0 through this buffer, lane for
+// lane (both hold the same rows and columns), and the latter merges.
 constexpr int DIRECT_ROWS = 16;
 constexpr int XCHG_BAR = 5;  // 3, 4: ping-pong turns (1, 2 unused)
 template<int D> struct exchange {
