@@ -157,8 +157,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         // Which 16 of the item's rows this warp holds (the MMA's rows 16 wq ..): its own index,
         // but warpgroup 1 of a kv-split item turns its warps by two (ATTN_TK_SPREAD_ROWS), so
         // that the one or two warps that hold a decode item's rows sit on different SM
-        // sub-partitions in the two warpgroups (warp w runs on sub-partition w % 4). A warp
-        // whose rows are all past the item skips the softmax (its P stays 0).
+        // sub-partitions in the two warpgroups (warp w runs on sub-partition w % 4). In the
+        // serial loop (kv-split items) a warp whose rows are all past the item skips the
+        // softmax (its P stays 0).
         const int wq = (warpid() % 4 + (ATTN_TK_SPREAD_ROWS && kvsplit && wg == 1 ? 2 : 0)) % 4;
         const bool live = !ATTN_TK_SPREAD_ROWS || row0 + wq * 16 < nrows;
         trace(a, TR_QFULL, i, qu, qb);

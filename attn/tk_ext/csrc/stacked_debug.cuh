@@ -52,7 +52,9 @@ inline int *trace_ptr() { return nullptr; }
 // loop starts and ends and when its epilogue's stores start and have been issued, at [item,
 // warpgroup, TimelineField] (bench/tk_timeline.py: where a launch's time goes, per kind of
 // item; the clocks give durations, the timer aligns CTAs and converts cycles, the waits tell
-// an item that waits for memory from one that computes). Off by default.
+// an item that waits for memory from one that computes). Off by default. (With
+// ATTN_TK_SPREAD_ROWS, warpgroup 1's first warp holds rows 32-47 of a kv-split item: for a
+// decode item of <= 32 rows its epilogue fields are those of a warp that stores nothing.)
 enum TimelineField {
     TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3, TL_KWAIT = 4, TL_VWAIT = 5,
     TL_LOOP = 6,   // clock when the tile loop starts (queries in registers, state initialised)
