@@ -135,6 +135,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();
+    const auto ring = hold_ring(&k_smem[0], &v_smem[0], &k_full[0], &v_full[0], &done[0], &stage_valid[0]);
 
     const int lane = threadIdx.x % 32;
     const bool pingpong = a.sched == SCHED_PINGPONG;
@@ -216,22 +217,22 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             int ps = 0, pph = 0;  // stage and phase of the pending tile
             auto flush = [&]() {
                 trace(a, TR_VFULL, i, g - 1, ps);
-                TL_WAIT(vwait, wait(v_full[ps], pph));
-                pv_async(o, att_lp, v_smem[ps]);
+                TL_WAIT(vwait, ring.wait_v(ps, pph));
+                pv_async(o, att_lp, ring.v[ps]);
                 warpgroup::mma_async_wait<0>();
                 reg_fence(o);
-                if (laneid() == 0) arrive(done[ps], 1);
+                ring.release(ps);
                 pend = false;
             };
             for (int t = 0; t < ntiles; t++, g++) {
                 const int s = g % STAGES, ph = (g / STAGES) & 1;
                 trace(a, TR_KFULL, i, g, s);
-                TL_WAIT(kwait, wait(k_full[s], ph));
-                const int valid = ATTN_TK_STAGE_VALID ? stage_valid[s] : src.valid(it, t);
+                TL_WAIT(kwait, ring.wait_k(s, ph));
+                const int valid = ATTN_TK_STAGE_VALID ? ring.keys(s) : src.valid(it, t);
                 if (valid <= 0) {
                     if (pend) flush();
-                    wait(v_full[s], ph);  // nobody reads this V: its load must land before reuse
-                    if (laneid() == 0) arrive(done[s], 1);
+                    ring.wait_v(s, ph);  // nobody reads this V: its load must land before reuse
+                    ring.release(s);
                     continue;
                 }
                 any = true;
@@ -241,11 +242,11 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 // insert waits and serialize every wgmma of the kernel (C7518).
                 if (pend) {
                     trace(a, TR_VFULL, i, g - 1, ps);
-                    TL_WAIT(vwait, wait(v_full[ps], pph));  // before taking the turn: hold it only to issue
+                    TL_WAIT(vwait, ring.wait_v(ps, pph));  // before taking the turn: hold it only to issue
                     trace(a, TR_TURN, i, g, wg);
                     if (pingpong) turn_wait(wg);
-                    qk_async(att, q_reg, k_smem[s]);
-                    pv_async(o, att_lp, v_smem[ps]);
+                    qk_async(att, q_reg, ring.k[s]);
+                    pv_async(o, att_lp, ring.v[ps]);
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
                     reg_fence(att);
@@ -262,11 +263,11 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (l[0][0].x < 0.f || l[0][0].y < 0.f) __trap();
                     warpgroup::mma_async_wait<0>();  // o and att_lp are free again
                     reg_fence(o);
-                    if (laneid() == 0) arrive(done[ps], 1);
+                    ring.release(ps);
                 } else {
                     trace(a, TR_TURN, i, g, wg);
                     if (pingpong) turn_wait(wg);
-                    qk_async(att, q_reg, k_smem[s]);
+                    qk_async(att, q_reg, ring.k[s]);
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<0>();
                     reg_fence(att);
@@ -288,18 +289,18 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // Both warpgroups wait for every tile, even one they skip, so that their arrivals
             // on done[s] can never run a phase ahead of the producer.
             trace(a, TR_KFULL, i, g, s);
-            TL_WAIT(kwait, wait(k_full[s], ph));
-            int valid = ATTN_TK_STAGE_VALID ? stage_valid[s] : src.valid(it, t);
+            TL_WAIT(kwait, ring.wait_k(s, ph));
+            int valid = ATTN_TK_STAGE_VALID ? ring.keys(s) : src.valid(it, t);
             bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
             // A tile nobody computes on (past a partial chunk) is released only once its V
             // has landed: the producer's next expect_bytes on v_full[s] must start a new phase.
-            if (valid <= 0) wait(v_full[s], ph);
+            if (valid <= 0) ring.wait_v(s, ph);
             if (mine) {
                 any = true;
                 // wgmma.fence only, as in the pipelined loop: TK's fence adds a fence.proxy.async
                 // that is not needed here (run 0026 / 0027: no measurable difference either way).
                 wgmma_fence(att);
-                if constexpr (ABL_QK) warpgroup::mma_ABt<decltype(att), decltype(q_reg), kv_tile, 0, 0>(att, q_reg, k_smem[s]);
+                if constexpr (ABL_QK) warpgroup::mma_ABt<decltype(att), decltype(q_reg), kv_tile, 0, 0>(att, q_reg, ring.k[s]);
                 warpgroup::mma_async_wait();
                 reg_fence(att);
                 if (live) {
@@ -312,13 +313,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     warp::copy(att_lp, att);
                 }
                 trace(a, TR_VFULL, i, g, s);
-                TL_WAIT(vwait, wait(v_full[s], ph));
+                TL_WAIT(vwait, ring.wait_v(s, ph));
                 wgmma_fence(o);
-                if constexpr (ABL_PV) warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, v_smem[s]);
+                if constexpr (ABL_PV) warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, ring.v[s]);
                 warpgroup::mma_async_wait();
                 reg_fence(o);
             }
-            if (laneid() == 0) arrive(done[s], 1);
+            ring.release(s);
         }
 #if ATTN_TK_SERIAL_SOFTMAX
         row_lanes_sum(l);  // softmax_step_fast keeps per-lane partial row sums

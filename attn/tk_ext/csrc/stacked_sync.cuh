@@ -27,6 +27,55 @@ __device__ inline void exchange_sync() {
     asm volatile("bar.sync %0, %1;\n" :: "n"(XCHG_BAR), "n"(64) : "memory");
 }
 
+// The consumers' view of the K / V ring: its tiles and barriers at addresses computed once and
+// held in registers. TK's wait / arrive take a semaphore by reference
+// and rebuild its shared address from the cluster window (an S2UR of SR_CgaCtaId, then a
+// shift and adds) on every call, and each tile's wgmma descriptor re-aligned the dynamic
+// shared memory base (about ten dependent integer ops): chains in front of every ring wait
+// and every Q K^T of the tile loops (SASS, H200 session 11).
+__device__ inline uint32_t held_u32(uint32_t x) {
+    asm volatile("" : "+r"(x));  // opaque: computed here, not rematerialised inside the loops
+    return x;
+}
+template<typename P> __device__ inline P *held_ptr(P *p) {
+    asm volatile("" : "+l"(p));
+    return p;
+}
+__device__ inline void wait_at(uint32_t bar, int phase) {
+    asm volatile(
+        "{\n"
+        ".reg .pred P1;\n"
+        "LAB_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+        "@P1 bra.uni DONE;\n"
+        "bra.uni LAB_WAIT;\n"
+        "DONE:\n"
+        "}\n" :: "r"(bar), "r"(phase) : "memory");
+}
+__device__ inline void arrive_at(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(count) : "memory");
+}
+__device__ inline int ld_shared_s32(uint32_t addr) {
+    int v;
+    asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+template<typename KV> struct ring_view {
+    KV *k, *v;                        // the stages' tiles
+    uint32_t k_full, v_full, done, valid;  // shared addresses of stage 0's barriers and key count
+    __device__ inline void wait_k(int s, int ph) const { wait_at(k_full + s * (uint32_t)sizeof(semaphore), ph); }
+    __device__ inline void wait_v(int s, int ph) const { wait_at(v_full + s * (uint32_t)sizeof(semaphore), ph); }
+    __device__ inline void release(int s) const {  // one arrival per warp
+        if (laneid() == 0) arrive_at(done + s * (uint32_t)sizeof(semaphore), 1);
+    }
+    __device__ inline int keys(int s) const { return ld_shared_s32(valid + s * 4); }
+};
+template<typename KV>
+__device__ inline ring_view<KV> hold_ring(KV *k, KV *v, semaphore *k_full, semaphore *v_full, semaphore *done, int *valid) {
+    auto sa = [](const void *p) { return held_u32(static_cast<uint32_t>(__cvta_generic_to_shared(p))); };
+    return {held_ptr(k), held_ptr(v), sa(k_full), sa(v_full), sa(done), sa(valid)};
+}
+
 template<typename T> __device__ inline void store2(T *p, float x, float y);
 template<> __device__ inline void store2<bf16>(bf16 *p, float x, float y) {
     *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(x, y);
