@@ -30,12 +30,13 @@ import numpy as np
 
 NWG = 2
 F_FLAGS, F_SRC, F_NROWS, F_TILE0, F_TILE1 = 0, 1, 5, 7, 8
+FLAG_PAIR, FLAG_PAIRED = 4, 8  # a pair's first item runs on warpgroup 0 only, its second on 1
 (TL_START, TL_QREADY, TL_END, TL_TIMER, TL_KWAIT, TL_VWAIT, TL_LOOP, TL_TAIL, TL_EPI, TL_STORED,
  TL_FIELDS) = range(11)
 
 
 def kind(item) -> str:
-    split = "kv" if item[F_FLAGS] & 1 else "rows"
+    split = ("kv2" if item[F_FLAGS] & (FLAG_PAIR | FLAG_PAIRED) else "kv") if item[F_FLAGS] & 1 else "rows"
     return f"src{item[F_SRC]} {split} {item[F_NROWS]}r {item[F_TILE1] - item[F_TILE0]}t"
 
 
@@ -61,7 +62,14 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
         timer (ns) at the start; cycles waited for K tiles, for V tiles; clocks at the tile
         loop's start and end, and when the epilogue's stores start and have been issued.
     """
+    # A paired item has fields from its one warpgroup: the other's copy them (for the clocks
+    # of item starts and ends) and are left out of every sum and mean.
+    own = np.ones((len(items), NWG), dtype=bool)
+    own[(items[:, F_FLAGS] & FLAG_PAIR) != 0, 1] = False
+    own[(items[:, F_FLAGS] & FLAG_PAIRED) != 0, 0] = False
     tl = tl.astype(np.float64)
+    for w in range(NWG):
+        tl[~own[:, w], w] = tl[~own[:, w], NWG - 1 - w]
     scale = ns_per_cycle(tl, ctas) / 1000.0  # us per cycle
     ncta = len(ctas) - 1
     cta_of = np.repeat(np.arange(ncta), np.diff(ctas))
@@ -74,14 +82,17 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
         c = cta_of[i]
         return t_first[c] - t0 + (tl[i, wg, mark] - tl[first[c], 0, TL_START]) * scale
 
-    dur = (tl[:, :, TL_END] - tl[:, :, TL_START]) * scale
-    qwait = (tl[:, :, TL_QREADY] - tl[:, :, TL_START]) * scale
-    kwait, vwait = tl[:, :, TL_KWAIT] * scale, tl[:, :, TL_VWAIT] * scale
-    setup = (tl[:, :, TL_LOOP] - tl[:, :, TL_QREADY]) * scale
-    loop = (tl[:, :, TL_TAIL] - tl[:, :, TL_LOOP]) * scale
-    tail = (tl[:, :, TL_END] - tl[:, :, TL_TAIL]) * scale
-    merge = (tl[:, :, TL_EPI] - tl[:, :, TL_TAIL]) * scale      # states merged in the CTA
-    stores = (tl[:, :, TL_STORED] - tl[:, :, TL_EPI]) * scale   # the epilogue's stores issued
+    def field(x):
+        return np.where(own, x * scale, np.nan)
+
+    dur = field(tl[:, :, TL_END] - tl[:, :, TL_START])
+    qwait = field(tl[:, :, TL_QREADY] - tl[:, :, TL_START])
+    kwait, vwait = field(tl[:, :, TL_KWAIT]), field(tl[:, :, TL_VWAIT])
+    setup = field(tl[:, :, TL_LOOP] - tl[:, :, TL_QREADY])
+    loop = field(tl[:, :, TL_TAIL] - tl[:, :, TL_LOOP])
+    tail = field(tl[:, :, TL_END] - tl[:, :, TL_TAIL])
+    merge = field(tl[:, :, TL_EPI] - tl[:, :, TL_TAIL])      # states merged in the CTA
+    stores = field(tl[:, :, TL_STORED] - tl[:, :, TL_EPI])   # the epilogue's stores issued
     ends = np.asarray([max(at(int(ctas[c + 1]) - 1, w, TL_END) for w in range(NWG)) for c in range(ncta)])
     span = ends.max()
     lines = [f"{len(items)} items on {ncta} CTAs; kernel (first item start to last end) {span:.1f} us; "
@@ -89,16 +100,15 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     groups = defaultdict(list)
     for i, it in enumerate(items.tolist()):
         groups[kind(it)].append(i)
-    total = dur.sum()
+    total = np.nansum(dur)
     lines.append(f"{'kind':<26} {'items':>6} {'mean us':>8} {'q wait':>7} {'k wait':>7} {'v wait':>7} "
                  f"{'setup':>6} {'loop':>7} {'tail':>6} {'merge':>6} {'stores':>6} {'share':>6}")
     for k, idx in sorted(groups.items(), key=lambda kv: -dur[kv[1]].sum()):
-        lines.append(f"{k:<26} {len(idx):6d} {dur[idx].mean():8.2f} {qwait[idx].mean():7.2f} "
-                     f"{kwait[idx].mean():7.2f} {vwait[idx].mean():7.2f} {setup[idx].mean():6.2f} "
-                     f"{loop[idx].mean():7.2f} {tail[idx].mean():6.2f} {merge[idx].mean():6.2f} "
-                     f"{stores[idx].mean():6.2f} {100 * dur[idx].sum() / total:5.1f}%")
+        m = [float(np.nanmean(x[idx])) for x in (dur, qwait, kwait, vwait, setup, loop, tail, merge, stores)]
+        lines.append(f"{k:<26} {len(idx):6d} {m[0]:8.2f} {m[1]:7.2f} {m[2]:7.2f} {m[3]:7.2f} {m[4]:6.2f} "
+                     f"{m[5]:7.2f} {m[6]:6.2f} {m[7]:6.2f} {m[8]:6.2f} {100 * np.nansum(dur[idx]) / total:5.1f}%")
     starts = t_first - t0
-    busy = np.asarray([dur[ctas[c]:ctas[c + 1]].sum() / NWG for c in range(ncta)])
+    busy = np.asarray([np.nansum(dur[ctas[c]:ctas[c + 1]]) / NWG for c in range(ncta)])
     gaps = ends - starts - busy
     lines.append(f"CTA start (us after the first): median {np.median(starts):.2f}, max {starts.max():.2f}; "
                  f"end: min {ends.min():.1f}, median {np.median(ends):.1f}, max {ends.max():.1f}; "

@@ -209,6 +209,25 @@ def test_timeline_report_of_a_synthetic_launch():
     assert "CTA 0 (ends last)" in out and out.count("  src") == 2
 
 
+def test_timeline_report_of_a_pair():
+    """A pair's items have fields from one warpgroup each: the report means only those."""
+    mod = _bench_module("tk_timeline")
+    items = np.zeros((2, plan.ITEM_INTS), dtype=np.int32)
+    items[:, plan.F_FLAGS] = [plan.FLAG_KV_SPLIT | plan.FLAG_PAIR, plan.FLAG_KV_SPLIT | plan.FLAG_PAIRED]
+    items[:, plan.F_SRC], items[:, plan.F_NROWS], items[:, plan.F_TILE1] = 1, 4, 2
+    ctas = np.array([0, 2], dtype=np.int32)
+    tl = np.zeros((2, 2, mod.TL_FIELDS), dtype=np.uint64)  # the other warpgroup's fields stay 0
+    tl[0, 0] = [1000, 1200, 3000, 10_000, 100, 0, 1300, 2600, 2600, 2800]
+    tl[1, 1] = [1000, 1400, 5000, 10_000, 300, 0, 1500, 4600, 4600, 4800]
+    out = mod.summarize(items, ctas, tl)
+    assert "2 items on 1 CTAs" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("src")]
+    # 1 ns per cycle (no second start on the CTA): durations 2.0 and 4.0 us, q waits 0.2 / 0.4
+    assert rows == [["src1", "kv2", "4r", "2t", "2", "3.00", "0.30", "0.20", "0.00", "0.10", "2.20", "0.40",
+                     "0.00", "0.20", "100.0%"]]
+    assert "end: min 4.0, median 4.0, max 4.0" in out  # the pair ends with its longer item
+
+
 def test_cache_dir_override(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
     assert build.build_dir("abc") == tmp_path / "tk-abc"
@@ -290,11 +309,17 @@ def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale):
     written = set()
     owner = {}  # row -> item (a direct plan: exactly one item per row)
     for n_it, it in enumerate(items.tolist()):
-        kv, _, _, h, seq0, nrows, row0, t0, t1 = it[:9]
+        flags, _, _, h, seq0, nrows, row0, t0, t1 = it[:9]
+        kv = flags & plan.FLAG_KV_SPLIT
+        paired = flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED)
         slot = it[plan.F_SLOT]
         ntiles = keys_of(it, None)
         for w in range(plan.NWG):
-            if kv:
+            if paired:  # one warpgroup, every tile, one slot
+                if w:
+                    continue
+                rows, tiles, sl = range(row0, min(row0 + plan.TILE, nrows)), range(ntiles), slot
+            elif kv:
                 rows, tiles, sl = range(row0, min(row0 + plan.TILE, nrows)), range(w, ntiles, plan.NWG), slot + w
             else:
                 lo = row0 + w * plan.TILE
@@ -326,6 +351,7 @@ def _run_level_emulation(p):
     items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                                    p.suffix_lens is not None, num_sms=3)
     items, _ = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, _ = plan.schedule(plan.pair_kv_items(items, *tkb.pair_caps()), 3)
     srcs = list(zip(p.prefix_k, p.prefix_v))
     if p.suffix_capacity:
         srcs.append((p.suffix_k, p.suffix_v))
@@ -350,6 +376,7 @@ def _run_chunk_emulation(p):
     t = p.table
     items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
     items, _ = plan.mark_direct(items, t.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, _ = plan.schedule(plan.pair_kv_items(items, *tkb.pair_caps()), 3)
     tpc = math.ceil(p.chunk_size / plan.TILE)
     lens = t.host["chunk_lens"]
 
@@ -392,11 +419,16 @@ def test_skewed_costs_change_a_plan(monkeypatch):
     assert items().shape[0] != default.shape[0]
 
 
+@pytest.mark.parametrize("pairs", [None, "-1,-1", "0,-1", "1,-1"], ids=["pairs", "pairs-all", "no-pairs", "pairs-of-1-tile"])
 @pytest.mark.parametrize("costs", [None, SKEWED_COSTS], ids=["costs-default", "costs-skewed"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
-def test_plan_emulation_matches_reference(case, costs, monkeypatch):
+def test_plan_emulation_matches_reference(case, costs, pairs, monkeypatch):
     """Every plan computes attention exactly, under the default tile costs and under others
-    (ATTN_TK_PLAN_COSTS: they change the splits)."""
+    (ATTN_TK_PLAN_COSTS: they change the splits), with kv-split items paired or not."""
+    if pairs:
+        tiles, rows = pairs.split(",")
+        monkeypatch.setenv("ATTN_TK_PAIR_TILES", tiles)
+        monkeypatch.setenv("ATTN_TK_PAIR_ROWS", rows)
     if costs:
         for name, value in zip(("ROW_TILE_COST", "KV_TILE_COST", "ITEM_OVERHEAD"), costs):
             monkeypatch.setattr(plan, name, value)
@@ -410,6 +442,69 @@ def test_plan_emulation_matches_reference(case, costs, monkeypatch):
     both = torch.isinf(ref_lse)
     assert torch.equal(torch.isinf(lse.view(b, hq)), both)
     assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
+
+
+def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units():
+    items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, True, num_sms=132)
+    paired = plan.pair_kv_items(items, -1, -1)
+    assert not (items[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)).any()  # input unmodified
+    first = np.flatnonzero(paired[:, plan.F_FLAGS] & plan.FLAG_PAIR)
+    assert len(first) > 0 and np.array_equal(np.flatnonzero(paired[:, plan.F_FLAGS] & plan.FLAG_PAIRED), first + 1)
+    for i in first.tolist():
+        a, b = paired[i], paired[i + 1]
+        assert a[plan.F_FLAGS] & b[plan.F_FLAGS] & plan.FLAG_KV_SPLIT
+        assert a[plan.F_TILE1] - a[plan.F_TILE0] == b[plan.F_TILE1] - b[plan.F_TILE0]
+    rows = (paired[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) == 0
+    assert not (paired[rows, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)).any()
+    # The schedule keeps each pair adjacent, in order, inside one CTA's range; a pair costs
+    # its tiles plus one item's overhead.
+    for mixed in (False, True):
+        sched, offs = plan.schedule(paired, 132, mixed)
+        assert sorted(map(tuple, sched.tolist())) == sorted(map(tuple, paired.tolist()))
+        f = sched[:, plan.F_FLAGS]
+        starts = np.flatnonzero(f & plan.FLAG_PAIR)
+        assert np.array_equal(np.flatnonzero(f & plan.FLAG_PAIRED), starts + 1)
+        cta = np.repeat(np.arange(len(offs) - 1), np.diff(offs))
+        assert (cta[starts] == cta[starts + 1]).all()
+    # Only short items with a cap; none with 0; one-tile items pair with each other only;
+    # by default, items of at most 16 rows (tree-3level's 64-row level items stay alone).
+    assert not (plan.pair_kv_items(items, 0, -1)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
+    one = plan.pair_kv_items(items, 1, -1)
+    sel = (one[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0
+    assert sel.any() and ((one[sel, plan.F_TILE1] - one[sel, plan.F_TILE0]) == 1).all()
+    assert sel.sum() < ((paired[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0).sum()
+    dflt = plan.pair_kv_items(items)
+    sel = (dflt[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0
+    rows64 = (items[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT).astype(bool) & (items[:, plan.F_NROWS] == 64)
+    assert rows64.any() and not sel[rows64].any() and sel[~rows64].any()
+    assert (dflt[sel, plan.F_NROWS] - dflt[sel, plan.F_ROW0] <= plan.PAIR_MAX_ROWS).all()
+    # A malformed table (a pair's second item missing) is refused, not run.
+    bad = paired.copy()
+    bad[first[0] + 1, plan.F_FLAGS] &= ~plan.FLAG_PAIRED
+    with pytest.raises(ValueError, match="FLAG_PAIRED"):
+        plan.schedule(bad, 132)
+    pair_cost = 2 * plan.KV_TILE_COST + plan.ITEM_OVERHEAD
+    two = plan.pair_kv_items(plan.level_plan(2, 4, 4, [], 64, False, num_sms=132)[0])
+    assert two.shape[0] == 8 and (two[::2, plan.F_FLAGS] & plan.FLAG_PAIR).all()
+    _, offs = plan.schedule(two, 132)
+    assert len(offs) - 1 == 4  # one CTA per pair, never one per item
+    assert pair_cost < 2 * (plan.KV_TILE_COST + plan.ITEM_OVERHEAD)
+
+
+def test_pair_caps_from_the_environment(monkeypatch):
+    monkeypatch.delenv("ATTN_TK_PAIR_TILES", raising=False)
+    monkeypatch.delenv("ATTN_TK_PAIR_ROWS", raising=False)
+    assert tkb.pair_caps() == (plan.PAIR_MAX_TILES, plan.PAIR_MAX_ROWS)
+    monkeypatch.setenv("ATTN_TK_PAIR_TILES", "0")
+    monkeypatch.setenv("ATTN_TK_PAIR_ROWS", "-1")
+    assert tkb.pair_caps() == (0, -1)
+    assert "pairs of kv-split items (max tiles, rows)" in tkb.TKBackend().versions()
+    for name in ("ATTN_TK_PAIR_TILES", "ATTN_TK_PAIR_ROWS"):
+        for bad in ("-2", "many"):
+            monkeypatch.setenv(name, bad)
+            with pytest.raises(ValueError, match=name):
+                tkb.pair_caps()
+            monkeypatch.setenv(name, "4")
 
 
 def test_mark_direct_only_when_every_row_is_in_one_item():
@@ -543,12 +638,32 @@ def test_gpu_float32_partials_agree(tk, case, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("pairs", ["0,-1", "1,-1", "-1,-1"], ids=["no-pairs", "pairs-of-1-tile", "pairs-all"])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id in (
+    "spec-hydragen-mqa-ragged-level", "spec-tree-3level-ragged-chunk", "spec-no-share-ragged-level",
+    "spec-gqa-8b-chunk")], ids=lambda c: c.id)
+def test_gpu_pairing_choices_agree(tk, case, pairs, monkeypatch):
+    """kv-split items alone (both warpgroups over alternate tiles), paired only when of one
+    tile, and all paired (64-row and 32-tile items too) pass the oracle as the default plans do."""
+    tiles, rows = pairs.split(",")
+    monkeypatch.setenv("ATTN_TK_PAIR_TILES", tiles)
+    monkeypatch.setenv("ATTN_TK_PAIR_ROWS", rows)
+    inp = case.inputs(torch.bfloat16, "cuda")
+    verdict = Oracle(case.problem(inp)).judge(*_call(case.op, inp, "tk"))
+    assert verdict.ok, str(verdict)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 16, 1), (128, 8, 8)], ids=["d128-r4", "d64-r16", "d128-r1"])
 @pytest.mark.parametrize("op", ["shared_prefix", "chunk"])
-def test_gpu_direct_plan(tk, op, d, hq, hkv, dtype):
-    """Nothing shared and no split: the items write the output themselves (a kv-split item
-    merges its warpgroups in shared memory). Ragged, with one empty sequence."""
+@pytest.mark.parametrize("pairs", [True, False], ids=["pairs", "alone"])
+def test_gpu_direct_plan(tk, op, d, hq, hkv, dtype, pairs, monkeypatch):
+    """Nothing shared and no split: the items write the output themselves (paired kv-split
+    items each on its warpgroup; alone, an item merges its warpgroups in shared memory).
+    Ragged, with one empty sequence."""
+    if not pairs:
+        monkeypatch.setenv("ATTN_TK_PAIR_TILES", "0")
     w = W("", 6, hq, hkv, (), 300, d, ragged=True)
     inp = make_inputs(w, dtype, "cuda", seed=2)
     if op == "chunk":
@@ -559,6 +674,8 @@ def test_gpu_direct_plan(tk, op, d, hq, hkv, dtype):
         inp.suffix_lens[1] = 0  # (a chunk table would give it no chunks: not direct)
         p = shared_prefix_problem(*inp.args())
         assert tk.level_items(p)[3]
+    items = (tk.chunk_items(p) if op == "chunk" else tk.level_items(p))[0].cpu().numpy()
+    assert bool((items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()) == pairs
     out, lse = _call(op, inp, "tk")
     verdict = Oracle(p).judge(out, lse)
     assert verdict.ok, str(verdict)

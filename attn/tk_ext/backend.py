@@ -46,6 +46,26 @@ def mixed_order() -> bool:
     return os.environ.get("ATTN_TK_ORDER", "mixed") != "lpt"
 
 
+def _pair_cap(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        n = int(value)
+    except ValueError:
+        n = -2
+    if n < -1:
+        raise ValueError(f"{name}={value!r}: expected an integer >= -1 (-1: no limit, 0: no pairs)")
+    return n
+
+
+def pair_caps() -> tuple[int, int]:
+    """``(max_tiles, max_rows)`` of the kv-split items that :func:`plan.pair_kv_items` pairs:
+    ``ATTN_TK_PAIR_TILES`` and ``ATTN_TK_PAIR_ROWS`` (default ``plan.PAIR_MAX_TILES``,
+    ``plan.PAIR_MAX_ROWS``; -1: no limit; 0 turns pairs off). Read when a plan is built and
+    part of the plan's cache key, so that a benchmark can time several."""
+    return (_pair_cap("ATTN_TK_PAIR_TILES", plan.PAIR_MAX_TILES),
+            _pair_cap("ATTN_TK_PAIR_ROWS", plan.PAIR_MAX_ROWS))
+
+
 def partial_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of the partial outs the items write for the merge (their LSEs are float32): the
     op's dtype, half the bytes of float32 written and reread (the Triton backend does the
@@ -87,6 +107,8 @@ class TKBackend(Backend):
             v["extra nvcc flags"] = " ".join(extra)
         if build.csrc_dir() != build.CSRC:  # ATTN_TK_CSRC: kernels from another source tree
             v["kernel sources"] = str(build.csrc_dir())
+        if os.environ.get("ATTN_TK_PAIR_TILES") or os.environ.get("ATTN_TK_PAIR_ROWS"):
+            v["pairs of kv-split items (max tiles, rows)"] = ", ".join(map(str, pair_caps()))
         if os.environ.get("ATTN_TK_PLAN_COSTS"):  # a tuning run: the plans' costs are not the measured ones
             costs = (plan.ROW_TILE_COST, plan.KV_TILE_COST, plan.ITEM_OVERHEAD)
             v["plan costs (row, kv, item)"] = ", ".join(f"{c:g}" for c in costs)
@@ -117,12 +139,13 @@ class TKBackend(Backend):
         """The cached device item table, CTA ranges, slot count and directness of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
-               p.suffix_lens is not None, str(p.device), mixed_order())
+               p.suffix_lens is not None, str(p.device), mixed_order(), pair_caps())
         hit = self._plans.get(key)
         if hit is None:
             items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
                                            p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
             items, direct = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+            items = plan.pair_kv_items(items, *pair_caps())
             items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order())
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct)
             self._plans[key] = hit
@@ -148,13 +171,14 @@ class TKBackend(Backend):
         """The device item table, CTA ranges, chunk list, slot count and directness of ``p.table``
         (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
-        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device), mixed_order())
+        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device), mixed_order(), pair_caps())
         hit = cache.get(key)
         if hit is None:
             items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
                                                   p.chunk_size, self._num_sms(p.device))
             items, direct = plan.mark_direct(items, p.table.num_seqs, p.num_kv_heads,
                                              p.num_q_heads // p.num_kv_heads)
+            items = plan.pair_kv_items(items, *pair_caps())
             items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order())
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
                    torch.as_tensor(clist).to(p.device), nslot, direct)

@@ -33,7 +33,10 @@ MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
 ROW_TILE_COST, KV_TILE_COST = 1.75, 1.0
 
 F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
-FLAG_KV_SPLIT, FLAG_DIRECT = 1, 2  # bits of F_FLAGS (stacked_layout.cuh ItemFlag)
+# bits of F_FLAGS (stacked_layout.cuh ItemFlag). FLAG_PAIR: this kv-split item and the next
+# one run side by side, one per consumer warpgroup (pair_kv_items); FLAG_PAIRED marks that
+# next one (the kernel reads only FLAG_PAIR; schedules and tools read both).
+FLAG_KV_SPLIT, FLAG_DIRECT, FLAG_PAIR, FLAG_PAIRED = 1, 2, 4, 8
 # A direct kv-split item's two warpgroups combine their states through a shared-memory buffer
 # of this many rows (stacked.cuh: one warp's 16 rows), so only items this small go direct.
 DIRECT_KV_ROWS = 16
@@ -235,6 +238,56 @@ DEFAULT_COSTS = (ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD)
 ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD = costs_from_env(os.environ.get("ATTN_TK_PLAN_COSTS"))
 
 
+# Which kv-split items pair_kv_items pairs by default: at most this many tiles and rows. H200
+# (runs 0053-0055, logs/0053-0055-tk-pairs.log), pairing every kv-split item against none:
+# tree-3level 11-13 % faster, hydragen-mqa 2.6-6.6 %, chunkattn-mha 3.7-9 %, gqa-8b 1.8-3.2 %,
+# gqa-8b-long 0.4-1.5 %, but no-share-ragged (32-tile items of ragged lengths: the shorter
+# item's warpgroup idles) 3.7 % slower, and tree-3level's 64-row 8-tile pairs took 19.8 us
+# where two items alone take 7.7 each (4.6 us of it waiting for their queries).
+PAIR_MAX_TILES = 16
+PAIR_MAX_ROWS = 16
+
+
+def pair_kv_items(items: np.ndarray, max_tiles: int = PAIR_MAX_TILES, max_rows: int = PAIR_MAX_ROWS) -> np.ndarray:
+    """Pair consecutive kv-split items of equal tile counts to run side by side.
+
+    A kv-split item alone has its two consumer warpgroups take alternate tiles: an item of
+    one tile leaves warpgroup 1 idle, and each warpgroup pays the item's fixed costs (query
+    wait, epilogue: ~1.2 us on an H200, more than a tile) for half of its tiles. A pair runs
+    the first item on warpgroup 0 and the second on warpgroup 1, each over all of its tiles
+    (interleaved in the K/V ring), so the fixed costs of two items overlap. A paired item
+    writes its state into its slot only (slot + 1 stays ``-inf``: skipped by the merge), and a
+    direct one writes its rows without the warpgroups' exchange.
+
+    Parameters
+    ----------
+    items : int32 ``[n, 12]`` in plan order (the items of one phase split are consecutive).
+    max_tiles : pair only items of at most this many tiles; ``-1``: any, ``0``: none.
+    max_rows : and of at most this many query rows; ``-1``: any.
+
+    Returns
+    -------
+    A copy of ``items`` with ``FLAG_PAIR`` / ``FLAG_PAIRED`` set on the pairs (adjacent rows).
+    """
+    out = items.copy()
+    n = out.shape[0]
+    ntiles = out[:, F_TILE1] - out[:, F_TILE0]
+    ok = (out[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
+    if max_tiles >= 0:
+        ok &= ntiles <= max_tiles
+    if max_rows >= 0:
+        ok &= out[:, F_NROWS] - out[:, F_ROW0] <= max_rows
+    i = 0
+    while i + 1 < n:
+        if ok[i] and ok[i + 1] and ntiles[i] == ntiles[i + 1]:
+            out[i, F_FLAGS] |= FLAG_PAIR
+            out[i + 1, F_FLAGS] |= FLAG_PAIRED
+            i += 2
+        else:
+            i += 1
+    return out
+
+
 def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
     """Assign items to persistent CTAs: longest first, each to the least-loaded CTA (LPT).
 
@@ -244,6 +297,8 @@ def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
     half of the CTAs the other way round and both kinds of work run at once, as triton's
     phases on streams do. The halves are contiguous so that the row blocks of one group
     (handed to neighbouring CTAs) still read their K/V tiles at about the same time (L2 hits).
+    A pair (:func:`pair_kv_items`) is one unit: its items stay adjacent, in order, and cost
+    their tiles plus one item's overhead.
 
     Returns
     -------
@@ -252,23 +307,30 @@ def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
     """
     import heapq
 
-    n = items.shape[0]
-    ctas = max(0, min(num_ctas, n))
+    flags = items[:, F_FLAGS]
+    pair, paired = (flags & FLAG_PAIR) != 0, (flags & FLAG_PAIRED) != 0
+    if len(flags) and (paired[0] or pair[-1] or not np.array_equal(pair[:-1], paired[1:])):
+        raise ValueError("every FLAG_PAIR item needs a FLAG_PAIRED item right after it, and only it")
+    first = ~paired  # a unit starts at every item but a pair's second
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], items.shape[0])
+    ctas = max(0, min(num_ctas, len(starts)))
     if ctas == 0:
         return items, np.zeros(1, dtype=np.int32)
-    weight = np.where(items[:, F_FLAGS] & FLAG_KV_SPLIT, KV_TILE_COST, ROW_TILE_COST)
-    cost = (items[:, F_TILE1] - items[:, F_TILE0]) * weight + ITEM_OVERHEAD
+    weight = np.where(flags & FLAG_KV_SPLIT, KV_TILE_COST, ROW_TILE_COST)
+    tiles = np.concatenate([[0.0], np.cumsum((items[:, F_TILE1] - items[:, F_TILE0]) * weight)])
+    cost = tiles[ends] - tiles[starts] + ITEM_OVERHEAD
     order = np.argsort(-cost, kind="stable")
     heap = [(0.0, c) for c in range(ctas)]
     lists: list = [[] for _ in range(ctas)]
-    for i in order.tolist():
+    for u in order.tolist():
         load, c = heapq.heappop(heap)
-        lists[c].append(i)
-        heapq.heappush(heap, (load + cost[i], c))
+        lists[c].append(u)
+        heapq.heappush(heap, (load + cost[u], c))
     if mixed:
         for c in range(ctas // 2, ctas):
             lists[c].reverse()
-    perm = np.asarray([i for lst in lists for i in lst], dtype=np.int64)
+    perm = np.asarray([i for lst in lists for u in lst for i in range(starts[u], ends[u])], dtype=np.int64)
     offsets = np.zeros(ctas + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum([len(lst) for lst in lists])
+    offsets[1:] = np.cumsum([sum(ends[u] - starts[u] for u in lst) for lst in lists])
     return np.ascontiguousarray(items[perm]), offsets

@@ -16,7 +16,9 @@
 // Items with more than 64 rows split the rows between the consumer warpgroups ("row split",
 // both consume every tile); items with at most 64 rows (decode) split the tiles instead
 // ("kv split": warpgroup w takes tiles w, w+NWG, ... and writes slot + w), so that decode
-// keeps both warpgroups busy. Row-split items are compute-bound and run FlashAttention-3's
+// keeps both warpgroups busy; two kv-split items can also run as a pair (FLAG_PAIR: the first
+// on warpgroup 0, the next on warpgroup 1, each over all of its tiles, which the producer
+// interleaves in the ring), so that their fixed costs overlap. Row-split items are compute-bound and run FlashAttention-3's
 // consumer schedule (Sched: QK^T of the next tile and PV of the previous one in flight during
 // the softmax, the two warpgroups taking turns on the tensor cores); kv-split items run the
 // plain serial loop.
@@ -100,15 +102,19 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             int qs = 0;
             for (int i = first; i < last; i++) {
                 const int *it = a.items + (long)i * ITEM_INTS;
-                const bool kv = it[F_FLAGS] & 1;
-                for (int w = 0; w < (kv ? 1 : NWG); w++, qs++) {
+                const int fl = it[F_FLAGS];
+                const bool kv = fl & FLAG_KV_SPLIT, pair = fl & FLAG_PAIR;
+                // A row-split item's warpgroups take a slot each, so do a pair's items (i, i + 1).
+                for (int w = 0; w < (kv && !pair ? 1 : NWG); w++, qs++) {
                     const int b = qs % QSLOTS;
+                    const int *iw = it + (pair ? w * ITEM_INTS : 0);
                     trace(a, TR_QEMPTY, i, qs, b);
                     if (qs >= QSLOTS) wait(q_empty[b], ((qs / QSLOTS) - 1) & 1);
-                    load_q<T, D>(q_smem[b], a, it[F_SEQ0], it[F_HEAD], it[F_ROW0] + w * TILE, it[F_NROWS]);
+                    load_q<T, D>(q_smem[b], a, iw[F_SEQ0], iw[F_HEAD], iw[F_ROW0] + (kv ? 0 : w * TILE), iw[F_NROWS]);
                     q_signal(q_full[b]);
                     trace(a, TR_QLOADED, i, qs, b);
                 }
+                i += pair;
             }
             // Its copies land before the warp exits (their arrives still count).
             asm volatile("cp.async.wait_all;\n" ::: "memory");
@@ -118,17 +124,31 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             int g = 0;
             for (int i = first; i < last; i++) {
                 const int *it = a.items + (long)i * ITEM_INTS;
-                const int n = src.ntiles(it);
+                const bool pair = it[F_FLAGS] & FLAG_PAIR;
+                // A pair's tiles alternate between its items (ring tile t: item i + t % 2, its
+                // tile t / 2), so each warpgroup takes every other tile as in a kv-split item;
+                // the shorter item's turns past its end (dynamic lengths) are empty stages.
+                const int na = src.ntiles(it), nb = pair ? src.ntiles(it + ITEM_INTS) : 0;
+                const int n = pair ? 2 * max(na, nb) : na;
                 for (int t = 0; t < n; t++, g++) {
                     int s = g % STAGES;
+                    const int *is = it + (pair && (t & 1) ? ITEM_INTS : 0);
+                    const int tt = pair ? t / 2 : t;
                     trace(a, TR_DONE, i, g, s);
                     if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
-                    stage_valid[s] = src.valid(it, t);
-                    tma::expect_bytes(k_full[s], sizeof(kv_tile));
-                    tma::expect_bytes(v_full[s], sizeof(kv_tile));
-                    src.load(it, t, k_smem[s], v_smem[s], k_full[s], v_full[s]);
+                    if (tt < (pair && (t & 1) ? nb : na)) {
+                        stage_valid[s] = src.valid(is, tt);
+                        tma::expect_bytes(k_full[s], sizeof(kv_tile));
+                        tma::expect_bytes(v_full[s], sizeof(kv_tile));
+                        src.load(is, tt, k_smem[s], v_smem[s], k_full[s], v_full[s]);
+                    } else {
+                        stage_valid[s] = 0;  // consumers skip it (and wait for v_full: done here)
+                        arrive(k_full[s]);
+                        arrive(v_full[s]);
+                    }
                     trace(a, TR_LOADED, i, g, s);
                 }
+                i += pair;
             }
             trace(a, TR_EXIT, last, g, 0);
         }
@@ -144,16 +164,22 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     int qs = 0;  // query slots used so far (as the query warp counts them)
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
+        // A pair (items i, i + 1) is one turn of this loop: this warpgroup runs item mi.
+        const bool pair = it[F_FLAGS] & FLAG_PAIR;
+        const int mi = i + (pair ? wg : 0);
+        const int ntiles = pair ? 2 * max(src.ntiles(it), src.ntiles(it + ITEM_INTS)) : src.ntiles(it);
+        it += pair ? wg * ITEM_INTS : 0;
+        i += pair;
         // The fields the epilogue needs are read here, once: a read of it[] after the ring's
         // waits (asm with memory clobbers) is a new global load, on the epilogue's critical path.
         const int flags = it[F_FLAGS];
         const bool kvsplit = flags & FLAG_KV_SPLIT, direct = flags & FLAG_DIRECT;
-        const int ntiles = src.ntiles(it);
+        const bool shared_q = kvsplit && !pair;  // both warpgroups read one query slot, write two slots
         const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
         const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
-        const int slot = it[F_SLOT] + (kvsplit ? wg : 0);
-        const int qu = qs + (kvsplit ? 0 : wg), qb = qu % QSLOTS;  // kv split: both read one slot
-        qs += kvsplit ? 1 : NWG;
+        const int slot = it[F_SLOT] + (shared_q ? wg : 0);
+        const int qu = qs + (shared_q ? 0 : wg), qb = qu % QSLOTS;
+        qs += shared_q ? 1 : NWG;
         q_tile &qt = q_smem[qb];
         // Which 16 of the item's rows this warp holds (the MMA's rows 16 wq ..): its own index,
         // but warpgroup 1 of a kv-split item turns its warps by two (ATTN_TK_SPREAD_ROWS), so
@@ -163,10 +189,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         // softmax (its P stays 0).
         const int wq = (warpid() % 4 + (ATTN_TK_SPREAD_ROWS && kvsplit && wg == 1 ? 2 : 0)) % 4;
         const bool live = !ATTN_TK_SPREAD_ROWS || row0 + wq * 16 < nrows;
-        trace(a, TR_QFULL, i, qu, qb);
-        timeline(a, i, wg, TL_START);
+        trace(a, TR_QFULL, mi, qu, qb);
+        timeline(a, mi, wg, TL_START);
         wait(q_full[qb], (qu / QSLOTS) & 1);
-        timeline(a, i, wg, TL_QREADY);
+        timeline(a, mi, wg, TL_QREADY);
         long long kwait = 0, vwait = 0;  // timeline builds: cycles in ring waits
         (void)kwait;
         (void)vwait;
@@ -178,8 +204,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         if constexpr (ATTN_TK_SPREAD_ROWS) warp::load(q_reg, qt.template subtile<16, D>({wq, 0}));
         else warpgroup::load(q_reg, qt);  // this warp's 16 rows
         __syncwarp();
-        if (laneid() == 0) arrive(q_empty[qb], kvsplit ? 1 : NWG);
-        timeline(a, i, wg, TL_LOOP);
+        if (laneid() == 0) arrive(q_empty[qb], shared_q ? 1 : NWG);
+        timeline(a, mi, wg, TL_LOOP);
 
         rt_fl<16, TILE> att;
         typename dt<T>::template rt_t<16, TILE> att_lp;
@@ -216,7 +242,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             bool pend = false;
             int ps = 0, pph = 0;  // stage and phase of the pending tile
             auto flush = [&]() {
-                trace(a, TR_VFULL, i, g - 1, ps);
+                trace(a, TR_VFULL, mi, g - 1, ps);
                 TL_WAIT(vwait, ring.wait_v(ps, pph));
                 pv_async(o, att_lp, ring.v[ps]);
                 warpgroup::mma_async_wait<0>();
@@ -226,7 +252,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             };
             for (int t = 0; t < ntiles; t++, g++) {
                 const int s = g % STAGES, ph = (g / STAGES) & 1;
-                trace(a, TR_KFULL, i, g, s);
+                trace(a, TR_KFULL, mi, g, s);
                 TL_WAIT(kwait, ring.wait_k(s, ph));
                 const int valid = ATTN_TK_STAGE_VALID ? ring.keys(s) : src.valid(it, t);
                 if (valid <= 0) {
@@ -241,9 +267,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 // registers path-insensitively, and a group still pending at a join makes it
                 // insert waits and serialize every wgmma of the kernel (C7518).
                 if (pend) {
-                    trace(a, TR_VFULL, i, g - 1, ps);
+                    trace(a, TR_VFULL, mi, g - 1, ps);
                     TL_WAIT(vwait, ring.wait_v(ps, pph));  // before taking the turn: hold it only to issue
-                    trace(a, TR_TURN, i, g, wg);
+                    trace(a, TR_TURN, mi, g, wg);
                     if (pingpong) turn_wait(wg);
                     qk_async(att, q_reg, ring.k[s]);
                     pv_async(o, att_lp, ring.v[ps]);
@@ -265,7 +291,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     reg_fence(o);
                     ring.release(ps);
                 } else {
-                    trace(a, TR_TURN, i, g, wg);
+                    trace(a, TR_TURN, mi, g, wg);
                     if (pingpong) turn_wait(wg);
                     qk_async(att, q_reg, ring.k[s]);
                     if (pingpong) turn_pass(wg);
@@ -288,9 +314,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             int s = g % STAGES, ph = (g / STAGES) & 1;
             // Both warpgroups wait for every tile, even one they skip, so that their arrivals
             // on done[s] can never run a phase ahead of the producer.
-            trace(a, TR_KFULL, i, g, s);
+            trace(a, TR_KFULL, mi, g, s);
             TL_WAIT(kwait, ring.wait_k(s, ph));
-            int valid = ATTN_TK_STAGE_VALID ? ring.keys(s) : src.valid(it, t);
+            int valid = ATTN_TK_STAGE_VALID || pair ? ring.keys(s) : src.valid(it, t);
             bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
             // A tile nobody computes on (past a partial chunk) is released only once its V
             // has landed: the producer's next expect_bytes on v_full[s] must start a new phase.
@@ -312,7 +338,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 #endif
                     warp::copy(att_lp, att);
                 }
-                trace(a, TR_VFULL, i, g, s);
+                trace(a, TR_VFULL, mi, g, s);
                 TL_WAIT(vwait, ring.wait_v(s, ph));
                 wgmma_fence(o);
                 if constexpr (ABL_PV) warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, ring.v[s]);
@@ -325,8 +351,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         row_lanes_sum(l);  // softmax_step_fast keeps per-lane partial row sums
 #endif
         }
-        timeline(a, i, wg, TL_TAIL);
-        if (direct && kvsplit) {
+        timeline(a, mi, wg, TL_TAIL);
+        if (direct && shared_q) {
             // Rows >= DIRECT_ROWS are not in the item (plan.mark_direct): only the warp with
             // rows 0-15 (wq = 0) of each warpgroup works.
             if (wq * 16 >= DIRECT_ROWS) continue;
@@ -339,13 +365,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 xchg.m[lane] = make_float2(any ? m[0][0].x : -INFINITY, any ? m[0][0].y : -INFINITY);
                 xchg.l[lane] = l[0][0];
             }
-            trace(a, TR_XCHG, i, g, wg);
+            trace(a, TR_XCHG, mi, g, wg);
             exchange_sync();  // warpgroup 1's state is in xchg
             if (wg == 1) {
                 exchange_sync();  // read: xchg is free for the next item
-                timeline(a, i, wg, TL_KWAIT, kwait);
-                timeline(a, i, wg, TL_VWAIT, vwait);
-                timeline(a, i, wg, TL_END);
+                timeline(a, mi, wg, TL_KWAIT, kwait);
+                timeline(a, mi, wg, TL_VWAIT, vwait);
+                timeline(a, mi, wg, TL_END);
                 continue;
             }
             const float2 m1 = xchg.m[lane], l1 = xchg.l[lane];
@@ -373,7 +399,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 
         // Epilogue: normalised out and natural-log lse of this warpgroup's rows, as a partial
         // state (into its slot, in T or float32) or, for a direct item, the final result (in T).
-        timeline(a, i, wg, TL_EPI);
+        timeline(a, mi, wg, TL_EPI);
         const int wrow = wq * 16 + lane / 4;
 #if ATTN_TK_FAST_EPILOGUE
         const bool half_out = direct || a.half_parts;
@@ -414,10 +440,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             }
 #endif
         }
-        timeline(a, i, wg, TL_STORED);
-        timeline(a, i, wg, TL_KWAIT, kwait);
-        timeline(a, i, wg, TL_VWAIT, vwait);
-        timeline(a, i, wg, TL_END);
+        timeline(a, mi, wg, TL_STORED);
+        timeline(a, mi, wg, TL_KWAIT, kwait);
+        timeline(a, mi, wg, TL_VWAIT, vwait);
+        timeline(a, mi, wg, TL_END);
     }
     trace(a, TR_EXIT, last, g, wg);
 }

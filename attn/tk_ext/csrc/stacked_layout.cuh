@@ -58,7 +58,8 @@ static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS <= 168 * NTHREADS,
 
 // Fields of one work item (int32, ITEM_INTS per item).
 enum ItemField {
-    F_FLAGS = 0,      // bit 0: kv split; bit 1: direct (write the final out / lse, see DIRECT_ROWS)
+    F_FLAGS = 0,      // bit 0: kv split; bit 1: direct (write the final out / lse, see DIRECT_ROWS);
+                      // bit 2: pair (this kv-split item on warpgroup 0, the next on warpgroup 1)
     F_SRC = 1,        // level mode: which K/V source (a level, or the suffix)
     F_GIDX = 2,       // level mode: group / batch index in the source; chunk mode: offset into the chunk list
     F_HEAD = 3,       // kv head
@@ -70,7 +71,9 @@ enum ItemField {
     F_KEYLEN = 9,     // level mode: keys of the source; -1 = suffix_lens[gidx]
     F_SLOT = 10,      // partial slot (kv split: slot + warpgroup)
 };
-enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2 };  // bits of F_FLAGS (plan.py: the same)
+// Bits of F_FLAGS (plan.py: the same, and FLAG_PAIRED = 8 on a pair's second item, which the
+// kernel does not read).
+enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4 };
 
 template<typename T> struct dt {};
 template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
