@@ -467,17 +467,22 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units():
         cta = np.repeat(np.arange(len(offs) - 1), np.diff(offs))
         assert (cta[starts] == cta[starts + 1]).all()
     # Only short items with a cap; none with 0; one-tile items pair with each other only;
-    # by default, items of at most 16 rows (tree-3level's 64-row level items stay alone).
+    # with a row cap of 16, tree-3level's 64-row level items stay alone.
     assert not (plan.pair_kv_items(items, 0, -1)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
     one = plan.pair_kv_items(items, 1, -1)
     sel = (one[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0
     assert sel.any() and ((one[sel, plan.F_TILE1] - one[sel, plan.F_TILE0]) == 1).all()
     assert sel.sum() < ((paired[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0).sum()
-    dflt = plan.pair_kv_items(items)
-    sel = (dflt[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0
+    r16 = plan.pair_kv_items(items, -1, 16)
+    sel = (r16[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0
     rows64 = (items[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT).astype(bool) & (items[:, plan.F_NROWS] == 64)
     assert rows64.any() and not sel[rows64].any() and sel[~rows64].any()
-    assert (dflt[sel, plan.F_NROWS] - dflt[sel, plan.F_ROW0] <= plan.PAIR_MAX_ROWS).all()
+    # By default: items of at most PAIR_MAX_TILES tiles (no-share's 32-tile items stay alone).
+    assert np.array_equal(plan.pair_kv_items(items), paired)
+    ns, _ = plan.level_plan(64, 32, 8, [], 2048, False, num_sms=132)
+    assert (ns[:, plan.F_TILE1] - ns[:, plan.F_TILE0] > plan.PAIR_MAX_TILES).all()
+    assert not (plan.pair_kv_items(ns)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
+    assert (plan.pair_kv_items(ns, -1)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
     # A malformed table (a pair's second item missing) is refused, not run.
     bad = paired.copy()
     bad[first[0] + 1, plan.F_FLAGS] &= ~plan.FLAG_PAIRED

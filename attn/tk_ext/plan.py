@@ -238,14 +238,15 @@ DEFAULT_COSTS = (ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD)
 ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD = costs_from_env(os.environ.get("ATTN_TK_PLAN_COSTS"))
 
 
-# Which kv-split items pair_kv_items pairs by default: at most this many tiles and rows. H200
-# (runs 0053-0055, logs/0053-0055-tk-pairs.log), pairing every kv-split item against none:
-# tree-3level 11-13 % faster, hydragen-mqa 2.6-6.6 %, chunkattn-mha 3.7-9 %, gqa-8b 1.8-3.2 %,
-# gqa-8b-long 0.4-1.5 %, but no-share-ragged (32-tile items of ragged lengths: the shorter
-# item's warpgroup idles) 3.7 % slower, and tree-3level's 64-row 8-tile pairs took 19.8 us
-# where two items alone take 7.7 each (4.6 us of it waiting for their queries).
+# Which kv-split items pair_kv_items pairs by default: at most this many tiles (and rows; -1:
+# any). H200, pairing every kv-split item against none (runs 0053-0055 and 0056-0058,
+# logs/0053-0055-tk-pairs.log, 0056-0058-tk-pair-caps.log): tree-3level 11-14 % faster,
+# hydragen-mqa 2.6-6.6 %, chunkattn-mha 3.7-9 % (its 32-row prefix items too: pairing only
+# items of <= 16 rows gave back 2.5-3.2 %), gqa-8b 1.6-3.6 %, gqa-8b-long 0.4-1.5 %; but
+# no-share-ragged (32-tile items of ragged lengths, where the shorter item's warpgroup idles)
+# 3.7-4.0 % slower, no-share within 0.5 %. So long items stay alone.
 PAIR_MAX_TILES = 16
-PAIR_MAX_ROWS = 16
+PAIR_MAX_ROWS = -1
 
 
 def pair_kv_items(items: np.ndarray, max_tiles: int = PAIR_MAX_TILES, max_rows: int = PAIR_MAX_ROWS) -> np.ndarray:
