@@ -488,12 +488,20 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units():
     bad[first[0] + 1, plan.F_FLAGS] &= ~plan.FLAG_PAIRED
     with pytest.raises(ValueError, match="FLAG_PAIRED"):
         plan.schedule(bad, 132)
-    pair_cost = 2 * plan.KV_TILE_COST + plan.ITEM_OVERHEAD
     two = plan.pair_kv_items(plan.level_plan(2, 4, 4, [], 64, False, num_sms=132)[0])
     assert two.shape[0] == 8 and (two[::2, plan.F_FLAGS] & plan.FLAG_PAIR).all()
     _, offs = plan.schedule(two, 132)
     assert len(offs) - 1 == 4  # one CTA per pair, never one per item
-    assert pair_cost < 2 * (plan.KV_TILE_COST + plan.ITEM_OVERHEAD)
+    # Pair units cost PAIR_TILE_COST per tile + PAIR_OVERHEAD: on two CTAs, a pair of 4-tile
+    # items (8 * 0.88 + 1.43 = 8.47; 9.7 at the lone items' costs), lone items of 4 and 2
+    # tiles (5.7 + 3.7 = 9.4 on the other CTA), then a lone 1-tile item goes with the pair.
+    mix = plan.level_plan(5, 4, 4, [], 256, False, num_sms=132)[0][:5]  # items of 4 tiles
+    mix = np.concatenate([plan.pair_kv_items(mix[:2]), mix[2:]])
+    mix[3, plan.F_TILE1], mix[4, plan.F_TILE1] = 2, 1
+    sched, offs = plan.schedule(mix, 2, mixed=False)
+    groups = [sched[offs[c]:offs[c + 1]] for c in range(2)]
+    with_pair = next(g for g in groups if (g[:, plan.F_FLAGS] & plan.FLAG_PAIR).any())
+    assert sorted(with_pair[:, plan.F_TILE1].tolist()) == [1, 4, 4]
 
 
 def test_pair_caps_from_the_environment(monkeypatch):
@@ -870,8 +878,9 @@ def test_plan_costs_from_the_environment():
     """ATTN_TK_PLAN_COSTS (a tuning knob of bench/tk_variants.sh): parsed, or a clear error."""
     assert plan.costs_from_env(None) == plan.DEFAULT_COSTS
     assert plan.costs_from_env("") == plan.DEFAULT_COSTS
-    assert plan.costs_from_env("1.2,0.5,0") == (1.2, 0.5, 0.0)
-    for bad in ("1,2", "a,b,c", "0,1,1", "1,-1,1", "1,1,-1", "1,nan,1"):
+    assert plan.costs_from_env("1.2,0.5,0") == (1.2, 0.5, 0.0) + plan.DEFAULT_COSTS[3:]
+    assert plan.costs_from_env("1.2,0.5,0,0.7,1") == (1.2, 0.5, 0.0, 0.7, 1.0)
+    for bad in ("1,2", "a,b,c", "0,1,1", "1,-1,1", "1,1,-1", "1,nan,1", "1,1,1,0,1", "1,1,1,1,-1", "1,1,1,1"):
         with pytest.raises(ValueError, match="ATTN_TK_PLAN_COSTS"):
             plan.costs_from_env(bad)
 
@@ -880,9 +889,9 @@ def test_info_names_tuned_plan_costs(monkeypatch):
     from attn.tk_ext.backend import TKBackend
 
     monkeypatch.delenv("ATTN_TK_PLAN_COSTS", raising=False)
-    assert "plan costs (row, kv, item)" not in TKBackend().versions()
+    assert "plan costs (row, kv, item, pair tile, pair item)" not in TKBackend().versions()
     monkeypatch.setenv("ATTN_TK_PLAN_COSTS", "1.2,0.5,1")
-    assert "plan costs (row, kv, item)" in TKBackend().versions()
+    assert "plan costs (row, kv, item, pair tile, pair item)" in TKBackend().versions()
 
 
 def test_ncu_stalls_sums_samples_by_reason():

@@ -135,6 +135,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     const int *is = it + (pair && (t & 1) ? ITEM_INTS : 0);
                     const int tt = pair ? t / 2 : t;
                     trace(a, TR_DONE, i, g, s);
+                    if (ATTN_TK_Q_FIRST && g == 1) wait(q_full[0], 0);
                     if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
                     if (tt < (pair && (t & 1) ? nb : na)) {
                         stage_valid[s] = src.valid(is, tt);

@@ -34,6 +34,12 @@ using namespace kittens;
 #ifndef ATTN_TK_FAST_EPILOGUE
 #define ATTN_TK_FAST_EPILOGUE 1
 #endif
+// 1: the producer issues the first K/V tile, then waits for the CTA's first query slot before
+// it fills the rest of the ring, so that at the kernel's start (every CTA fetching queries and a
+// whole ring at once) the queries the consumers wait for are not queued behind the ring's tiles.
+#ifndef ATTN_TK_Q_FIRST
+#define ATTN_TK_Q_FIRST 0
+#endif
 #ifndef ATTN_TK_STAGE_VALID
 #define ATTN_TK_STAGE_VALID 1
 #endif
