@@ -502,6 +502,13 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units():
     groups = [sched[offs[c]:offs[c + 1]] for c in range(2)]
     with_pair = next(g for g in groups if (g[:, plan.F_FLAGS] & plan.FLAG_PAIR).any())
     assert sorted(with_pair[:, plan.F_TILE1].tolist()) == [1, 4, 4]
+    # Per-tile pair costs rise with the query rows: flat to 16, PAIR_TILE_COST_64 at 64.
+    rows = np.zeros((5, plan.ITEM_INTS), dtype=np.int32)
+    rows[:, plan.F_NROWS] = [4, 16, 40, 64, 200]
+    rows[4, plan.F_ROW0] = 128  # a last block of 72 rows: 64 in the tile
+    c = plan.pair_tile_costs(rows)
+    assert c[0] == c[1] == plan.PAIR_TILE_COST and c[3] == c[4] == plan.PAIR_TILE_COST_64
+    assert c[2] == pytest.approx((plan.PAIR_TILE_COST + plan.PAIR_TILE_COST_64) / 2)
 
 
 def test_pair_caps_from_the_environment(monkeypatch):
@@ -879,8 +886,9 @@ def test_plan_costs_from_the_environment():
     assert plan.costs_from_env(None) == plan.DEFAULT_COSTS
     assert plan.costs_from_env("") == plan.DEFAULT_COSTS
     assert plan.costs_from_env("1.2,0.5,0") == (1.2, 0.5, 0.0) + plan.DEFAULT_COSTS[3:]
-    assert plan.costs_from_env("1.2,0.5,0,0.7,1") == (1.2, 0.5, 0.0, 0.7, 1.0)
-    for bad in ("1,2", "a,b,c", "0,1,1", "1,-1,1", "1,1,-1", "1,nan,1", "1,1,1,0,1", "1,1,1,1,-1", "1,1,1,1"):
+    assert plan.costs_from_env("1.2,0.5,0,0.7,1,2") == (1.2, 0.5, 0.0, 0.7, 1.0, 2.0)
+    for bad in ("1,2", "a,b,c", "0,1,1", "1,-1,1", "1,1,-1", "1,nan,1", "1,1,1,0,1,1", "1,1,1,1,-1,1",
+                "1,1,1,1,1,0", "1,1,1,1,1"):
         with pytest.raises(ValueError, match="ATTN_TK_PLAN_COSTS"):
             plan.costs_from_env(bad)
 
@@ -889,9 +897,9 @@ def test_info_names_tuned_plan_costs(monkeypatch):
     from attn.tk_ext.backend import TKBackend
 
     monkeypatch.delenv("ATTN_TK_PLAN_COSTS", raising=False)
-    assert "plan costs (row, kv, item, pair tile, pair item)" not in TKBackend().versions()
+    assert "plan costs (row, kv, item, pair tile, pair item, pair tile of 64 rows)" not in TKBackend().versions()
     monkeypatch.setenv("ATTN_TK_PLAN_COSTS", "1.2,0.5,1")
-    assert "plan costs (row, kv, item, pair tile, pair item)" in TKBackend().versions()
+    assert "plan costs (row, kv, item, pair tile, pair item, pair tile of 64 rows)" in TKBackend().versions()
 
 
 def test_ncu_stalls_sums_samples_by_reason():
