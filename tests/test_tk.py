@@ -444,7 +444,7 @@ def test_plan_emulation_matches_reference(case, costs, pairs, monkeypatch):
     assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
 
 
-def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units():
+def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkeypatch):
     items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, True, num_sms=132)
     paired = plan.pair_kv_items(items, -1, -1)
     assert not (items[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)).any()  # input unmodified
@@ -493,22 +493,24 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units():
     _, offs = plan.schedule(two, 132)
     assert len(offs) - 1 == 4  # one CTA per pair, never one per item
     # Pair units cost PAIR_TILE_COST per tile + PAIR_OVERHEAD: on two CTAs, a pair of 4-tile
-    # items (8 * 0.88 + 1.43 = 8.47; 9.7 at the lone items' costs), lone items of 4 and 2
-    # tiles (5.7 + 3.7 = 9.4 on the other CTA), then a lone 1-tile item goes with the pair.
+    # items (9.7 at the default, the lone items' costs; 8.47 at 0.88 and 1.43), lone items of
+    # 4 and 2 tiles (5.7 + 3.7 = 9.4 on the other CTA): a lone 1-tile item then goes to the
+    # CTA with less, the other one by default, the pair's at the cheaper pair costs.
     mix = plan.level_plan(5, 4, 4, [], 256, False, num_sms=132)[0][:5]  # items of 4 tiles
     mix = np.concatenate([plan.pair_kv_items(mix[:2]), mix[2:]])
     mix[3, plan.F_TILE1], mix[4, plan.F_TILE1] = 2, 1
-    sched, offs = plan.schedule(mix, 2, mixed=False)
-    groups = [sched[offs[c]:offs[c + 1]] for c in range(2)]
-    with_pair = next(g for g in groups if (g[:, plan.F_FLAGS] & plan.FLAG_PAIR).any())
-    assert sorted(with_pair[:, plan.F_TILE1].tolist()) == [1, 4, 4]
-    # Per-tile pair costs rise with the query rows: flat to 16, PAIR_TILE_COST_64 at 64.
-    rows = np.zeros((5, plan.ITEM_INTS), dtype=np.int32)
-    rows[:, plan.F_NROWS] = [4, 16, 40, 64, 200]
-    rows[4, plan.F_ROW0] = 128  # a last block of 72 rows: 64 in the tile
-    c = plan.pair_tile_costs(rows)
-    assert c[0] == c[1] == plan.PAIR_TILE_COST and c[3] == c[4] == plan.PAIR_TILE_COST_64
-    assert c[2] == pytest.approx((plan.PAIR_TILE_COST + plan.PAIR_TILE_COST_64) / 2)
+
+    def with_pair():
+        sched, offs = plan.schedule(mix, 2, mixed=False)
+        groups = [sched[offs[c]:offs[c + 1]] for c in range(2)]
+        g = next(g for g in groups if (g[:, plan.F_FLAGS] & plan.FLAG_PAIR).any())
+        return sorted(g[:, plan.F_TILE1].tolist())
+
+    assert (plan.PAIR_TILE_COST, plan.PAIR_OVERHEAD) == (plan.KV_TILE_COST, plan.ITEM_OVERHEAD)
+    assert with_pair() == [4, 4]
+    monkeypatch.setattr(plan, "PAIR_TILE_COST", 0.88)
+    monkeypatch.setattr(plan, "PAIR_OVERHEAD", 1.43)
+    assert with_pair() == [1, 4, 4]
 
 
 def test_pair_caps_from_the_environment(monkeypatch):
@@ -885,10 +887,10 @@ def test_plan_costs_from_the_environment():
     """ATTN_TK_PLAN_COSTS (a tuning knob of bench/tk_variants.sh): parsed, or a clear error."""
     assert plan.costs_from_env(None) == plan.DEFAULT_COSTS
     assert plan.costs_from_env("") == plan.DEFAULT_COSTS
-    assert plan.costs_from_env("1.2,0.5,0") == (1.2, 0.5, 0.0) + plan.DEFAULT_COSTS[3:]
-    assert plan.costs_from_env("1.2,0.5,0,0.7,1,2") == (1.2, 0.5, 0.0, 0.7, 1.0, 2.0)
-    for bad in ("1,2", "a,b,c", "0,1,1", "1,-1,1", "1,1,-1", "1,nan,1", "1,1,1,0,1,1", "1,1,1,1,-1,1",
-                "1,1,1,1,1,0", "1,1,1,1,1"):
+    assert plan.costs_from_env("1.2,0.5,0") == (1.2, 0.5, 0.0, 0.5, 0.0)  # pairs: the lone items' costs
+    assert plan.costs_from_env("1.2,0.5,0,0.7,1") == (1.2, 0.5, 0.0, 0.7, 1.0)
+    for bad in ("1,2", "a,b,c", "0,1,1", "1,-1,1", "1,1,-1", "1,nan,1", "1,1,1,0,1", "1,1,1,1,-1",
+                "1,1,1,1", "1,1,1,1,1,1"):
         with pytest.raises(ValueError, match="ATTN_TK_PLAN_COSTS"):
             plan.costs_from_env(bad)
 
@@ -897,9 +899,9 @@ def test_info_names_tuned_plan_costs(monkeypatch):
     from attn.tk_ext.backend import TKBackend
 
     monkeypatch.delenv("ATTN_TK_PLAN_COSTS", raising=False)
-    assert "plan costs (row, kv, item, pair tile, pair item, pair tile of 64 rows)" not in TKBackend().versions()
+    assert "plan costs (row, kv, item, pair tile, pair item)" not in TKBackend().versions()
     monkeypatch.setenv("ATTN_TK_PLAN_COSTS", "1.2,0.5,1")
-    assert "plan costs (row, kv, item, pair tile, pair item, pair tile of 64 rows)" in TKBackend().versions()
+    assert "plan costs (row, kv, item, pair tile, pair item)" in TKBackend().versions()
 
 
 def test_ncu_stalls_sums_samples_by_reason():

@@ -111,9 +111,8 @@ class TKBackend(Backend):
             v["pairs of kv-split items (max tiles, rows)"] = ", ".join(map(str, pair_caps()))
         if os.environ.get("ATTN_TK_PLAN_COSTS"):  # a tuning run: the plans' costs are not the measured ones
             costs = (plan.ROW_TILE_COST, plan.KV_TILE_COST, plan.ITEM_OVERHEAD, plan.PAIR_TILE_COST,
-                     plan.PAIR_OVERHEAD, plan.PAIR_TILE_COST_64)
-            v["plan costs (row, kv, item, pair tile, pair item, pair tile of 64 rows)"] = ", ".join(
-                f"{c:g}" for c in costs)
+                     plan.PAIR_OVERHEAD)
+            v["plan costs (row, kv, item, pair tile, pair item)"] = ", ".join(f"{c:g}" for c in costs)
         return v
 
     def not_supported_reasons(self, problem) -> list[str]:

@@ -214,30 +214,20 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
 # Fixed cost of an item (query wait, epilogue, pipeline bubbles), in kv-split tiles (see
 # ROW_TILE_COST).
 ITEM_OVERHEAD = 1.7
-# A pair (pair_kv_items) in the schedule: its tiles and one fixed cost, measured (H200,
-# bench/tk_timeline.py, logs/0053-0055-tk-pairs.log and 0056-0058-tk-pair-caps.log, in
-# row-split tiles of 1.75, 1.23 us): pairs of 1-, 2- and 4-tile items of 4-16 rows took 2.24,
-# 3.50 and 5.96 us (tree-3level, gqa-8b), i.e. 1.43 + 0.88 per tile; pairs of 64-row 8-tile
-# items 19.8 us (tree-3level), 1.67 per tile: a tile costs more the more of its rows hold
-# queries (warps with rows run the softmax). Between 16 and 64 rows the cost is interpolated.
-# The lone items' costs (1.0 + 1.7) made gqa-8b's many-pair CTAs finish 9 us early; the flat
-# 0.88 for every pair (runs 0063 / 0064) made gqa-8b 0.4-3.1 % faster but tree-3level, whose
-# 64-row pairs it under-costs, 2.3-3.6 % slower.
-PAIR_TILE_COST, PAIR_OVERHEAD, PAIR_TILE_COST_64 = 0.88, 1.43, 1.67
-
-
-def pair_tile_costs(items: np.ndarray) -> np.ndarray:
-    """Per-tile schedule cost of paired items: ``PAIR_TILE_COST`` up to 16 query rows, rising
-    linearly to ``PAIR_TILE_COST_64`` at 64."""
-    rows = np.clip(items[:, F_NROWS] - items[:, F_ROW0], 0, TILE)
-    frac = np.clip((rows - 16) / (TILE - 16), 0.0, 1.0)
-    return PAIR_TILE_COST + (PAIR_TILE_COST_64 - PAIR_TILE_COST) * frac
+# A pair (pair_kv_items) in the schedule: PAIR_TILE_COST per tile plus PAIR_OVERHEAD, the
+# lone items' costs. The timelines (logs/0053-0055-tk-pairs.log, 0056-0058-tk-pair-caps.log)
+# put pairs of 4-16-row items at 1.43 + 0.88 per tile and of 64-row items at 1.67 per tile,
+# but scheduling with those (H200, one machine per comparison) was no better overall: flat
+# 0.88 / 1.43 made gqa-8b 0.4-4 % faster and tree-3level 2-4 % slower (runs 0063 / 0064,
+# 0066-0068), and 0.88 rising to 1.67 at 64 rows the same (runs 0066 / 0067: geometric mean
+# over the 24 cases 0.3 % slower than these costs). ATTN_TK_PLAN_COSTS's 4th and 5th numbers.
+PAIR_TILE_COST, PAIR_OVERHEAD = KV_TILE_COST, ITEM_OVERHEAD
 
 
 def costs_from_env(value: str | None) -> tuple[float, ...]:
-    """``(ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD, PAIR_TILE_COST, PAIR_OVERHEAD,
-    PAIR_TILE_COST_64)`` from ``ATTN_TK_PLAN_COSTS="row,kv,item[,pair_tile,pair_item,pair_tile64]"``
-    (the pair costs default to the measured ones when only three are given).
+    """``(ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD, PAIR_TILE_COST, PAIR_OVERHEAD)`` from
+    ``ATTN_TK_PLAN_COSTS="row,kv,item[,pair_tile,pair_item]"`` (with three numbers the pairs
+    cost what lone kv-split items do).
 
     A tuning knob (``bench/tk_variants.sh`` passes it as a variant word), read once at import:
     every plan of the process uses it. Unset: the measured defaults above.
@@ -249,18 +239,18 @@ def costs_from_env(value: str | None) -> tuple[float, ...]:
     except ValueError:
         parts = ()
     if len(parts) == 3:
-        parts += DEFAULT_COSTS[3:]
-    if (len(parts) != 6 or not all(math.isfinite(x) and x > 0 for x in parts[:2] + parts[3:4] + parts[5:])
+        parts += (parts[1], parts[2])
+    if (len(parts) != 5 or not all(math.isfinite(x) and x > 0 for x in parts[:2] + parts[3:4])
             or not (parts[2] >= 0 and parts[4] >= 0)):
         raise ValueError(f"ATTN_TK_PLAN_COSTS={value!r}: expected 'row,kv,item' or "
-                         "'row,kv,item,pair_tile,pair_item,pair_tile64' costs, tile costs positive "
-                         "and item costs >= 0, e.g. '1.2,1.0,1.0'")
+                         "'row,kv,item,pair_tile,pair_item' costs, tile costs positive and item "
+                         "costs >= 0, e.g. '1.2,1.0,1.0'")
     return parts
 
 
-DEFAULT_COSTS = (ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD, PAIR_TILE_COST, PAIR_OVERHEAD, PAIR_TILE_COST_64)
+DEFAULT_COSTS = (ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD, PAIR_TILE_COST, PAIR_OVERHEAD)
 (ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD,
- PAIR_TILE_COST, PAIR_OVERHEAD, PAIR_TILE_COST_64) = costs_from_env(os.environ.get("ATTN_TK_PLAN_COSTS"))
+ PAIR_TILE_COST, PAIR_OVERHEAD) = costs_from_env(os.environ.get("ATTN_TK_PLAN_COSTS"))
 
 
 # Which kv-split items pair_kv_items pairs by default: at most this many tiles (and rows; -1:
@@ -324,7 +314,7 @@ def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
     phases on streams do. The halves are contiguous so that the row blocks of one group
     (handed to neighbouring CTAs) still read their K/V tiles at about the same time (L2 hits).
     A pair (:func:`pair_kv_items`) is one unit: its items stay adjacent, in order, and cost
-    :func:`pair_tile_costs` per tile plus ``PAIR_OVERHEAD``.
+    ``PAIR_TILE_COST`` per tile plus ``PAIR_OVERHEAD``.
 
     Returns
     -------
@@ -344,7 +334,7 @@ def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
     if ctas == 0:
         return items, np.zeros(1, dtype=np.int32)
     weight = np.where(flags & FLAG_KV_SPLIT, KV_TILE_COST, ROW_TILE_COST)
-    weight = np.where(pair | paired, pair_tile_costs(items), weight)
+    weight = np.where(pair | paired, PAIR_TILE_COST, weight)
     tiles = np.concatenate([[0.0], np.cumsum((items[:, F_TILE1] - items[:, F_TILE0]) * weight)])
     cost = tiles[ends] - tiles[starts] + np.where(pair[starts], PAIR_OVERHEAD, ITEM_OVERHEAD)
     order = np.argsort(-cost, kind="stable")
