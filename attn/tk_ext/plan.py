@@ -218,9 +218,9 @@ ITEM_OVERHEAD = 1.7
 # lone items' costs. The timelines (logs/0053-0055-tk-pairs.log, 0056-0058-tk-pair-caps.log)
 # put pairs of 4-16-row items at 1.43 + 0.88 per tile and of 64-row items at 1.67 per tile,
 # but scheduling with those (H200, one machine per comparison) was no better overall: flat
-# 0.88 / 1.43 made gqa-8b 0.4-4 % faster and tree-3level 2-4 % slower (runs 0063 / 0064,
-# 0066-0068), and 0.88 rising to 1.67 at 64 rows the same (runs 0066 / 0067: geometric mean
-# over the 24 cases 0.3 % slower than these costs). ATTN_TK_PLAN_COSTS's 4th and 5th numbers.
+# 0.88 / 1.43 made gqa-8b 0.4-4.1 % faster and tree-3level 1.2-3.8 % slower (runs 0063 / 0064,
+# 0066-0068), and 0.88 rising to 1.67 at 64 rows much the same (runs 0066 / 0067: geometric
+# mean over the 24 cases 0.3 % slower than these costs). ATTN_TK_PLAN_COSTS's 4th and 5th numbers.
 PAIR_TILE_COST, PAIR_OVERHEAD = KV_TILE_COST, ITEM_OVERHEAD
 
 
@@ -254,12 +254,13 @@ DEFAULT_COSTS = (ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD, PAIR_TILE_COST, PAI
 
 
 # Which kv-split items pair_kv_items pairs by default: at most this many tiles (and rows; -1:
-# any). H200, pairing every kv-split item against none (runs 0053-0055 and 0056-0058,
-# logs/0053-0055-tk-pairs.log, 0056-0058-tk-pair-caps.log): tree-3level 11-14 % faster,
-# hydragen-mqa 2.6-6.6 %, chunkattn-mha 3.7-9 % (its 32-row prefix items too: pairing only
-# items of <= 16 rows gave back 2.5-3.2 %), gqa-8b 1.6-3.6 %, gqa-8b-long 0.4-1.5 %; but
-# no-share-ragged (32-tile items of ragged lengths, where the shorter item's warpgroup idles)
-# 3.7-4.0 % slower, no-share within 0.5 %. So long items stay alone.
+# any). H200 runs 0053 / 0054 (one machine; every kv-split item paired against none,
+# logs/0053-0055-tk-pairs.log): tree-3level 11-13 % faster, chunkattn-mha 3.6-8.3 %,
+# hydragen-mqa 2.5-6.2 %, gqa-8b 1.8-3.1 %, gqa-8b-long 0.4-1.5 %, but no-share-ragged
+# (32-tile items of ragged lengths: the shorter item's warpgroup idles) 3.8 % slower, no-share
+# even. Runs 0056-0058 (logs/0056-0058-tk-pair-caps.log): pairing only items of <= 16 rows
+# made chunkattn-mha 1.6-3.3 % slower (its 32-row prefix items pair well) and nothing else
+# faster by over 0.3 %. So long items stay alone, and any rows pair.
 PAIR_MAX_TILES = 16
 PAIR_MAX_ROWS = -1
 
