@@ -31,6 +31,7 @@
 #include "stacked_debug.cuh"
 #include "stacked_sync.cuh"
 #include "query_gather.cuh"
+#include "ring_producer.cuh"
 
 namespace attn_tk {
 
@@ -96,63 +97,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     const int wg = threadIdx.x / 128;
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
-        if (warpid() % 4 == 1) {
-            // Query warp: gathers the items' stacked query rows into the slot ring, as far
-            // ahead as free slots allow. qs counts the slots used so far.
-            int qs = 0;
-            for (int i = first; i < last; i++) {
-                const int *it = a.items + (long)i * ITEM_INTS;
-                const int fl = it[F_FLAGS];
-                const bool kv = fl & FLAG_KV_SPLIT, pair = fl & FLAG_PAIR;
-                // A row-split item's warpgroups take a slot each, so do a pair's items (i, i + 1).
-                for (int w = 0; w < (kv && !pair ? 1 : NWG); w++, qs++) {
-                    const int b = qs % QSLOTS;
-                    const int *iw = it + (pair ? w * ITEM_INTS : 0);
-                    trace(a, TR_QEMPTY, i, qs, b);
-                    if (qs >= QSLOTS) wait(q_empty[b], ((qs / QSLOTS) - 1) & 1);
-                    load_q<T, D>(q_smem[b], a, iw[F_SEQ0], iw[F_HEAD], iw[F_ROW0] + (kv ? 0 : w * TILE), iw[F_NROWS]);
-                    q_signal(q_full[b]);
-                    trace(a, TR_QLOADED, i, qs, b);
-                }
-                i += pair;
-            }
-            // Its copies land before the warp exits (their arrives still count).
-            asm volatile("cp.async.wait_all;\n" ::: "memory");
-            trace(a, TR_EXIT, last, 0, 0);
-        }
-        if (threadIdx.x % 128 == 0) {
-            int g = 0;
-            for (int i = first; i < last; i++) {
-                const int *it = a.items + (long)i * ITEM_INTS;
-                const bool pair = it[F_FLAGS] & FLAG_PAIR;
-                // A pair's tiles alternate between its items (ring tile t: item i + t % 2, its
-                // tile t / 2), so each warpgroup takes every other tile as in a kv-split item;
-                // the shorter item's turns past its end (dynamic lengths) are empty stages.
-                const int na = src.ntiles(it), nb = pair ? src.ntiles(it + ITEM_INTS) : 0;
-                const int n = pair ? 2 * max(na, nb) : na;
-                for (int t = 0; t < n; t++, g++) {
-                    int s = g % STAGES;
-                    const int *is = it + (pair && (t & 1) ? ITEM_INTS : 0);
-                    const int tt = pair ? t / 2 : t;
-                    trace(a, TR_DONE, i, g, s);
-                    if (ATTN_TK_Q_FIRST && g == 1) wait(q_full[0], 0);
-                    if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
-                    if (tt < (pair && (t & 1) ? nb : na)) {
-                        stage_valid[s] = src.valid(is, tt);
-                        tma::expect_bytes(k_full[s], sizeof(kv_tile));
-                        tma::expect_bytes(v_full[s], sizeof(kv_tile));
-                        src.load(is, tt, k_smem[s], v_smem[s], k_full[s], v_full[s]);
-                    } else {
-                        stage_valid[s] = 0;  // consumers skip it (and wait for v_full: done here)
-                        arrive(k_full[s]);
-                        arrive(v_full[s]);
-                    }
-                    trace(a, TR_LOADED, i, g, s);
-                }
-                i += pair;
-            }
-            trace(a, TR_EXIT, last, g, 0);
-        }
+        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, q_smem, q_full, q_empty);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, k_smem, v_smem, k_full, v_full, done, stage_valid, q_full);
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();

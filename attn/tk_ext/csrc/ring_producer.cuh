@@ -1,0 +1,51 @@
+// The stacked kernel's producer: one thread streams the K/V tiles of a CTA's items through the
+// ring with TMA, as far ahead as released stages allow.
+#pragma once
+
+#include "stacked_layout.cuh"
+#include "stacked_debug.cuh"
+
+namespace attn_tk {
+
+using namespace kittens;
+
+// Tiles of items [first, last) into ring stages g % STAGES. Before loading a stage it writes
+// the tile's valid keys into stage_valid (read by the consumers after their k_full wait).
+// A pair's tiles alternate between its items (ring tile t: item i + t % 2, its tile t / 2), so
+// each warpgroup takes every other tile as in a lone kv-split item; the shorter item's turns
+// past its end (dynamic lengths) are empty stages, armed with a plain arrive.
+template<int STAGES, typename SRC, typename KV>
+__device__ inline void stream_tiles(const common_args &a, const SRC &src, int first, int last, KV *k_smem, KV *v_smem,
+                                    semaphore *k_full, semaphore *v_full, semaphore *done, int *stage_valid,
+                                    semaphore *q_full) {
+    int g = 0;  // tiles issued so far
+    for (int i = first; i < last; i++) {
+        const int *it = a.items + (long)i * ITEM_INTS;
+        const bool pair = it[F_FLAGS] & FLAG_PAIR;
+        const int na = src.ntiles(it), nb = pair ? src.ntiles(it + ITEM_INTS) : 0;
+        const int n = pair ? 2 * max(na, nb) : na;
+        for (int t = 0; t < n; t++, g++) {
+            int s = g % STAGES;
+            const int *is = it + (pair && (t & 1) ? ITEM_INTS : 0);
+            const int tt = pair ? t / 2 : t;
+            trace(a, TR_DONE, i, g, s);
+            if (ATTN_TK_Q_FIRST && g == 1) wait(q_full[0], 0);
+            if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
+            if (tt < (pair && (t & 1) ? nb : na)) {
+                stage_valid[s] = src.valid(is, tt);
+                tma::expect_bytes(k_full[s], sizeof(KV));
+                tma::expect_bytes(v_full[s], sizeof(KV));
+                src.load(is, tt, k_smem[s], v_smem[s], k_full[s], v_full[s]);
+            } else {
+                stage_valid[s] = 0;  // consumers skip it (and wait for v_full: done here)
+                arrive(k_full[s]);
+                arrive(v_full[s]);
+            }
+            trace(a, TR_LOADED, i, g, s);
+        }
+        i += pair;
+    }
+    trace(a, TR_EXIT, last, g, 0);
+}
+
+}  // namespace attn_tk
