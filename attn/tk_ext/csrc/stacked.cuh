@@ -11,15 +11,16 @@
 // float32) into a slot of a partial buffer; merge.cu combines the slots of each row.
 //
 // CTA layout: NWG consumer warpgroups (64 query rows each, wgmma) + 1 producer warpgroup
-// whose first warp streams K/V tiles with TMA through a STAGES-deep ring of shared tiles and
-// whose second warp gathers the items' query rows ahead into a ring of query tiles.
+// whose first warp streams K/V tiles with TMA through a STAGES-deep ring of shared tiles
+// (ring_producer.cuh) and whose second warp gathers the items' query rows ahead into a ring
+// of query tiles (query_gather.cuh).
 // Items with more than 64 rows split the rows between the consumer warpgroups ("row split",
 // both consume every tile); items with at most 64 rows (decode) split the tiles instead
 // ("kv split": warpgroup w takes tiles w, w+NWG, ... and writes slot + w), so that decode
-// keeps both warpgroups busy; two kv-split items can also run as a pair (FLAG_PAIR: the first
-// on warpgroup 0, the next on warpgroup 1, each over all of its tiles, which the producer
-// interleaves in the ring), so that their fixed costs overlap. Row-split items are compute-bound and run FlashAttention-3's
-// consumer schedule (Sched: QK^T of the next tile and PV of the previous one in flight during
+// keeps both warpgroups busy; two kv-split items can also run as a pair (FLAG_PAIR: the
+// first on warpgroup 0, the next on warpgroup 1, each over all of its tiles, which the
+// producer interleaves in the ring), so that their fixed costs overlap. Row-split items are
+// compute-bound and run FlashAttention-3's consumer schedule (Sched: QK^T of the next tile and PV of the previous one in flight during
 // the softmax, the two warpgroups taking turns on the tensor cores); kv-split items run the
 // plain serial loop.
 // The grid is persistent (one CTA per SM): the host balances items over CTAs (plan.schedule)
