@@ -12,8 +12,11 @@ issued and when its epilogue is done, and the cycles it waited for K and for V t
   states of a direct item, then the epilogue, whose stores alone are "stores"), and their
   share of all warpgroup time (an item that spends its time in the K / V waits is waiting for
   memory, not computing);
-- the spread of the CTAs' start and end times (launch skew and load balance);
-- the items of the CTA that ends last, in order.
+- the spread of the CTAs' start and end times (launch skew and load balance), and how well
+  the plan's costs predicted each CTA's time (the late and early CTAs' predicted loads);
+- the items of the CTA that ends last, in order;
+- after all cases: the schedule costs that the measured times of the cases' units (lone
+  items and pairs) fit, in the plan's units, as an ``ATTN_TK_PLAN_COSTS`` value.
 
     PYTHONPATH=. python bench/tk_timeline.py CASE ... [--show N]
 
@@ -40,6 +43,59 @@ def kind(item) -> str:
     return f"src{item[F_SRC]} {split} {item[F_NROWS]}r {item[F_TILE1] - item[F_TILE0]}t"
 
 
+# The plan's schedule costs (attn/tk_ext/plan.py): row-split tile, kv-split tile, item, pair
+# tile, pair item. Copied, not imported, so that the report needs no torch.
+PLAN_COSTS = (1.75, 1.0, 1.7, 1.0, 1.7)
+
+
+def units(items: np.ndarray):
+    """``(first, last, category, tiles)`` of each schedule unit: a lone item ("rows" or "kv")
+    or a pair ("pair": its two items' tiles)."""
+    out, i, n = [], 0, len(items)
+    while i < n:
+        fl = int(items[i, F_FLAGS])
+        j = i + 2 if fl & FLAG_PAIR else i + 1
+        cat = "pair" if fl & FLAG_PAIR else ("kv" if fl & 1 else "rows")
+        out.append((i, j, cat, int((items[i:j, F_TILE1] - items[i:j, F_TILE0]).sum())))
+        i = j
+    return out
+
+
+def planned_cost(cat: str, tiles: int, costs=PLAN_COSTS) -> float:
+    row, kv, item, pair_tile, pair_item = costs
+    if cat == "pair":
+        return pair_item + pair_tile * tiles
+    return item + (kv if cat == "kv" else row) * tiles
+
+
+def fit_costs(samples) -> str:
+    """The schedule costs that ``(category, tiles, us)`` samples fit: per category a least-squares
+    line ``us = a + b * tiles``, in units where a row-split tile costs the plan's 1.75."""
+    lines, fits = [], {}
+    for cat in ("rows", "kv", "pair"):
+        pts = np.asarray([(t, us) for c, t, us in samples if c == cat], dtype=np.float64)
+        if len(pts) == 0:
+            continue
+        if len(np.unique(pts[:, 0])) < 2:
+            lines.append(f"  {cat}: {len(pts)} unit{'s' if len(pts) > 1 else ''}, all of {int(pts[0, 0])} tiles: "
+                         f"{pts[:, 1].mean():.2f} us each (no fit: one length)")
+            continue
+        b, a = np.polyfit(pts[:, 0], pts[:, 1], 1)
+        fits[cat] = (a, b)
+        lines.append(f"  {cat}: {len(pts)} units of {int(pts[:, 0].min())}-{int(pts[:, 0].max())} tiles: "
+                     f"{a:.2f} us + {b:.3f} us per tile")
+    if "rows" in fits:
+        unit = fits["rows"][1] / PLAN_COSTS[0]  # us per cost unit
+        c = list(PLAN_COSTS)
+        if "kv" in fits:
+            c[1], c[2] = fits["kv"][1] / unit, fits["kv"][0] / unit
+        if "pair" in fits:
+            c[3], c[4] = fits["pair"][1] / unit, fits["pair"][0] / unit
+        lines.append(f"  in the plan's units ({unit:.3f} us each; measured where fitted, else the "
+                     f"plan's): ATTN_TK_PLAN_COSTS={','.join(f'{x:.2f}' for x in c)}")
+    return "\n".join(["schedule costs the units' times fit:"] + lines)
+
+
 def ns_per_cycle(tl: np.ndarray, ctas: np.ndarray) -> float:
     """Timer ns per SM clock cycle, from the first and last item start of each CTA."""
     ratios = []
@@ -51,7 +107,7 @@ def ns_per_cycle(tl: np.ndarray, ctas: np.ndarray) -> float:
     return float(np.median(ratios)) if ratios else 1.0
 
 
-def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 40) -> str:
+def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 40, samples=None) -> str:
     """The report of one launch.
 
     Parameters
@@ -61,6 +117,8 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     tl : uint64 / int64 ``[n, NWG, TL_FIELDS]``: clocks at start, queries ready and end; the
         timer (ns) at the start; cycles waited for K tiles, for V tiles; clocks at the tile
         loop's start and end, and when the epilogue's stores start and have been issued.
+    samples : a list that gets ``(category, tiles, us)`` of each schedule unit (for
+        :func:`fit_costs`): its first start to its last end.
     """
     # A paired item has fields from its one warpgroup: the other's copy them (for the clocks
     # of item starts and ends) and are left out of every sum and mean.
@@ -113,6 +171,20 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     lines.append(f"CTA start (us after the first): median {np.median(starts):.2f}, max {starts.max():.2f}; "
                  f"end: min {ends.min():.1f}, median {np.median(ends):.1f}, max {ends.max():.1f}; "
                  f"time between items per CTA: median {np.median(gaps):.2f} us")
+    # Each unit's time (its first warpgroup start to its last end) and the plan's cost of it.
+    cta_cost = np.zeros(ncta)
+    for i, j, cat, tiles in units(items):
+        t_start = min(at(k, w, TL_START) for k in range(i, j) for w in range(NWG) if own[k, w])
+        t_end = max(at(k, w, TL_END) for k in range(i, j) for w in range(NWG) if own[k, w])
+        if samples is not None:
+            samples.append((cat, tiles, t_end - t_start))
+        cta_cost[cta_of[i]] += planned_cost(cat, tiles)
+    order = np.argsort(ends)
+    corr = float(np.corrcoef(cta_cost, ends)[0, 1]) if ncta > 2 and cta_cost.std() > 0 and ends.std() > 0 else float("nan")
+    late, early = order[::-1][:3], order[:3]
+    lines.append(f"plan's CTA loads against the CTAs' ends: correlation {corr:.2f}; ending last "
+                 + ", ".join(f"CTA {c} {cta_cost[c]:.1f} units at {ends[c]:.1f} us" for c in late)
+                 + "; first " + ", ".join(f"CTA {c} {cta_cost[c]:.1f} at {ends[c]:.1f}" for c in early))
     c = int(ends.argmax())
     lines.append(f"CTA {c} (ends last), its items: kind, start us, q wait, duration (warpgroup 0 / 1)")
     for i in range(int(ctas[c]), min(int(ctas[c + 1]), int(ctas[c]) + show)):
@@ -121,7 +193,7 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     return "\n".join(lines)
 
 
-def _run(case: str, show: int) -> str:
+def _run(case: str, show: int, samples=None) -> str:
     import torch
 
     from tk_trace import case_launch
@@ -136,7 +208,7 @@ def _run(case: str, show: int) -> str:
     op(*args, backend="tk")
     torch.cuda.synchronize()
     os.environ.pop("ATTN_TK_TIMELINE_PTR")
-    return f"## {case}\n" + summarize(items, ctas, tl.cpu().numpy().view(np.uint64), show)
+    return f"## {case}\n" + summarize(items, ctas, tl.cpu().numpy().view(np.uint64), show, samples)
 
 
 def main(argv=None) -> int:
@@ -147,8 +219,10 @@ def main(argv=None) -> int:
     flags = os.environ.get("ATTN_TK_NVCC_FLAGS", "")
     if "-DATTN_TK_TIMELINE" not in flags.split():
         os.environ["ATTN_TK_NVCC_FLAGS"] = (flags + " -DATTN_TK_TIMELINE").strip()
+    samples: list = []
     for case in args.cases:
-        print(_run(case, args.show), flush=True)
+        print(_run(case, args.show, samples), flush=True)
+    print(fit_costs(samples))
     return 0
 
 

@@ -228,6 +228,40 @@ def test_timeline_report_of_a_pair():
     assert "end: min 4.0, median 4.0, max 4.0" in out  # the pair ends with its longer item
 
 
+def test_timeline_fits_schedule_costs_and_checks_the_plans_loads():
+    """bench/tk_timeline.py: unit times -> the plan's cost units; its copy of the plan's costs."""
+    mod = _bench_module("tk_timeline")
+    assert mod.PLAN_COSTS == plan.DEFAULT_COSTS
+    # rows: 1.0 us + 0.7 per tile (a row tile = 1.75 units: 0.4 us each); kv: 0.68 + 0.4 per
+    # tile (1.7 + 1.0 units); pairs: 0.572 + 0.352 per tile (1.43 + 0.88).
+    samples = [("rows", 10, 8.0), ("rows", 20, 15.0), ("kv", 4, 2.28), ("kv", 8, 3.88),
+               ("pair", 2, 1.276), ("pair", 8, 3.388)]
+    out = mod.fit_costs(samples)
+    assert "rows: 2 units of 10-20 tiles: 1.00 us + 0.700 us per tile" in out
+    assert "ATTN_TK_PLAN_COSTS=1.75,1.00,1.70,0.88,1.43" in out
+    one = mod.fit_costs([("rows", 10, 8.0), ("rows", 20, 15.0), ("pair", 8, 3.0), ("pair", 8, 3.4)])
+    assert "pair: 2 units, all of 8 tiles: 3.20 us each (no fit: one length)" in one
+    assert "ATTN_TK_PLAN_COSTS=1.75,1.00,1.70,1.00,1.70" in one  # the plan's where not fitted
+    assert mod.planned_cost("pair", 8) == plan.PAIR_OVERHEAD + 8 * plan.PAIR_TILE_COST
+    assert mod.planned_cost("rows", 8) == plan.ITEM_OVERHEAD + 8 * plan.ROW_TILE_COST
+    # The units of a scheduled table, and the report's line on the plan's CTA loads.
+    items = np.zeros((4, plan.ITEM_INTS), dtype=np.int32)
+    items[:, plan.F_FLAGS] = [0, plan.FLAG_KV_SPLIT | plan.FLAG_PAIR, plan.FLAG_KV_SPLIT | plan.FLAG_PAIRED,
+                              plan.FLAG_KV_SPLIT]
+    items[:, plan.F_TILE1] = [6, 2, 2, 3]
+    assert mod.units(items) == [(0, 1, "rows", 6), (1, 3, "pair", 4), (3, 4, "kv", 3)]
+    ctas = np.array([0, 1, 3, 4], dtype=np.int32)
+    tl = np.zeros((4, 2, mod.TL_FIELDS), dtype=np.uint64)
+    for i, (start, end) in enumerate([(0, 6000), (100, 2100), (100, 2600), (0, 1500)]):
+        tl[i, :] = [start, start, end, 10_000, 0, 0, start, end, end, end]
+    got = []
+    out = mod.summarize(items, ctas, tl, samples=got)
+    assert [(c, t) for c, t, _ in got] == [("rows", 6), ("pair", 4), ("kv", 3)]
+    assert got[1][2] == pytest.approx(2.5)  # 1 ns per cycle: the pair from 100 to 2600 cycles
+    assert "plan's CTA loads against the CTAs' ends: correlation" in out
+    assert "ending last CTA 0 12.2 units at 6.0 us" in out
+
+
 def test_cache_dir_override(monkeypatch, tmp_path):
     monkeypatch.setenv("ATTN_CACHE_DIR", str(tmp_path))
     assert build.build_dir("abc") == tmp_path / "tk-abc"
