@@ -710,6 +710,17 @@ def test_gpu_pairing_choices_agree(tk, case, pairs, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id in (
+    "spec-tree-3level-ragged-level", "spec-tree-3level-chunk")], ids=lambda c: c.id)
+def test_gpu_rebalanced_schedule_agrees(tk, case, monkeypatch):
+    """ATTN_TK_REBALANCE=1 (another assignment of the same items to CTAs) passes the oracle."""
+    monkeypatch.setenv("ATTN_TK_REBALANCE", "1")
+    inp = case.inputs(torch.bfloat16, "cuda")
+    verdict = Oracle(case.problem(inp)).judge(*_call(case.op, inp, "tk"))
+    assert verdict.ok, str(verdict)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("d,hq,hkv", [(128, 32, 8), (64, 16, 1), (128, 8, 8)], ids=["d128-r4", "d64-r16", "d128-r1"])
 @pytest.mark.parametrize("op", ["shared_prefix", "chunk"])
@@ -823,6 +834,45 @@ def test_schedule_assigns_every_item_once_and_balances():
     assert len(offs2) == 6  # never more CTAs than items
     empty, offs3 = plan.schedule(items[:0], 132)
     assert offs3.tolist() == [0]
+
+
+def test_rebalanced_schedule_lowers_the_largest_load_and_keeps_units(monkeypatch):
+    items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, False, num_sms=132)
+    items = plan.pair_kv_items(items)
+
+    def loads(sched, offs):
+        fl = sched[:, plan.F_FLAGS]
+        paired = (fl & plan.FLAG_PAIRED) != 0
+        w = np.where((fl & plan.FLAG_PAIR) | paired, plan.PAIR_TILE_COST,
+                     np.where(fl & plan.FLAG_KV_SPLIT, plan.KV_TILE_COST, plan.ROW_TILE_COST))
+        t = (sched[:, plan.F_TILE1] - sched[:, plan.F_TILE0]) * w
+        over = np.where(fl & plan.FLAG_PAIR, plan.PAIR_OVERHEAD, plan.ITEM_OVERHEAD)
+        c = t + np.where(paired, 0.0, over)
+        return np.asarray([c[offs[k]:offs[k + 1]].sum() for k in range(len(offs) - 1)]), c
+
+    lpt, o1 = plan.schedule(items, 132, mixed=False)
+    reb, o2 = plan.schedule(items, 132, mixed=False, rebalance=True)
+    l1, _ = loads(lpt, o1)
+    l2, unit_cost = loads(reb, o2)
+    assert sorted(map(tuple, reb.tolist())) == sorted(map(tuple, items.tolist()))
+    assert l2.sum() == pytest.approx(l1.sum()) and l2.max() < l1.max() - 1.0  # tree: 6 % -> 2 % over the mean
+    f = reb[:, plan.F_FLAGS]
+    starts = np.flatnonzero(f & plan.FLAG_PAIR)
+    cta = np.repeat(np.arange(len(o2) - 1), np.diff(o2))
+    assert np.array_equal(np.flatnonzero(f & plan.FLAG_PAIRED), starts + 1) and (cta[starts] == cta[starts + 1]).all()
+    for k in range(len(o2) - 1):  # each CTA's units longest first again
+        c = unit_cost[o2[k]:o2[k + 1]][(f[o2[k]:o2[k + 1]] & plan.FLAG_PAIRED) == 0]
+        assert (np.diff(c) <= 1e-9).all(), k
+    # mixed: the second half's lists reversed, as without rebalancing
+    mixed, o3 = plan.schedule(items, 132, mixed=True, rebalance=True)
+    assert o3.tolist() == o2.tolist() and np.array_equal(mixed[o3[0]:o3[1]], reb[o2[0]:o2[1]])
+    # a balanced table has nothing to move; the switch is read from the environment
+    even, _ = plan.level_plan(4, 4, 4, [], 64, False, num_sms=132)
+    assert np.array_equal(plan.schedule(even, 4, rebalance=True)[0], plan.schedule(even, 4)[0])
+    monkeypatch.delenv("ATTN_TK_REBALANCE", raising=False)
+    assert not tkb.rebalance()
+    monkeypatch.setenv("ATTN_TK_REBALANCE", "1")
+    assert tkb.rebalance() and "schedule" in tkb.TKBackend().versions()
 
 
 def test_mixed_schedule_runs_half_of_the_ctas_shortest_first(monkeypatch):

@@ -46,6 +46,13 @@ def mixed_order() -> bool:
     return os.environ.get("ATTN_TK_ORDER", "mixed") != "lpt"
 
 
+def rebalance() -> bool:
+    """Whether :func:`plan.schedule` lowers the largest CTA load after LPT
+    (``ATTN_TK_REBALANCE=1``; off by default until a GPU benchmark says so). Read when a plan
+    is built and part of the plan's cache key, so that a benchmark can time both."""
+    return os.environ.get("ATTN_TK_REBALANCE", "0") == "1"
+
+
 def _pair_cap(name: str, default: int) -> int:
     value = os.environ.get(name, str(default))
     try:
@@ -109,6 +116,8 @@ class TKBackend(Backend):
             v["kernel sources"] = str(build.csrc_dir())
         if os.environ.get("ATTN_TK_PAIR_TILES") or os.environ.get("ATTN_TK_PAIR_ROWS"):
             v["pairs of kv-split items (max tiles, rows)"] = ", ".join(map(str, pair_caps()))
+        if rebalance():
+            v["schedule"] = "LPT, then rebalanced (ATTN_TK_REBALANCE=1)"
         if os.environ.get("ATTN_TK_PLAN_COSTS"):  # a tuning run: the plans' costs are not the measured ones
             costs = (plan.ROW_TILE_COST, plan.KV_TILE_COST, plan.ITEM_OVERHEAD, plan.PAIR_TILE_COST,
                      plan.PAIR_OVERHEAD)
@@ -140,14 +149,14 @@ class TKBackend(Backend):
         """The cached device item table, CTA ranges, slot count and directness of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
-               p.suffix_lens is not None, str(p.device), mixed_order(), pair_caps())
+               p.suffix_lens is not None, str(p.device), mixed_order(), pair_caps(), rebalance())
         hit = self._plans.get(key)
         if hit is None:
             items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
                                            p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
             items, direct = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
             items = plan.pair_kv_items(items, *pair_caps())
-            items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order())
+            items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order(), rebalance())
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct)
             self._plans[key] = hit
         return hit
@@ -172,7 +181,7 @@ class TKBackend(Backend):
         """The device item table, CTA ranges, chunk list, slot count and directness of ``p.table``
         (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
-        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device), mixed_order(), pair_caps())
+        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device), mixed_order(), pair_caps(), rebalance())
         hit = cache.get(key)
         if hit is None:
             items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
@@ -180,7 +189,7 @@ class TKBackend(Backend):
             items, direct = plan.mark_direct(items, p.table.num_seqs, p.num_kv_heads,
                                              p.num_q_heads // p.num_kv_heads)
             items = plan.pair_kv_items(items, *pair_caps())
-            items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order())
+            items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order(), rebalance())
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
                    torch.as_tensor(clist).to(p.device), nslot, direct)
             cache[key] = hit

@@ -305,7 +305,38 @@ def pair_kv_items(items: np.ndarray, max_tiles: int = PAIR_MAX_TILES, max_rows: 
     return out
 
 
-def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
+def _rebalance(lists: list, cost: np.ndarray, partners: int = 8, rounds: int = 1000) -> None:
+    """Lower the largest CTA load of an LPT assignment (in place): move a unit of the most
+    loaded CTA to one of the ``partners`` least loaded ones, or swap it with a cheaper unit
+    there, whichever leaves the two CTAs' larger load smallest, until no move lowers it."""
+    load = np.asarray([cost[lst].sum() if lst else 0.0 for lst in lists])
+    for _ in range(rounds):
+        hi = int(load.argmax())
+        if not lists[hi]:
+            return
+        mine = cost[lists[hi]]
+        best = (load[hi] - 1e-9, None)
+        for c in np.argsort(load)[:partners + 1].tolist():
+            if c == hi:
+                continue
+            theirs = np.append(cost[lists[c]], 0.0)  # 0: a move, not a swap
+            d = mine[:, None] - theirs[None, :]
+            worst = np.maximum(load[hi] - d, load[c] + d)
+            worst[d <= 0] = np.inf
+            i, j = np.unravel_index(int(worst.argmin()), worst.shape)
+            if worst[i, j] < best[0]:
+                best = (worst[i, j], (c, i, j))
+        if best[1] is None:
+            return
+        c, i, j = best[1]
+        u = lists[hi].pop(i)
+        if j < len(lists[c]):
+            lists[hi].append(lists[c].pop(j))
+        lists[c].append(u)
+        load[hi], load[c] = cost[lists[hi]].sum(), cost[lists[c]].sum()
+
+
+def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True, rebalance: bool = False):
     """Assign items to persistent CTAs: longest first, each to the least-loaded CTA (LPT).
 
     With ``mixed``, the second half of the CTAs run their lists shortest first. LPT hands
@@ -315,7 +346,10 @@ def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
     phases on streams do. The halves are contiguous so that the row blocks of one group
     (handed to neighbouring CTAs) still read their K/V tiles at about the same time (L2 hits).
     A pair (:func:`pair_kv_items`) is one unit: its items stay adjacent, in order, and cost
-    ``PAIR_TILE_COST`` per tile plus ``PAIR_OVERHEAD``.
+    ``PAIR_TILE_COST`` per tile plus ``PAIR_OVERHEAD``. With ``rebalance`` (not measured on a
+    GPU yet: ``ATTN_TK_REBALANCE=1``), :func:`_rebalance` then lowers the largest CTA load
+    that LPT's granularity leaves (tree-3level: 6 % above the mean) and each CTA's units are
+    sorted longest first again.
 
     Returns
     -------
@@ -345,6 +379,10 @@ def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True):
         load, c = heapq.heappop(heap)
         lists[c].append(u)
         heapq.heappush(heap, (load + cost[u], c))
+    if rebalance:
+        _rebalance(lists, cost)
+        for lst in lists:
+            lst.sort(key=lambda u: (-cost[u], u))
     if mixed:
         for c in range(ctas // 2, ctas):
             lists[c].reverse()
