@@ -43,9 +43,12 @@ def kind(item) -> str:
     return f"src{item[F_SRC]} {split} {item[F_NROWS]}r {item[F_TILE1] - item[F_TILE0]}t"
 
 
-# The plan's schedule costs (attn/tk_ext/plan.py): row-split tile, kv-split tile, item, pair
-# tile, pair item. Copied, not imported, so that the report needs no torch.
-PLAN_COSTS = (1.75, 1.0, 1.7, 1.0, 1.7)
+def plan_costs() -> tuple:
+    """The plans' schedule costs in this process (``attn/tk_ext/plan.py``, after any
+    ``ATTN_TK_PLAN_COSTS``): row-split tile, kv-split tile, item, pair tile, pair item."""
+    from attn.tk_ext import plan
+
+    return (plan.ROW_TILE_COST, plan.KV_TILE_COST, plan.ITEM_OVERHEAD, plan.PAIR_TILE_COST, plan.PAIR_OVERHEAD)
 
 
 def units(items: np.ndarray):
@@ -61,8 +64,8 @@ def units(items: np.ndarray):
     return out
 
 
-def planned_cost(cat: str, tiles: int, costs=PLAN_COSTS) -> float:
-    row, kv, item, pair_tile, pair_item = costs
+def planned_cost(cat: str, tiles: int, costs=None) -> float:
+    row, kv, item, pair_tile, pair_item = costs or plan_costs()
     if cat == "pair":
         return pair_item + pair_tile * tiles
     return item + (kv if cat == "kv" else row) * tiles
@@ -71,7 +74,7 @@ def planned_cost(cat: str, tiles: int, costs=PLAN_COSTS) -> float:
 def fit_costs(samples) -> str:
     """The schedule costs that ``(category, tiles, us)`` samples fit: per category a least-squares
     line ``us = a + b * tiles``, in units where a row-split tile costs the plan's 1.75."""
-    lines, fits = [], {}
+    lines, fits, costs = [], {}, plan_costs()
     for cat in ("rows", "kv", "pair"):
         pts = np.asarray([(t, us) for c, t, us in samples if c == cat], dtype=np.float64)
         if len(pts) == 0:
@@ -85,8 +88,8 @@ def fit_costs(samples) -> str:
         lines.append(f"  {cat}: {len(pts)} units of {int(pts[:, 0].min())}-{int(pts[:, 0].max())} tiles: "
                      f"{a:.2f} us + {b:.3f} us per tile")
     if "rows" in fits:
-        unit = fits["rows"][1] / PLAN_COSTS[0]  # us per cost unit
-        c = list(PLAN_COSTS)
+        unit = fits["rows"][1] / costs[0]  # us per cost unit
+        c = list(costs)
         if "kv" in fits:
             c[1], c[2] = fits["kv"][1] / unit, fits["kv"][0] / unit
         if "pair" in fits:
@@ -172,13 +175,13 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
                  f"end: min {ends.min():.1f}, median {np.median(ends):.1f}, max {ends.max():.1f}; "
                  f"time between items per CTA: median {np.median(gaps):.2f} us")
     # Each unit's time (its first warpgroup start to its last end) and the plan's cost of it.
-    cta_cost = np.zeros(ncta)
+    cta_cost, costs = np.zeros(ncta), plan_costs()
     for i, j, cat, tiles in units(items):
         t_start = min(at(k, w, TL_START) for k in range(i, j) for w in range(NWG) if own[k, w])
         t_end = max(at(k, w, TL_END) for k in range(i, j) for w in range(NWG) if own[k, w])
         if samples is not None:
             samples.append((cat, tiles, t_end - t_start))
-        cta_cost[cta_of[i]] += planned_cost(cat, tiles)
+        cta_cost[cta_of[i]] += planned_cost(cat, tiles, costs)
     order = np.argsort(ends)
     corr = float(np.corrcoef(cta_cost, ends)[0, 1]) if ncta > 2 and cta_cost.std() > 0 and ends.std() > 0 else float("nan")
     late, early = order[::-1][:3], order[:3]

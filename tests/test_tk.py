@@ -231,7 +231,7 @@ def test_timeline_report_of_a_pair():
 def test_timeline_fits_schedule_costs_and_checks_the_plans_loads():
     """bench/tk_timeline.py: unit times -> the plan's cost units; its copy of the plan's costs."""
     mod = _bench_module("tk_timeline")
-    assert mod.PLAN_COSTS == plan.DEFAULT_COSTS
+    assert mod.plan_costs() == plan.DEFAULT_COSTS
     # rows: 1.0 us + 0.7 per tile (a row tile = 1.75 units: 0.4 us each); kv: 0.68 + 0.4 per
     # tile (1.7 + 1.0 units); pairs: 0.572 + 0.352 per tile (1.43 + 0.88).
     samples = [("rows", 10, 8.0), ("rows", 20, 15.0), ("kv", 4, 2.28), ("kv", 8, 3.88),
