@@ -547,6 +547,35 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkey
     assert with_pair() == [1, 4, 4]
 
 
+def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
+    """level_items / chunk_items on the CPU (an SM count stood in): the plan's items, paired
+    and scheduled, cached per shape and per environment (ATTN_TK_PAIR_TILES here)."""
+    monkeypatch.delenv("ATTN_TK_PAIR_TILES", raising=False)
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
+    inp = make_inputs(W("", 12, 8, 2, ((1, 300),), 130, 64, ragged=True), torch.float32, "cpu", seed=5)
+    p = shared_prefix_problem(*inp.args())
+    items, ctas, nslot, direct = tk.level_items(p)
+    levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
+    want, want_slots = plan.level_plan(12, 8, 2, levels, p.suffix_capacity, True, num_sms=3)
+    assert nslot == want_slots and not direct and int(ctas[-1]) == len(want)
+    got = items.numpy().copy()
+    got[:, plan.F_FLAGS] &= ~np.int32(plan.FLAG_PAIR | plan.FLAG_PAIRED)
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
+    assert (items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
+    assert tk.level_items(p)[0] is items  # cached
+    monkeypatch.setenv("ATTN_TK_PAIR_TILES", "0")
+    alone = tk.level_items(p)[0]
+    assert alone is not items and not (alone[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
+    ch = to_chunk_form(inp, 64, shuffle=True)
+    cp = chunk_problem(*ch.args())
+    c_items, c_ctas, clist, c_slots, c_direct = tk.chunk_items(cp)
+    assert tk.chunk_items(cp)[0] is c_items and int(c_ctas[-1]) == c_items.shape[0] > 0
+    assert not (c_items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()  # ATTN_TK_PAIR_TILES=0 still set
+    monkeypatch.delenv("ATTN_TK_PAIR_TILES")
+    assert (tk.chunk_items(cp)[0][:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
+
+
 def test_pair_caps_from_the_environment(monkeypatch):
     monkeypatch.delenv("ATTN_TK_PAIR_TILES", raising=False)
     monkeypatch.delenv("ATTN_TK_PAIR_ROWS", raising=False)

@@ -145,18 +145,30 @@ class TKBackend(Backend):
         return self._sms[idx]
 
     # ---- ops ----------------------------------------------------------------------
+    @staticmethod
+    def _schedule_key() -> tuple:
+        """The environment's part of a plan's cache key (what :meth:`_place` reads)."""
+        return (mixed_order(), pair_caps(), rebalance())
+
+    def _place(self, items, num_seqs: int, hkv: int, r: int, device):
+        """``(items, ctas, direct)``: a plan's items marked direct where they can be, paired,
+        and scheduled on ``device``'s SMs."""
+        items, direct = plan.mark_direct(items, num_seqs, hkv, r)
+        items = plan.pair_kv_items(items, *pair_caps())
+        items, ctas = plan.schedule(items, self._num_sms(device), mixed_order(), rebalance())
+        return items, ctas, direct
+
     def level_items(self, p: SharedPrefixProblem):
         """The cached device item table, CTA ranges, slot count and directness of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
-               p.suffix_lens is not None, str(p.device), mixed_order(), pair_caps(), rebalance())
+               p.suffix_lens is not None, str(p.device)) + self._schedule_key()
         hit = self._plans.get(key)
         if hit is None:
             items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
                                            p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
-            items, direct = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-            items = plan.pair_kv_items(items, *pair_caps())
-            items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order(), rebalance())
+            items, ctas, direct = self._place(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads,
+                                              p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct)
             self._plans[key] = hit
         return hit
@@ -181,15 +193,13 @@ class TKBackend(Backend):
         """The device item table, CTA ranges, chunk list, slot count and directness of ``p.table``
         (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
-        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device), mixed_order(), pair_caps(), rebalance())
+        key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device)) + self._schedule_key()
         hit = cache.get(key)
         if hit is None:
             items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
                                                   p.chunk_size, self._num_sms(p.device))
-            items, direct = plan.mark_direct(items, p.table.num_seqs, p.num_kv_heads,
-                                             p.num_q_heads // p.num_kv_heads)
-            items = plan.pair_kv_items(items, *pair_caps())
-            items, ctas = plan.schedule(items, self._num_sms(p.device), mixed_order(), rebalance())
+            items, ctas, direct = self._place(items, p.table.num_seqs, p.num_kv_heads,
+                                              p.num_q_heads // p.num_kv_heads, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
                    torch.as_tensor(clist).to(p.device), nslot, direct)
             cache[key] = hit
