@@ -54,7 +54,8 @@ inline int *trace_ptr() { return nullptr; }
 // item; the clocks give durations, the timer aligns CTAs and converts cycles, the waits tell
 // an item that waits for memory from one that computes). Off by default. (With
 // ATTN_TK_SPREAD_ROWS, warpgroup 1's first warp holds rows 32-47 of a kv-split item: for a
-// decode item of <= 32 rows its epilogue fields are those of a warp that stores nothing.)
+// decode item of <= 32 rows its epilogue fields are those of a warp that stores nothing. A
+// pair's items have fields from their own warpgroup only: [i, 0] and [i + 1, 1].)
 enum TimelineField {
     TL_START = 0, TL_QREADY = 1, TL_END = 2, TL_TIMER = 3, TL_KWAIT = 4, TL_VWAIT = 5,
     TL_LOOP = 6,   // clock when the tile loop starts (queries in registers, state initialised)
