@@ -336,10 +336,12 @@ def test_prep_kv_and_q():
 
 # ---- the plans, executed by a float64 emulation of the kernel ---------------------------
 
-def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale):
-    """Partial states of ``items``; ``keys_of(item, t)`` gives tile ``t``'s (k, v, valid)."""
+def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale, covered):
+    """Partial states of ``items``; ``keys_of(item, t)`` gives tile ``t``'s (k, v, valid).
+    A covered plan's lses start as NaN, as the kernel finds them (no ``-inf`` fill): a
+    (slot, row) that no item writes poisons the merge."""
     po = torch.zeros(nslot, rows_total, d, dtype=torch.float64)
-    pl = torch.full((nslot, rows_total), float("-inf"), dtype=torch.float64)
+    pl = torch.full((nslot, rows_total), float("nan") if covered else float("-inf"), dtype=torch.float64)
     written = set()
     owner = {}  # row -> item (a direct plan: exactly one item per row)
     for n_it, it in enumerate(items.tolist()):
@@ -371,6 +373,11 @@ def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale):
                 written.add((sl, g))
                 if it[plan.F_FLAGS] & plan.FLAG_DIRECT:
                     assert owner.setdefault(g, n_it) == n_it, "a direct plan with two items on one row"
+                pl[sl, g] = float("-inf")  # an item with no keys writes -inf
+                if flags & plan.FLAG_CLEAR_NEXT:
+                    assert (sl + 1, g) not in written, "FLAG_CLEAR_NEXT on a (slot, row) an item writes"
+                    written.add((sl + 1, g))
+                    pl[sl + 1, g] = float("-inf")
                 if ks:
                     s = torch.cat(ks) @ q_rows[b, hh] * scale
                     pl[sl, g] = torch.logsumexp(s, 0)
@@ -385,7 +392,9 @@ def _run_level_emulation(p):
     items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                                    p.suffix_lens is not None, num_sms=3)
     items, _ = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-    items, _ = plan.schedule(plan.pair_kv_items(items, *tkb.pair_caps()), 3)
+    items, covered = plan.clear_unwritten(plan.pair_kv_items(items, *tkb.pair_caps()), nslot, p.batch,
+                                          p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, _ = plan.schedule(items, 3)
     srcs = list(zip(p.prefix_k, p.prefix_v))
     if p.suffix_capacity:
         srcs.append((p.suffix_k, p.suffix_v))
@@ -401,7 +410,7 @@ def _run_level_emulation(p):
         return k[gidx, lo:lo + plan.TILE, h].double(), v[gidx, lo:lo + plan.TILE, h].double(), kl - lo
 
     b, hq, d = p.q.shape
-    return _emulate_items(items, nslot, b * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale)
+    return _emulate_items(items, nslot, b * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
 
 
 def _run_chunk_emulation(p):
@@ -410,7 +419,9 @@ def _run_chunk_emulation(p):
     t = p.table
     items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
     items, _ = plan.mark_direct(items, t.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-    items, _ = plan.schedule(plan.pair_kv_items(items, *tkb.pair_caps()), 3)
+    items, covered = plan.clear_unwritten(plan.pair_kv_items(items, *tkb.pair_caps()), nslot, t.num_seqs,
+                                          p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, _ = plan.schedule(items, 3)
     tpc = math.ceil(p.chunk_size / plan.TILE)
     lens = t.host["chunk_lens"]
 
@@ -424,7 +435,7 @@ def _run_chunk_emulation(p):
         return p.k_chunks[c, h, lo:lo + plan.TILE].double(), p.v_chunks[c, h, lo:lo + plan.TILE].double(), int(lens[c]) - lo
 
     n, hq, d = p.q.shape
-    return _emulate_items(items, nslot, n * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale)
+    return _emulate_items(items, nslot, n * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
 
 
 PLAN_CASES = [c for c in CASES if not c.gpu_only] + [
@@ -555,12 +566,13 @@ def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
     inp = make_inputs(W("", 12, 8, 2, ((1, 300),), 130, 64, ragged=True), torch.float32, "cpu", seed=5)
     p = shared_prefix_problem(*inp.args())
-    items, ctas, nslot, direct = tk.level_items(p)
+    items, ctas, nslot, direct, covered = tk.level_items(p)
     levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
     want, want_slots = plan.level_plan(12, 8, 2, levels, p.suffix_capacity, True, num_sms=3)
     assert nslot == want_slots and not direct and int(ctas[-1]) == len(want)
     got = items.numpy().copy()
-    got[:, plan.F_FLAGS] &= ~np.int32(plan.FLAG_PAIR | plan.FLAG_PAIRED)
+    assert covered  # every (slot, row) written: no -inf fill
+    got[:, plan.F_FLAGS] &= ~np.int32(plan.FLAG_PAIR | plan.FLAG_PAIRED | plan.FLAG_CLEAR_NEXT)
     assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
     assert (items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
     assert tk.level_items(p)[0] is items  # cached
@@ -569,7 +581,7 @@ def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     assert alone is not items and not (alone[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
     ch = to_chunk_form(inp, 64, shuffle=True)
     cp = chunk_problem(*ch.args())
-    c_items, c_ctas, clist, c_slots, c_direct = tk.chunk_items(cp)
+    c_items, c_ctas, clist, c_slots, c_direct, c_covered = tk.chunk_items(cp)
     assert tk.chunk_items(cp)[0] is c_items and int(c_ctas[-1]) == c_items.shape[0] > 0
     assert not (c_items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()  # ATTN_TK_PAIR_TILES=0 still set
     monkeypatch.delenv("ATTN_TK_PAIR_TILES")
@@ -590,6 +602,40 @@ def test_pair_caps_from_the_environment(monkeypatch):
             with pytest.raises(ValueError, match=name):
                 tkb.pair_caps()
             monkeypatch.setenv(name, "4")
+
+
+def test_clear_unwritten_covers_the_spec_plans_and_only_unwritten_slots():
+    """Paired and row-split items of two-slot splits clear slot + 1 only where no item writes
+    it; the spec workloads' level plans are then covered (no -inf fill); a chunk table whose
+    sequences own different numbers of slots is not."""
+    for batch, hq, hkv, levels, suffix in [(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64),
+                                           (256, 32, 8, [(1, 8192)], 256), (1024, 8, 1, [(1, 2048)], 256),
+                                           (32, 32, 32, [(1, 2048)], 256), (64, 32, 8, [(1, 32768)], 256)]:
+        items, nslot = plan.level_plan(batch, hq, hkv, levels, suffix, True, num_sms=132)
+        paired = plan.pair_kv_items(items)
+        out, covered = plan.clear_unwritten(paired, nslot, batch, hkv, hq // hkv)
+        assert covered and out is not paired
+        clear = (out[:, plan.F_FLAGS] & plan.FLAG_CLEAR_NEXT) != 0
+        alone_kv = ((out[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) != 0) & ((out[:, plan.F_FLAGS] & 12) == 0)
+        assert not (clear & alone_kv).any()  # a lone kv-split item writes slot + 1 itself
+        flags = plan.FLAG_PAIR | plan.FLAG_PAIRED
+        np.testing.assert_array_equal(out[:, 1:], paired[:, 1:])
+        np.testing.assert_array_equal(out[:, 0] & ~plan.FLAG_CLEAR_NEXT, paired[:, 0])
+        assert ((out[clear, 0] & flags) != 0).any()
+        # Without pairs every kv-split item writes both slots: only row-split items of a
+        # two-slot split (none here but beside kv blocks) may need the flag.
+        unpaired, covered = plan.clear_unwritten(items, nslot, batch, hkv, hq // hkv)
+        assert covered and not ((unpaired[:, plan.F_FLAGS] & plan.FLAG_CLEAR_NEXT) != 0)[
+            (unpaired[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) != 0].any()
+    items, nslot = plan.level_plan(64, 32, 8, [], 2048, True, num_sms=132)  # no-share
+    direct, is_direct = plan.mark_direct(items, 64, 8, 4)
+    assert is_direct and plan.clear_unwritten(direct, nslot, 64, 8, 4) == (direct, False)  # no partials
+    # A chunk cache tree: its sequences own different numbers of slots.
+    case = next(c for c in CASES if c.id == "chunk-cache-tree")
+    p = case.problem(case.inputs(torch.float32, "cpu"))
+    t, r = p.table, p.num_q_heads // p.num_kv_heads
+    items, _, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
+    assert not plan.clear_unwritten(plan.pair_kv_items(items), nslot, t.num_seqs, p.num_kv_heads, r)[1]
 
 
 def test_mark_direct_only_when_every_row_is_in_one_item():
@@ -736,6 +782,34 @@ def test_gpu_pairing_choices_agree(tk, case, pairs, monkeypatch):
     inp = case.inputs(torch.bfloat16, "cuda")
     verdict = Oracle(case.problem(inp)).judge(*_call(case.op, inp, "tk"))
     assert verdict.ok, str(verdict)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id in (
+    "spec-tree-3level-ragged-level", "spec-gqa-8b-chunk", "spec-chunkattn-mha-ragged-level",
+    "spec-hydragen-mqa-chunk")] + [c for c in CASES if c.id in ("chunk-cache-tree", "rows200-split")],
+    ids=lambda c: c.id)
+def test_gpu_items_write_every_partial_lse_of_a_covered_plan(tk, case, monkeypatch):
+    """A covered plan (plan.clear_unwritten) gets its partial lses without the -inf fill: the
+    kernel must write every one. The buffer is poisoned with NaN before the launch; none may
+    be left, and the result still passes the oracle. An uncovered plan keeps the fill."""
+    seen = []
+    original = tkb.TKBackend._buffers
+
+    def poisoned(nslot, direct, covered, shape, dtype, device):
+        po, pl, out, lse = original(nslot, direct, covered, shape, dtype, device)
+        if covered:
+            pl.fill_(float("nan"))
+        seen.append((covered, pl))
+        return po, pl, out, lse
+
+    monkeypatch.setattr(tkb.TKBackend, "_buffers", staticmethod(poisoned))
+    inp = case.inputs(torch.bfloat16, "cuda")
+    verdict = Oracle(case.problem(inp)).judge(*_call(case.op, inp, "tk"))
+    assert verdict.ok, str(verdict)
+    (covered, pl), = seen
+    assert covered == (case.id != "chunk-cache-tree")
+    assert pl.numel() > 0 and not torch.isnan(pl).any()
 
 
 @pytest.mark.gpu

@@ -73,6 +73,13 @@ def pair_caps() -> tuple[int, int]:
             _pair_cap("ATTN_TK_PAIR_ROWS", plan.PAIR_MAX_ROWS))
 
 
+def lse_fill() -> bool:
+    """``ATTN_TK_LSE_FILL=1``: fill the partial lses with ``-inf`` before every launch even
+    when the plan's items write them all (read at each call, so that a benchmark can time
+    both)."""
+    return os.environ.get("ATTN_TK_LSE_FILL", "0") == "1"
+
+
 def partial_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of the partial outs the items write for the merge (their LSEs are float32): the
     op's dtype, half the bytes of float32 written and reread (the Triton backend does the
@@ -150,16 +157,19 @@ class TKBackend(Backend):
         """The environment's part of a plan's cache key (what :meth:`_place` reads)."""
         return (mixed_order(), pair_caps(), rebalance())
 
-    def _place(self, items, num_seqs: int, hkv: int, r: int, device):
-        """``(items, ctas, direct)``: a plan's items marked direct where they can be, paired,
-        and scheduled on ``device``'s SMs."""
+    def _place(self, items, nslot: int, num_seqs: int, hkv: int, r: int, device):
+        """``(items, ctas, direct, covered)``: a plan's items marked direct where they can be,
+        paired, made to write every partial lse where they can (``covered``: no ``-inf`` fill
+        needed), and scheduled on ``device``'s SMs."""
         items, direct = plan.mark_direct(items, num_seqs, hkv, r)
         items = plan.pair_kv_items(items, *pair_caps())
+        items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
         items, ctas = plan.schedule(items, self._num_sms(device), mixed_order(), rebalance())
-        return items, ctas, direct
+        return items, ctas, direct, covered
 
     def level_items(self, p: SharedPrefixProblem):
-        """The cached device item table, CTA ranges, slot count and directness of ``p``'s shape."""
+        """The cached device item table, CTA ranges, slot count, directness and coverage
+        (every partial lse written: :func:`plan.clear_unwritten`) of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                p.suffix_lens is not None, str(p.device)) + self._schedule_key()
@@ -167,9 +177,9 @@ class TKBackend(Backend):
         if hit is None:
             items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
                                            p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
-            items, ctas, direct = self._place(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads,
-                                              p.device)
-            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct)
+            items, ctas, direct, covered = self._place(items, nslot, p.batch, p.num_kv_heads,
+                                                       p.num_q_heads // p.num_kv_heads, p.device)
+            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered)
             self._plans[key] = hit
         return hit
 
@@ -183,45 +193,46 @@ class TKBackend(Backend):
             vs.append(prep_kv(p.suffix_v))
         if not ks or b == 0:
             return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
-        items, ctas, nslot, direct = self.level_items(p)
+        items, ctas, nslot, direct, covered = self.level_items(p)
         q = prep_q(p.q)
-        po, pl, out, lse = self._buffers(nslot, direct, (b, hq, d), p.dtype, p.device)
+        po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
         ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse)
         return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
-        """The device item table, CTA ranges, chunk list, slot count and directness of ``p.table``
-        (cached on it)."""
+        """The device item table, CTA ranges, chunk list, slot count, directness and coverage of
+        ``p.table`` (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
         key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device)) + self._schedule_key()
         hit = cache.get(key)
         if hit is None:
             items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
                                                   p.chunk_size, self._num_sms(p.device))
-            items, ctas, direct = self._place(items, p.table.num_seqs, p.num_kv_heads,
-                                              p.num_q_heads // p.num_kv_heads, p.device)
+            items, ctas, direct, covered = self._place(items, nslot, p.table.num_seqs, p.num_kv_heads,
+                                                       p.num_q_heads // p.num_kv_heads, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
-                   torch.as_tensor(clist).to(p.device), nslot, direct)
+                   torch.as_tensor(clist).to(p.device), nslot, direct, covered)
             cache[key] = hit
         return hit
 
     def run_chunk(self, p: ChunkProblem):
         ext = self._ext()
         n, hq, d = p.q.shape
-        items, ctas, clist, nslot, direct = self.chunk_items(p)
+        items, ctas, clist, nslot, direct, covered = self.chunk_items(p)
         if n == 0 or nslot == 0 or items.shape[0] == 0:
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
-        po, pl, out, lse = self._buffers(nslot, direct, (n, hq, d), p.dtype, p.device)
+        po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
         ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
                            items, ctas, p.scale, po, pl, out, lse)
         return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 
     @staticmethod
-    def _buffers(nslot, direct, shape, dtype, device):
+    def _buffers(nslot, direct, covered, shape, dtype, device):
         """``(part_out, part_lse, out, lse)`` of one launch: a direct plan's items write
-        ``out``/``lse`` and need no partial slots; otherwise every slot's lse starts at
-        ``-inf`` (a (slot, row) no item writes is skipped by the merge)."""
+        ``out``/``lse`` and need no partial slots; a covered plan's items write every slot's
+        lse; otherwise every slot's lse starts at ``-inf`` (a (slot, row) no item writes is
+        skipped by the merge). :func:`lse_fill` forces the fill."""
         b, hq, d = shape
         out = torch.empty(b * hq, d, dtype=dtype, device=device)
         lse = torch.empty(b * hq, dtype=torch.float32, device=device)
@@ -229,7 +240,10 @@ class TKBackend(Backend):
             none = torch.empty(0, dtype=torch.float32, device=device)
             return none, none, out, lse
         po = torch.empty(nslot, b * hq, d, dtype=partial_dtype(dtype), device=device)
-        pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=device)
+        if covered and not lse_fill():
+            pl = torch.empty(nslot, b * hq, dtype=torch.float32, device=device)
+        else:
+            pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=device)
         return po, pl, out, lse
 
     @staticmethod

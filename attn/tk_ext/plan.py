@@ -37,6 +37,9 @@ F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEY
 # one run side by side, one per consumer warpgroup (pair_kv_items); FLAG_PAIRED marks that
 # next one (the kernel reads only FLAG_PAIR; schedules and tools read both).
 FLAG_KV_SPLIT, FLAG_DIRECT, FLAG_PAIR, FLAG_PAIRED = 1, 2, 4, 8
+# FLAG_CLEAR_NEXT: an item that writes one slot also writes lse = -inf into slot + 1 for its
+# rows (clear_unwritten), so that every (slot, row) is written and no -inf fill is needed.
+FLAG_CLEAR_NEXT = 16
 # A direct kv-split item's two warpgroups combine their states through a shared-memory buffer
 # of this many rows (stacked.cuh: one warp's 16 rows), so only items this small go direct.
 DIRECT_KV_ROWS = 16
@@ -209,6 +212,52 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
     out = items.copy()
     out[:, F_FLAGS] |= FLAG_DIRECT
     return out, True
+
+
+def _item_rows(it, hkv: int, r: int) -> np.ndarray:
+    """Global query rows (``b * hq + head``) of one item's warpgroups."""
+    is_kv = it[F_FLAGS] & FLAG_KV_SPLIT
+    row0, nrows = it[F_ROW0], it[F_NROWS]
+    j = np.arange(row0, min(nrows, row0 + (TILE if is_kv else BLOCK_ROWS)))
+    return ((it[F_SEQ0] + j // r) * hkv + it[F_HEAD]) * r + j % r
+
+
+def clear_unwritten(items: np.ndarray, nslot: int, num_seqs: int, hkv: int, r: int) -> tuple[np.ndarray, bool]:
+    """Set ``FLAG_CLEAR_NEXT`` where an item's ``slot + 1`` is written by no item, and say
+    whether every ``(slot, row)`` of the partial lses is then written by the launch.
+
+    A split of a phase with kv-split items owns two slots; a lone kv-split item's warpgroups
+    write both, but a paired one and a row-split one write only the first. Each such item
+    whose rows' ``slot + 1`` no item writes writes ``-inf`` there itself (4 bytes a row). When
+    every ``(slot, row)`` is then written, the op allocates the partial lses without the
+    ``-inf`` fill (a kernel launch, ~2 us on an H200); otherwise (a chunk table whose
+    sequences have different numbers of slots) it still fills them.
+
+    Returns ``(items, covered)``; ``items`` is a copy when flags were set.
+    """
+    rows_total = num_seqs * hkv * r
+    if items.shape[0] == 0 or nslot == 0 or rows_total == 0:
+        return items, False
+    if (items[:, F_FLAGS] & FLAG_DIRECT).any():
+        return items, False
+    written = np.zeros((nslot, rows_total), dtype=bool)
+    one_slot = []
+    for n, it in enumerate(items.tolist()):
+        rows = _item_rows(it, hkv, r)
+        written[it[F_SLOT], rows] = True
+        if (it[F_FLAGS] & FLAG_KV_SPLIT) and not it[F_FLAGS] & (FLAG_PAIR | FLAG_PAIRED):
+            written[it[F_SLOT] + 1, rows] = True
+        else:
+            one_slot.append((n, rows))
+    out = items
+    for n, rows in one_slot:
+        nxt = int(items[n, F_SLOT]) + 1
+        if nxt < nslot and not written[nxt, rows].any():
+            if out is items:
+                out = items.copy()
+            out[n, F_FLAGS] |= FLAG_CLEAR_NEXT
+            written[nxt, rows] = True
+    return out, bool(written.all())
 
 
 # Fixed cost of an item (query wait, epilogue, pipeline bubbles), in kv-split tiles (see

@@ -122,6 +122,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         // waits (asm with memory clobbers) is a new global load, on the epilogue's critical path.
         const int flags = it[F_FLAGS];
         const bool kvsplit = flags & FLAG_KV_SPLIT, direct = flags & FLAG_DIRECT;
+        const bool clear_next = flags & FLAG_CLEAR_NEXT;
         const bool shared_q = kvsplit && !pair;  // both warpgroups read one query slot, write two slots
         const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
         const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
@@ -374,7 +375,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if (half_) store_row<float, D, 1>(out_base, grow, o, inv);
                 else store_row<float, D, 0>(out_base, grow, o, inv);
             }
-            if (lane % 4 == 0) lse_base[grow] = any ? (mv + __log2f(lv)) * 0.69314718055994531f : -INFINITY;
+            if (lane % 4 == 0) {
+                lse_base[grow] = any ? (mv + __log2f(lv)) * 0.69314718055994531f : -INFINITY;
+                if (clear_next) a.part_lse[grow + a.rows_total] = -INFINITY;
+            }
 #else
             float inv = any ? 1.f / lv : 0.f;
             #pragma unroll
@@ -385,6 +389,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 float lse = any ? (mv + log2f(lv)) * 0.69314718055994531f : -INFINITY;
                 if (direct) a.lse[grow] = lse;
                 else a.part_lse[grow] = lse;
+                if (clear_next) a.part_lse[grow + a.rows_total] = -INFINITY;
             }
 #endif
         }

@@ -66,7 +66,8 @@ static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS <= 168 * NTHREADS,
 // Fields of one work item (int32, ITEM_INTS per item).
 enum ItemField {
     F_FLAGS = 0,      // bit 0: kv split; bit 1: direct (write the final out / lse, see DIRECT_ROWS);
-                      // bit 2: pair (this kv-split item on warpgroup 0, the next on warpgroup 1)
+                      // bit 2: pair (this kv-split item on warpgroup 0, the next on warpgroup 1);
+                      // bit 4: clear next (also write lse = -inf into slot + 1 for its rows)
     F_SRC = 1,        // level mode: which K/V source (a level, or the suffix)
     F_GIDX = 2,       // level mode: group / batch index in the source; chunk mode: offset into the chunk list
     F_HEAD = 3,       // kv head
@@ -79,8 +80,11 @@ enum ItemField {
     F_SLOT = 10,      // partial slot (kv split: slot + warpgroup)
 };
 // Bits of F_FLAGS (plan.py: the same, and FLAG_PAIRED = 8 on a pair's second item, which the
-// kernel does not read).
-enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4 };
+// kernel does not read). FLAG_CLEAR_NEXT marks an item writing one slot of a two-slot split
+// (paired, or row-split beside kv-split blocks) whose slot + 1 no item writes: it writes that
+// lse as -inf itself, so the partial lses need no -inf fill before the launch
+// (plan.clear_unwritten).
+enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4, FLAG_CLEAR_NEXT = 16 };
 
 template<typename T> struct dt {};
 template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
