@@ -5,6 +5,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include "common.h"
 
 namespace attn_tk {
@@ -133,6 +136,150 @@ __global__ void merge_v4_kernel(const TI *__restrict__ outs, const float *__rest
     if (lane == 0) lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
+// The internal path for D a multiple of 8 up to 128 (16-byte aligned): LPS lanes hold one
+// state's row (8 columns each), so a warp reads 32 / LPS states side by side, GROUP of them
+// per lane in flight before any is used. The states' weights are known once their lses are
+// (each 32-state chunk's max first), so the sub-warps' sums are independent and add up at the
+// end: a row of K states costs about K / (32 / LPS * GROUP) memory latencies, not K.
+template<typename TI> struct raw8 { uint4 a; };
+template<> struct raw8<float> { float4 a, b; };
+template<typename TI> __device__ inline raw8<TI> load_raw8(const TI *p) { return {*reinterpret_cast<const uint4 *>(p)}; }
+template<> __device__ inline raw8<float> load_raw8<float>(const float *p) {
+    return {reinterpret_cast<const float4 *>(p)[0], reinterpret_cast<const float4 *>(p)[1]};
+}
+template<typename TI> __device__ inline float2 to_f2(uint32_t x);
+template<> __device__ inline float2 to_f2<__nv_bfloat16>(uint32_t x) {
+    __nv_bfloat162 h;
+    memcpy(&h, &x, 4);
+    return __bfloat1622float2(h);
+}
+template<> __device__ inline float2 to_f2<__half>(uint32_t x) {
+    __half2 h;
+    memcpy(&h, &x, 4);
+    return __half22float2(h);
+}
+template<typename TI> __device__ inline void add2(float &a0, float &a1, float w, uint32_t x) {
+    const float2 f = to_f2<TI>(x);
+    a0 += w * f.x;
+    a1 += w * f.y;
+}
+template<typename TI> __device__ inline void add8(float (&acc)[8], float w, const raw8<TI> &u) {
+    add2<TI>(acc[0], acc[1], w, u.a.x);
+    add2<TI>(acc[2], acc[3], w, u.a.y);
+    add2<TI>(acc[4], acc[5], w, u.a.z);
+    add2<TI>(acc[6], acc[7], w, u.a.w);
+}
+template<> __device__ inline void add8<float>(float (&acc)[8], float w, const raw8<float> &u) {
+    acc[0] += w * u.a.x; acc[1] += w * u.a.y; acc[2] += w * u.a.z; acc[3] += w * u.a.w;
+    acc[4] += w * u.b.x; acc[5] += w * u.b.y; acc[6] += w * u.b.z; acc[7] += w * u.b.w;
+}
+template<typename TO> __device__ inline uint32_t pack2(float x, float y);
+template<> __device__ inline uint32_t pack2<__nv_bfloat16>(float x, float y) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+template<> __device__ inline uint32_t pack2<__half>(float x, float y) {
+    __half2 h = __floats2half2_rn(x, y);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+template<typename TO> __device__ inline void store8(TO *p, const float (&v)[8]) {
+    *reinterpret_cast<uint4 *>(p) = make_uint4(pack2<TO>(v[0], v[1]), pack2<TO>(v[2], v[3]), pack2<TO>(v[4], v[5]),
+                                               pack2<TO>(v[6], v[7]));
+}
+template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
+    reinterpret_cast<float4 *>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4 *>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// GROUP and the blocks per SM the registers are budgeted for. H200, runs 0073-0076: one load
+// per lane in flight at 8 blocks of 256 (32 registers: all 64 warps of an SM resident, an
+// 8192-row merge in one wave) beat two at 6 blocks and four at 4 (gqa-8b 1.4 %, hydragen-mqa
+// 1.8 %, tree-3level up to 1.1 %; gqa-8b-long, 17 slots, 0.7-0.9 % slower). float32 states
+// need 40 registers (6 blocks) not to spill.
+#ifndef MERGE_V8_GROUP
+#define MERGE_V8_GROUP 1
+#endif
+template<typename TI> constexpr int merge_v8_blocks() {
+#ifdef MERGE_V8_BLOCKS
+    return MERGE_V8_BLOCKS;
+#else
+    return sizeof(TI) == 4 ? 6 : 8;
+#endif
+}
+
+template<typename TI, typename TO, int LPS>
+__global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(const TI *__restrict__ outs, const float *__restrict__ lses,
+                                                          TO *__restrict__ out, float *__restrict__ lse, int K, long R, int D) {
+    constexpr int SP = 32 / LPS;                        // states side by side
+    constexpr int GROUP = sizeof(TI) == 4 ? (MERGE_V8_GROUP + 1) / 2 : MERGE_V8_GROUP;  // loads in flight per lane
+    static_assert(32 % (SP * GROUP) == 0, "a pass stays inside one 32-state chunk");
+    long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= R) return;
+    const int col = (lane % LPS) * 8, sub = lane / LPS;
+    const bool mine = col < D;
+    float acc[8];
+    #pragma unroll
+    for (int i = 0; i < 8; i++) acc[i] = 0.f;
+    float m = -INFINITY, l = 0.f;
+    for (int k0 = 0; k0 < K; k0 += 32) {
+        float s = k0 + lane < K ? lses[(long)(k0 + lane) * R + row] : -INFINITY;
+        float mk = s;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, o));
+        if (mk == -INFINITY) continue;
+        float m_new = fmaxf(m, mk);
+        float rescale = m == -INFINITY ? 0.f : __expf(m - m_new);
+        l *= rescale;
+        #pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] *= rescale;
+        m = m_new;
+        float w = s == -INFINITY ? 0.f : __expf(s - m);  // 0 past K too
+        float ws = w;
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, o);
+        l += ws;
+        const int kn = min(32, K - k0);
+        const TI *src = outs + ((long)k0 * R + row) * D + col;
+        for (int kb = 0; kb < kn; kb += SP * GROUP) {
+            raw8<TI> v[GROUP];
+            float wk[GROUP];
+            #pragma unroll
+            for (int j = 0; j < GROUP; j++) {
+                const int k = kb + sub + SP * j;
+                wk[j] = __shfl_sync(0xffffffffu, w, k);
+                v[j] = {};
+                if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);  // -inf states: never read
+            }
+            #pragma unroll
+            for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
+        }
+    }
+    #pragma unroll
+    for (int o = LPS; o < 32; o <<= 1) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] += __shfl_xor_sync(0xffffffffu, acc[i], o);
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    if (sub == 0 && mine) {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) acc[i] *= inv;
+        store8<TO>(out + row * D + col, acc);
+    }
+    if (lane == 0) lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
+// ATTN_TK_MERGE=v4 takes the one-state-at-a-time vector merge instead (read at each launch,
+// so that one build can time and test both).
+static bool merge_v8() {
+    const char *e = std::getenv("ATTN_TK_MERGE");
+    return !(e && std::strcmp(e, "v4") == 0);
+}
+
 template<typename TI, typename TO>
 static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &out, at::Tensor &lse) {
     int K = (int)outs.size(0);
@@ -141,7 +288,15 @@ static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &o
     if (R == 0) return;
     constexpr int ROWS = 8;
     dim3 grid((unsigned)((R + ROWS - 1) / ROWS));
-    // (the vector path needs each row's 4-column groups aligned: a view may start anywhere)
+    // (the vector paths need each row's column groups aligned: a view may start anywhere)
+    const auto base = reinterpret_cast<uintptr_t>(outs.data_ptr());
+    if (merge_v8() && D % 8 == 0 && D <= 128 && base % 16 == 0) {
+        auto kern = D > 64 ? merge_v8_kernel<TI, TO, 16> : merge_v8_kernel<TI, TO, 8>;
+        kern<<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),
+            reinterpret_cast<TO *>(out.data_ptr()), lse.data_ptr<float>(), K, R, D);
+        return;
+    }
     if (D % 4 == 0 && D <= 128 && reinterpret_cast<uintptr_t>(outs.data_ptr()) % (4 * sizeof(TI)) == 0) {
         merge_v4_kernel<TI, TO><<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
             reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),
