@@ -733,10 +733,16 @@ def test_gpu_tk_vs_triton(tk, case):
 
 
 @pytest.mark.gpu
-def test_gpu_merge_states(tk):
+@pytest.mark.parametrize("impl", ["v8", "v4"])
+@pytest.mark.parametrize("d,k", [(128, 5), (64, 37), (128, 40)], ids=["d128", "d64-k37", "d128-k40"])
+def test_gpu_merge_states(tk, impl, d, k, monkeypatch):
+    """Both vector merges (ATTN_TK_MERGE: v8, several states of a row read side by side; v4,
+    one at a time), over more than one 32-state chunk too, and the scalar one (an unaligned
+    view)."""
+    monkeypatch.setenv("ATTN_TK_MERGE", impl)
     g = torch.Generator(device="cpu").manual_seed(0)
-    outs = torch.randn(5, 7, 4, 128, generator=g).to("cuda", torch.bfloat16)
-    lses = torch.randn(5, 7, 4, generator=g).cuda() * 3
+    outs = torch.randn(k, 7, 4, d, generator=g).to("cuda", torch.bfloat16)
+    lses = torch.randn(k, 7, 4, generator=g).cuda() * 3
     lses[:, 0, 0] = float("-inf")  # a row no state attends
     lses[2, 1, :] = float("-inf")
     out, lse = attn.merge_states(outs, lses, backend="tk")
@@ -1080,6 +1086,48 @@ def test_plan_costs_from_the_environment():
                 "1,1,1,1", "1,1,1,1,1,1"):
         with pytest.raises(ValueError, match="ATTN_TK_PLAN_COSTS"):
             plan.costs_from_env(bad)
+
+
+def test_split_factor_from_the_environment_changes_the_splits(monkeypatch):
+    assert plan.split_factor_from_env(None) == 2.0 and plan.split_factor_from_env("3.5") == 3.5
+    for bad in ("0", "-1", "x", "inf"):
+        with pytest.raises(ValueError, match="ATTN_TK_SPLIT_FACTOR"):
+            plan.split_factor_from_env(bad)
+    base, base_slots = plan.level_plan(256, 32, 8, [(1, 8192)], 256, False, num_sms=132)
+    monkeypatch.setattr(plan, "SPLIT_FACTOR", 4.0)
+    finer, finer_slots = plan.level_plan(256, 32, 8, [(1, 8192)], 256, False, num_sms=132)
+    assert finer.shape[0] > base.shape[0] and finer_slots > base_slots
+    monkeypatch.setenv("ATTN_TK_SPLIT_FACTOR", "4")
+    assert tkb.TKBackend().versions()["plan split factor (items per CTA share)"] == "4 (not chosen per plan)"
+
+
+def test_backend_chooses_the_split_factor_per_shape(monkeypatch):
+    """Of plan.AUTO_SPLIT_FACTORS the backend keeps, per shape, the plan with the smallest
+    largest planned CTA load (within SPLIT_TOLERANCE, then the fewest slots): on 132 SMs
+    tree-3level and gqa-8b plan one slot fewer than at the fixed factor 2, gqa-8b-long keeps
+    2 (1.5 would leave 176 prefix items on 132 CTAs). ATTN_TK_SPLIT_FACTOR fixes it."""
+    import types
+
+    monkeypatch.delenv("ATTN_TK_SPLIT_FACTOR", raising=False)
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
+
+    def shape(batch, hq, hkv, levels, suffix):
+        return types.SimpleNamespace(batch=batch, num_q_heads=hq, num_kv_heads=hkv, suffix_capacity=suffix,
+                                     prefix_k=[torch.empty(g, n, 1, 1) for g, n in levels], suffix_lens=None,
+                                     device=torch.device("cpu"))
+
+    for args, factor in [((128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64), 1.5),
+                         ((256, 32, 8, [(1, 8192)], 256), 1.5), ((64, 32, 8, [(1, 32768)], 256), 2.0)]:
+        items, ctas, nslot, direct, covered = tk.level_items(shape(*args))
+        want, want_slots = plan.level_plan(*args, False, 132, factor)
+        fixed = plan.level_plan(*args, False, 132, 2.0)[1]
+        assert nslot == want_slots and items.shape[0] == want.shape[0] and covered
+        assert (nslot < fixed) == (factor != 2.0)
+        loads = plan.planned_loads(items.numpy(), ctas.numpy())
+        assert loads.sum() == pytest.approx(plan.unit_costs(items.numpy())[2].sum())
+    monkeypatch.setenv("ATTN_TK_SPLIT_FACTOR", "2")
+    assert tkb.split_factors() == (plan.SPLIT_FACTOR,)
 
 
 def test_info_names_tuned_plan_costs(monkeypatch):

@@ -73,6 +73,14 @@ def pair_caps() -> tuple[int, int]:
             _pair_cap("ATTN_TK_PAIR_ROWS", plan.PAIR_MAX_ROWS))
 
 
+def split_factors() -> tuple:
+    """The split factors (:func:`plan.split_cap`) a plan is chosen from: ``ATTN_TK_SPLIT_FACTOR``
+    alone when set (read at import), else :data:`plan.AUTO_SPLIT_FACTORS`."""
+    if os.environ.get("ATTN_TK_SPLIT_FACTOR"):
+        return (plan.SPLIT_FACTOR,)
+    return plan.AUTO_SPLIT_FACTORS
+
+
 def lse_fill() -> bool:
     """``ATTN_TK_LSE_FILL=1``: fill the partial lses with ``-inf`` before every launch even
     when the plan's items write them all (read at each call, so that a benchmark can time
@@ -125,6 +133,8 @@ class TKBackend(Backend):
             v["pairs of kv-split items (max tiles, rows)"] = ", ".join(map(str, pair_caps()))
         if rebalance():
             v["schedule"] = "LPT, then rebalanced (ATTN_TK_REBALANCE=1)"
+        if os.environ.get("ATTN_TK_SPLIT_FACTOR"):  # a tuning run, as below
+            v["plan split factor (items per CTA share)"] = f"{plan.SPLIT_FACTOR:g} (not chosen per plan)"
         if os.environ.get("ATTN_TK_PLAN_COSTS"):  # a tuning run: the plans' costs are not the measured ones
             costs = (plan.ROW_TILE_COST, plan.KV_TILE_COST, plan.ITEM_OVERHEAD, plan.PAIR_TILE_COST,
                      plan.PAIR_OVERHEAD)
@@ -154,8 +164,29 @@ class TKBackend(Backend):
     # ---- ops ----------------------------------------------------------------------
     @staticmethod
     def _schedule_key() -> tuple:
-        """The environment's part of a plan's cache key (what :meth:`_place` reads)."""
-        return (mixed_order(), pair_caps(), rebalance())
+        """The environment's part of a plan's cache key (what :meth:`_place` and
+        :meth:`_best_split` read)."""
+        return (mixed_order(), pair_caps(), rebalance(), split_factors())
+
+    def _best_split(self, make, num_seqs: int, hkv: int, r: int, device):
+        """The placed plan (:meth:`_place`) of the best of :func:`split_factors`.
+
+        ``make(factor)`` gives ``(items, nslot, extra)``. Each candidate is placed and its
+        largest CTA load predicted with the plan's costs (:func:`plan.planned_loads`); of
+        those within :data:`plan.SPLIT_TOLERANCE` of the smallest, the one with the fewest
+        partial slots to merge wins (a direct plan has none), then the earlier factor.
+
+        Returns ``(items, ctas, direct, covered, nslot, extra)``.
+        """
+        cands = []
+        for pref, f in enumerate(split_factors()):
+            items, nslot, extra = make(f)
+            placed = self._place(items, nslot, num_seqs, hkv, r, device)
+            loads = plan.planned_loads(placed[0], placed[1])
+            cands.append((float(loads.max()) if loads.size else 0.0, 0 if placed[2] else nslot, pref,
+                          placed + (nslot, extra)))
+        low = min(c[0] for c in cands)
+        return min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))[3]
 
     def _place(self, items, nslot: int, num_seqs: int, hkv: int, r: int, device):
         """``(items, ctas, direct, covered)``: a plan's items marked direct where they can be,
@@ -175,10 +206,12 @@ class TKBackend(Backend):
                p.suffix_lens is not None, str(p.device)) + self._schedule_key()
         hit = self._plans.get(key)
         if hit is None:
-            items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels),
-                                           p.suffix_capacity, p.suffix_lens is not None, self._num_sms(p.device))
-            items, ctas, direct, covered = self._place(items, nslot, p.batch, p.num_kv_heads,
-                                                       p.num_q_heads // p.num_kv_heads, p.device)
+            def make(f):
+                return plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels), p.suffix_capacity,
+                                       p.suffix_lens is not None, self._num_sms(p.device), f) + (None,)
+
+            items, ctas, direct, covered, nslot, _ = self._best_split(make, p.batch, p.num_kv_heads,
+                                                                      p.num_q_heads // p.num_kv_heads, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered)
             self._plans[key] = hit
         return hit
@@ -206,10 +239,13 @@ class TKBackend(Backend):
         key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device)) + self._schedule_key()
         hit = cache.get(key)
         if hit is None:
-            items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads, p.num_kv_heads,
-                                                  p.chunk_size, self._num_sms(p.device))
-            items, ctas, direct, covered = self._place(items, nslot, p.table.num_seqs, p.num_kv_heads,
-                                                       p.num_q_heads // p.num_kv_heads, p.device)
+            def make(f):
+                items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads,
+                                                      p.num_kv_heads, p.chunk_size, self._num_sms(p.device), f)
+                return items, nslot, clist
+
+            items, ctas, direct, covered, nslot, clist = self._best_split(
+                make, p.table.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
                    torch.as_tensor(clist).to(p.device), nslot, direct, covered)
             cache[key] = hit

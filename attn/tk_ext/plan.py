@@ -49,14 +49,40 @@ def tile_cost(kv_split) -> float:
     return KV_TILE_COST if kv_split else ROW_TILE_COST
 
 
-def split_cap(total_cost: float, num_ctas: int) -> float:
+def split_factor_from_env(value: str | None) -> float:
+    """``ATTN_TK_SPLIT_FACTOR`` (a tuning knob, read once at import like ``ATTN_TK_PLAN_COSTS``):
+    how many items of the largest size :func:`split_cap` allows make one CTA's share. Unset: 2."""
+    if not value:
+        return 2.0
+    try:
+        f = float(value)
+    except ValueError:
+        f = float("nan")
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"ATTN_TK_SPLIT_FACTOR={value!r}: expected a positive number, e.g. '2'")
+    return f
+
+
+SPLIT_FACTOR = split_factor_from_env(os.environ.get("ATTN_TK_SPLIT_FACTOR"))
+# The tk backend plans each shape with every one of these factors and keeps the plan whose
+# largest planned CTA load is within SPLIT_TOLERANCE of the smallest with the fewest partial
+# slots (backend._best_split). H200, runs 0077-0080 (one machine, the factor fixed): 1.5 made
+# tree-3level 5.1-7.3 % and gqa-8b 2.3-2.7 % faster than 2 (one slot fewer each), and
+# gqa-8b-long 19 % slower (176 prefix items on 132 CTAs: its largest planned load 168 against
+# 136 at 2, which the choice sees); 3 and 4 were slower on every sharing workload.
+AUTO_SPLIT_FACTORS = (2.0, 1.5, 2.5, 3.0)
+SPLIT_TOLERANCE = 0.01
+
+
+def split_cap(total_cost: float, num_ctas: int, factor: float | None = None) -> float:
     """Most cost one item should take so that the persistent CTAs balance.
 
-    CTAs run about ``total / num_ctas`` each; items of at most half that let the
-    longest-first schedule even them out, while fewer, longer items keep the number of
-    partial slots (merge traffic) down.
+    CTAs run about ``total / num_ctas`` each; items of at most a ``factor``-th of that
+    (default ``SPLIT_FACTOR``) let the longest-first schedule even them out, while fewer,
+    longer items keep the number of partial slots (merge traffic) down.
     """
-    return max(MIN_TILES_ROWS * ROW_TILE_COST, total_cost / (2 * max(1, num_ctas)))
+    f = SPLIT_FACTOR if factor is None else factor
+    return max(MIN_TILES_ROWS * ROW_TILE_COST, total_cost / (f * max(1, num_ctas)))
 
 
 def num_splits(ntiles: int, kv_split: bool, cap: float) -> int:
@@ -78,7 +104,8 @@ def _row_blocks(nrows: int):
     return [(r0, nrows - r0 <= TILE) for r0 in range(0, nrows, BLOCK_ROWS)]
 
 
-def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, num_sms: int):
+def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, num_sms: int,
+               split_factor: float | None = None):
     """Items of ``shared_prefix_attention``.
 
     Parameters
@@ -86,6 +113,7 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
     levels : list of ``(G_i, P_i)``; source ``i`` is level ``i``, source ``len(levels)`` the suffix.
     suffix : ``S`` (0: no suffix source).
     ragged : True when ``suffix_lens`` is given (the kernel reads each length on the device).
+    split_factor : :func:`split_cap`'s factor (default ``SPLIT_FACTOR``).
 
     Returns
     -------
@@ -99,7 +127,8 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
         phases.append((src, g, rows, _row_blocks(rows), math.ceil(p / TILE), p))
     if suffix > 0:
         phases.append((len(levels), batch, r, _row_blocks(r), math.ceil(suffix / TILE), -1 if ragged else suffix))
-    cap = split_cap(sum(g * hkv * nt * tile_cost(kv) for _, g, _, bl, nt, _ in phases for _, kv in bl), num_sms)
+    cap = split_cap(sum(g * hkv * nt * tile_cost(kv) for _, g, _, bl, nt, _ in phases for _, kv in bl), num_sms,
+                    split_factor)
     items, slot = [], 0
     for src, g, rows, blocks, ntiles, keylen in phases:
         kv_all = all(kv for _, kv in blocks)
@@ -118,7 +147,8 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
     return np.asarray(items, dtype=np.int32).reshape(-1, ITEM_INTS), slot
 
 
-def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, num_sms: int):
+def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, num_sms: int,
+               split_factor: float | None = None):
     """Items of ``chunk_attention`` for one ChunkTable (its ``host`` numpy arrays).
 
     Shared chunks read by the same range of sequences are consecutive on those sequences'
@@ -144,7 +174,7 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     total = sum(hkv * len(ch) * tpc * tile_cost(kv) for (b, e), ch in groups.items()
                 for _, kv in _row_blocks((e - b) * r))
     total += sum(hkv * len(ch) * tpc * KV_TILE_COST for ch in priv)
-    cap = split_cap(total, num_sms)
+    cap = split_cap(total, num_sms, split_factor)
     chunk_list: list = []
     items: list = []
     nxt = np.zeros(num_seqs, dtype=np.int64)  # first free slot of each row
@@ -385,6 +415,28 @@ def _rebalance(lists: list, cost: np.ndarray, partners: int = 8, rounds: int = 1
         load[hi], load[c] = cost[lists[hi]].sum(), cost[lists[c]].sum()
 
 
+def unit_costs(items: np.ndarray):
+    """``(starts, ends, cost)`` of the schedule's units (an item, or a pair's two): rows
+    ``[starts[u], ends[u])`` and the plan's cost of each, in kv-split tiles."""
+    flags = items[:, F_FLAGS]
+    pair, paired = (flags & FLAG_PAIR) != 0, (flags & FLAG_PAIRED) != 0
+    if len(flags) and (paired[0] or pair[-1] or not np.array_equal(pair[:-1], paired[1:])):
+        raise ValueError("every FLAG_PAIR item needs a FLAG_PAIRED item right after it, and only it")
+    starts = np.flatnonzero(~paired)  # a unit starts at every item but a pair's second
+    ends = np.append(starts[1:], items.shape[0])
+    weight = np.where(flags & FLAG_KV_SPLIT, KV_TILE_COST, ROW_TILE_COST)
+    weight = np.where(pair | paired, PAIR_TILE_COST, weight)
+    tiles = np.concatenate([[0.0], np.cumsum((items[:, F_TILE1] - items[:, F_TILE0]) * weight)])
+    return starts, ends, tiles[ends] - tiles[starts] + np.where(pair[starts], PAIR_OVERHEAD, ITEM_OVERHEAD)
+
+
+def planned_loads(items: np.ndarray, cta_items: np.ndarray) -> np.ndarray:
+    """Each CTA's planned time (the sum of its units' costs) under a schedule's ``cta_items``."""
+    starts, _, cost = unit_costs(items)
+    cta = np.searchsorted(np.asarray(cta_items), starts, side="right") - 1
+    return np.bincount(cta, weights=cost, minlength=max(0, len(cta_items) - 1))
+
+
 def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True, rebalance: bool = False):
     """Assign items to persistent CTAs: longest first, each to the least-loaded CTA (LPT).
 
@@ -407,20 +459,10 @@ def schedule(items: np.ndarray, num_ctas: int, mixed: bool = True, rebalance: bo
     """
     import heapq
 
-    flags = items[:, F_FLAGS]
-    pair, paired = (flags & FLAG_PAIR) != 0, (flags & FLAG_PAIRED) != 0
-    if len(flags) and (paired[0] or pair[-1] or not np.array_equal(pair[:-1], paired[1:])):
-        raise ValueError("every FLAG_PAIR item needs a FLAG_PAIRED item right after it, and only it")
-    first = ~paired  # a unit starts at every item but a pair's second
-    starts = np.flatnonzero(first)
-    ends = np.append(starts[1:], items.shape[0])
+    starts, ends, cost = unit_costs(items)
     ctas = max(0, min(num_ctas, len(starts)))
     if ctas == 0:
         return items, np.zeros(1, dtype=np.int32)
-    weight = np.where(flags & FLAG_KV_SPLIT, KV_TILE_COST, ROW_TILE_COST)
-    weight = np.where(pair | paired, PAIR_TILE_COST, weight)
-    tiles = np.concatenate([[0.0], np.cumsum((items[:, F_TILE1] - items[:, F_TILE0]) * weight)])
-    cost = tiles[ends] - tiles[starts] + np.where(pair[starts], PAIR_OVERHEAD, ITEM_OVERHEAD)
     order = np.argsort(-cost, kind="stable")
     heap = [(0.0, c) for c in range(ctas)]
     lists: list = [[] for _ in range(ctas)]
