@@ -2,7 +2,7 @@
 of each, one build.
 
 ``ATTN_TK_SCHED`` (serial | pipeline | pingpong) is read at every launch and
-``ATTN_TK_ORDER`` (mixed | lpt, :func:`attn.tk_ext.plan.schedule`) whenever a plan is built
+``ATTN_TK_ORDER`` (mixed | lpt, :func:`attn.tk_ext.schedule.assign_ctas`) whenever a plan is built
 (it is part of the plan's cache key) and ``ATTN_TK_PARTIALS`` (half | float32,
 :func:`attn.tk_ext.backend.partial_dtype`) at every call, so one process checks each combination against the
 float64 oracle on a case that exercises row-split items with partial and skipped tiles

@@ -21,7 +21,7 @@ from attn.problems import chunk_problem, shared_prefix_problem
 from attn.reference import reference
 from attn.testing import Oracle
 from attn.tk_ext import backend as tkb
-from attn.tk_ext import build, plan
+from attn.tk_ext import build, plan, schedule
 from attn.torch_backend import merge
 from attn.workloads import Workload, make_inputs, to_chunk_form
 from cases import CASES
@@ -392,9 +392,9 @@ def _run_level_emulation(p):
     items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                                    p.suffix_lens is not None, num_sms=3)
     items, _ = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-    items, covered = plan.clear_unwritten(plan.pair_kv_items(items, *tkb.pair_caps()), nslot, p.batch,
+    items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, p.batch,
                                           p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-    items, _ = plan.schedule(items, 3)
+    items, _ = schedule.assign_ctas(items, 3)
     srcs = list(zip(p.prefix_k, p.prefix_v))
     if p.suffix_capacity:
         srcs.append((p.suffix_k, p.suffix_v))
@@ -419,9 +419,9 @@ def _run_chunk_emulation(p):
     t = p.table
     items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
     items, _ = plan.mark_direct(items, t.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-    items, covered = plan.clear_unwritten(plan.pair_kv_items(items, *tkb.pair_caps()), nslot, t.num_seqs,
+    items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, t.num_seqs,
                                           p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-    items, _ = plan.schedule(items, 3)
+    items, _ = schedule.assign_ctas(items, 3)
     tpc = math.ceil(p.chunk_size / plan.TILE)
     lens = t.host["chunk_lens"]
 
@@ -491,7 +491,7 @@ def test_plan_emulation_matches_reference(case, costs, pairs, monkeypatch):
 
 def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkeypatch):
     items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, True, num_sms=132)
-    paired = plan.pair_kv_items(items, -1, -1)
+    paired = schedule.pair_kv_items(items, -1, -1)
     assert not (items[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)).any()  # input unmodified
     first = np.flatnonzero(paired[:, plan.F_FLAGS] & plan.FLAG_PAIR)
     assert len(first) > 0 and np.array_equal(np.flatnonzero(paired[:, plan.F_FLAGS] & plan.FLAG_PAIRED), first + 1)
@@ -504,7 +504,7 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkey
     # The schedule keeps each pair adjacent, in order, inside one CTA's range; a pair costs
     # its tiles plus one item's overhead.
     for mixed in (False, True):
-        sched, offs = plan.schedule(paired, 132, mixed)
+        sched, offs = schedule.assign_ctas(paired, 132, mixed)
         assert sorted(map(tuple, sched.tolist())) == sorted(map(tuple, paired.tolist()))
         f = sched[:, plan.F_FLAGS]
         starts = np.flatnonzero(f & plan.FLAG_PAIR)
@@ -513,40 +513,40 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkey
         assert (cta[starts] == cta[starts + 1]).all()
     # Only short items with a cap; none with 0; one-tile items pair with each other only;
     # with a row cap of 16, tree-3level's 64-row level items stay alone.
-    assert not (plan.pair_kv_items(items, 0, -1)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
-    one = plan.pair_kv_items(items, 1, -1)
+    assert not (schedule.pair_kv_items(items, 0, -1)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
+    one = schedule.pair_kv_items(items, 1, -1)
     sel = (one[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0
     assert sel.any() and ((one[sel, plan.F_TILE1] - one[sel, plan.F_TILE0]) == 1).all()
     assert sel.sum() < ((paired[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0).sum()
-    r16 = plan.pair_kv_items(items, -1, 16)
+    r16 = schedule.pair_kv_items(items, -1, 16)
     sel = (r16[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) != 0
     rows64 = (items[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT).astype(bool) & (items[:, plan.F_NROWS] == 64)
     assert rows64.any() and not sel[rows64].any() and sel[~rows64].any()
     # By default: items of at most PAIR_MAX_TILES tiles (no-share's 32-tile items stay alone).
-    assert np.array_equal(plan.pair_kv_items(items), paired)
+    assert np.array_equal(schedule.pair_kv_items(items), paired)
     ns, _ = plan.level_plan(64, 32, 8, [], 2048, False, num_sms=132)
-    assert (ns[:, plan.F_TILE1] - ns[:, plan.F_TILE0] > plan.PAIR_MAX_TILES).all()
-    assert not (plan.pair_kv_items(ns)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
-    assert (plan.pair_kv_items(ns, -1)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
+    assert (ns[:, plan.F_TILE1] - ns[:, plan.F_TILE0] > schedule.PAIR_MAX_TILES).all()
+    assert not (schedule.pair_kv_items(ns)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
+    assert (schedule.pair_kv_items(ns, -1)[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
     # A malformed table (a pair's second item missing) is refused, not run.
     bad = paired.copy()
     bad[first[0] + 1, plan.F_FLAGS] &= ~plan.FLAG_PAIRED
     with pytest.raises(ValueError, match="FLAG_PAIRED"):
-        plan.schedule(bad, 132)
-    two = plan.pair_kv_items(plan.level_plan(2, 4, 4, [], 64, False, num_sms=132)[0])
+        schedule.assign_ctas(bad, 132)
+    two = schedule.pair_kv_items(plan.level_plan(2, 4, 4, [], 64, False, num_sms=132)[0])
     assert two.shape[0] == 8 and (two[::2, plan.F_FLAGS] & plan.FLAG_PAIR).all()
-    _, offs = plan.schedule(two, 132)
+    _, offs = schedule.assign_ctas(two, 132)
     assert len(offs) - 1 == 4  # one CTA per pair, never one per item
     # Pair units cost PAIR_TILE_COST per tile + PAIR_OVERHEAD: on two CTAs, a pair of 4-tile
     # items (9.7 at the default, the lone items' costs; 8.47 at 0.88 and 1.43), lone items of
     # 4 and 2 tiles (5.7 + 3.7 = 9.4 on the other CTA): a lone 1-tile item then goes to the
     # CTA with less, the other one by default, the pair's at the cheaper pair costs.
     mix = plan.level_plan(5, 4, 4, [], 256, False, num_sms=132)[0][:5]  # items of 4 tiles
-    mix = np.concatenate([plan.pair_kv_items(mix[:2]), mix[2:]])
+    mix = np.concatenate([schedule.pair_kv_items(mix[:2]), mix[2:]])
     mix[3, plan.F_TILE1], mix[4, plan.F_TILE1] = 2, 1
 
     def with_pair():
-        sched, offs = plan.schedule(mix, 2, mixed=False)
+        sched, offs = schedule.assign_ctas(mix, 2, mixed=False)
         groups = [sched[offs[c]:offs[c + 1]] for c in range(2)]
         g = next(g for g in groups if (g[:, plan.F_FLAGS] & plan.FLAG_PAIR).any())
         return sorted(g[:, plan.F_TILE1].tolist())
@@ -591,7 +591,7 @@ def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
 def test_pair_caps_from_the_environment(monkeypatch):
     monkeypatch.delenv("ATTN_TK_PAIR_TILES", raising=False)
     monkeypatch.delenv("ATTN_TK_PAIR_ROWS", raising=False)
-    assert tkb.pair_caps() == (plan.PAIR_MAX_TILES, plan.PAIR_MAX_ROWS)
+    assert tkb.pair_caps() == (schedule.PAIR_MAX_TILES, schedule.PAIR_MAX_ROWS)
     monkeypatch.setenv("ATTN_TK_PAIR_TILES", "0")
     monkeypatch.setenv("ATTN_TK_PAIR_ROWS", "-1")
     assert tkb.pair_caps() == (0, -1)
@@ -612,7 +612,7 @@ def test_clear_unwritten_covers_the_spec_plans_and_only_unwritten_slots():
                                            (256, 32, 8, [(1, 8192)], 256), (1024, 8, 1, [(1, 2048)], 256),
                                            (32, 32, 32, [(1, 2048)], 256), (64, 32, 8, [(1, 32768)], 256)]:
         items, nslot = plan.level_plan(batch, hq, hkv, levels, suffix, True, num_sms=132)
-        paired = plan.pair_kv_items(items)
+        paired = schedule.pair_kv_items(items)
         out, covered = plan.clear_unwritten(paired, nslot, batch, hkv, hq // hkv)
         assert covered and out is not paired
         clear = (out[:, plan.F_FLAGS] & plan.FLAG_CLEAR_NEXT) != 0
@@ -635,7 +635,7 @@ def test_clear_unwritten_covers_the_spec_plans_and_only_unwritten_slots():
     p = case.problem(case.inputs(torch.float32, "cpu"))
     t, r = p.table, p.num_q_heads // p.num_kv_heads
     items, _, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
-    assert not plan.clear_unwritten(plan.pair_kv_items(items), nslot, t.num_seqs, p.num_kv_heads, r)[1]
+    assert not plan.clear_unwritten(schedule.pair_kv_items(items), nslot, t.num_seqs, p.num_kv_heads, r)[1]
 
 
 def test_mark_direct_only_when_every_row_is_in_one_item():
@@ -932,22 +932,22 @@ def test_gpu_cuda_graph_capture_and_replay(tk, op):
 
 def test_schedule_assigns_every_item_once_and_balances():
     items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, True, num_sms=132)
-    sched, offs = plan.schedule(items, 132)
+    sched, offs = schedule.assign_ctas(items, 132)
     assert offs[0] == 0 and offs[-1] == len(items) and (np.diff(offs) >= 1).all()
     assert sorted(map(tuple, sched.tolist())) == sorted(map(tuple, items.tolist()))
     weight = np.where(sched[:, plan.F_FLAGS] & 1, plan.KV_TILE_COST, plan.ROW_TILE_COST)
     cost = (sched[:, plan.F_TILE1] - sched[:, plan.F_TILE0]) * weight + plan.ITEM_OVERHEAD
     loads = [cost[offs[c]:offs[c + 1]].sum() for c in range(len(offs) - 1)]
     assert max(loads) <= cost.sum() / len(loads) + cost.max()
-    few, offs2 = plan.schedule(items[:5], 132)
+    few, offs2 = schedule.assign_ctas(items[:5], 132)
     assert len(offs2) == 6  # never more CTAs than items
-    empty, offs3 = plan.schedule(items[:0], 132)
+    empty, offs3 = schedule.assign_ctas(items[:0], 132)
     assert offs3.tolist() == [0]
 
 
 def test_rebalanced_schedule_lowers_the_largest_load_and_keeps_units(monkeypatch):
     items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, False, num_sms=132)
-    items = plan.pair_kv_items(items)
+    items = schedule.pair_kv_items(items)
 
     def loads(sched, offs):
         fl = sched[:, plan.F_FLAGS]
@@ -959,8 +959,8 @@ def test_rebalanced_schedule_lowers_the_largest_load_and_keeps_units(monkeypatch
         c = t + np.where(paired, 0.0, over)
         return np.asarray([c[offs[k]:offs[k + 1]].sum() for k in range(len(offs) - 1)]), c
 
-    lpt, o1 = plan.schedule(items, 132, mixed=False)
-    reb, o2 = plan.schedule(items, 132, mixed=False, rebalance=True)
+    lpt, o1 = schedule.assign_ctas(items, 132, mixed=False)
+    reb, o2 = schedule.assign_ctas(items, 132, mixed=False, rebalance=True)
     l1, _ = loads(lpt, o1)
     l2, unit_cost = loads(reb, o2)
     assert sorted(map(tuple, reb.tolist())) == sorted(map(tuple, items.tolist()))
@@ -973,11 +973,11 @@ def test_rebalanced_schedule_lowers_the_largest_load_and_keeps_units(monkeypatch
         c = unit_cost[o2[k]:o2[k + 1]][(f[o2[k]:o2[k + 1]] & plan.FLAG_PAIRED) == 0]
         assert (np.diff(c) <= 1e-9).all(), k
     # mixed: the second half's lists reversed, as without rebalancing
-    mixed, o3 = plan.schedule(items, 132, mixed=True, rebalance=True)
+    mixed, o3 = schedule.assign_ctas(items, 132, mixed=True, rebalance=True)
     assert o3.tolist() == o2.tolist() and np.array_equal(mixed[o3[0]:o3[1]], reb[o2[0]:o2[1]])
     # a balanced table has nothing to move; the switch is read from the environment
     even, _ = plan.level_plan(4, 4, 4, [], 64, False, num_sms=132)
-    assert np.array_equal(plan.schedule(even, 4, rebalance=True)[0], plan.schedule(even, 4)[0])
+    assert np.array_equal(schedule.assign_ctas(even, 4, rebalance=True)[0], schedule.assign_ctas(even, 4)[0])
     monkeypatch.delenv("ATTN_TK_REBALANCE", raising=False)
     assert not tkb.rebalance()
     monkeypatch.setenv("ATTN_TK_REBALANCE", "1")
@@ -986,8 +986,8 @@ def test_rebalanced_schedule_lowers_the_largest_load_and_keeps_units(monkeypatch
 
 def test_mixed_schedule_runs_half_of_the_ctas_shortest_first(monkeypatch):
     items, _ = plan.level_plan(32, 32, 8, [(1, 2048)], 512, False, num_sms=16)
-    lpt, offs = plan.schedule(items, 16, mixed=False)
-    mixed, offs_m = plan.schedule(items, 16, mixed=True)
+    lpt, offs = schedule.assign_ctas(items, 16, mixed=False)
+    mixed, offs_m = schedule.assign_ctas(items, 16, mixed=True)
     assert offs.tolist() == offs_m.tolist()  # the same assignment, only the order differs
     weight = np.where(lpt[:, plan.F_FLAGS] & 1, plan.KV_TILE_COST, plan.ROW_TILE_COST)
     for c in range(16):
@@ -1124,8 +1124,8 @@ def test_backend_chooses_the_split_factor_per_shape(monkeypatch):
         fixed = plan.level_plan(*args, False, 132, 2.0)[1]
         assert nslot == want_slots and items.shape[0] == want.shape[0] and covered
         assert (nslot < fixed) == (factor != 2.0)
-        loads = plan.planned_loads(items.numpy(), ctas.numpy())
-        assert loads.sum() == pytest.approx(plan.unit_costs(items.numpy())[2].sum())
+        loads = schedule.planned_loads(items.numpy(), ctas.numpy())
+        assert loads.sum() == pytest.approx(schedule.unit_costs(items.numpy())[2].sum())
     monkeypatch.setenv("ATTN_TK_SPLIT_FACTOR", "2")
     assert tkb.split_factors() == (plan.SPLIT_FACTOR,)
 

@@ -15,7 +15,7 @@ import torch
 
 from ..backend import Backend
 from ..problems import ChunkProblem, MergeProblem, SharedPrefixProblem
-from . import build, plan
+from . import build, plan, schedule
 
 #: prefix levels + the suffix that one launch takes (kernel parameter space).
 MAX_SOURCES = 6
@@ -41,13 +41,13 @@ def prep_q(q: torch.Tensor) -> torch.Tensor:
 
 def mixed_order() -> bool:
     """Whether half of the persistent CTAs run their items shortest first
-    (:func:`plan.schedule`); ``ATTN_TK_ORDER=lpt`` turns it off (read when a plan is built,
+    (:func:`schedule.assign_ctas`); ``ATTN_TK_ORDER=lpt`` turns it off (read when a plan is built,
     and part of the plan's cache key, so that a benchmark can time both orders)."""
     return os.environ.get("ATTN_TK_ORDER", "mixed") != "lpt"
 
 
 def rebalance() -> bool:
-    """Whether :func:`plan.schedule` lowers the largest CTA load after LPT
+    """Whether :func:`schedule.assign_ctas` lowers the largest CTA load after LPT
     (``ATTN_TK_REBALANCE=1``; off by default until a GPU benchmark says so). Read when a plan
     is built and part of the plan's cache key, so that a benchmark can time both."""
     return os.environ.get("ATTN_TK_REBALANCE", "0") == "1"
@@ -65,12 +65,12 @@ def _pair_cap(name: str, default: int) -> int:
 
 
 def pair_caps() -> tuple[int, int]:
-    """``(max_tiles, max_rows)`` of the kv-split items that :func:`plan.pair_kv_items` pairs:
-    ``ATTN_TK_PAIR_TILES`` and ``ATTN_TK_PAIR_ROWS`` (default ``plan.PAIR_MAX_TILES``,
-    ``plan.PAIR_MAX_ROWS``; -1: no limit; 0 turns pairs off). Read when a plan is built and
+    """``(max_tiles, max_rows)`` of the kv-split items that :func:`schedule.pair_kv_items` pairs:
+    ``ATTN_TK_PAIR_TILES`` and ``ATTN_TK_PAIR_ROWS`` (default ``schedule.PAIR_MAX_TILES``,
+    ``schedule.PAIR_MAX_ROWS``; -1: no limit; 0 turns pairs off). Read when a plan is built and
     part of the plan's cache key, so that a benchmark can time several."""
-    return (_pair_cap("ATTN_TK_PAIR_TILES", plan.PAIR_MAX_TILES),
-            _pair_cap("ATTN_TK_PAIR_ROWS", plan.PAIR_MAX_ROWS))
+    return (_pair_cap("ATTN_TK_PAIR_TILES", schedule.PAIR_MAX_TILES),
+            _pair_cap("ATTN_TK_PAIR_ROWS", schedule.PAIR_MAX_ROWS))
 
 
 def split_factors() -> tuple:
@@ -172,7 +172,7 @@ class TKBackend(Backend):
         """The placed plan (:meth:`_place`) of the best of :func:`split_factors`.
 
         ``make(factor)`` gives ``(items, nslot, extra)``. Each candidate is placed and its
-        largest CTA load predicted with the plan's costs (:func:`plan.planned_loads`); of
+        largest CTA load predicted with the plan's costs (:func:`schedule.planned_loads`); of
         those within :data:`plan.SPLIT_TOLERANCE` of the smallest, the one with the fewest
         partial slots to merge wins (a direct plan has none), then the earlier factor.
 
@@ -182,7 +182,7 @@ class TKBackend(Backend):
         for pref, f in enumerate(split_factors()):
             items, nslot, extra = make(f)
             placed = self._place(items, nslot, num_seqs, hkv, r, device)
-            loads = plan.planned_loads(placed[0], placed[1])
+            loads = schedule.planned_loads(placed[0], placed[1])
             cands.append((float(loads.max()) if loads.size else 0.0, 0 if placed[2] else nslot, pref,
                           placed + (nslot, extra)))
         low = min(c[0] for c in cands)
@@ -193,9 +193,9 @@ class TKBackend(Backend):
         paired, made to write every partial lse where they can (``covered``: no ``-inf`` fill
         needed), and scheduled on ``device``'s SMs."""
         items, direct = plan.mark_direct(items, num_seqs, hkv, r)
-        items = plan.pair_kv_items(items, *pair_caps())
+        items = schedule.pair_kv_items(items, *pair_caps())
         items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
-        items, ctas = plan.schedule(items, self._num_sms(device), mixed_order(), rebalance())
+        items, ctas = schedule.assign_ctas(items, self._num_sms(device), mixed_order(), rebalance())
         return items, ctas, direct, covered
 
     def level_items(self, p: SharedPrefixProblem):
