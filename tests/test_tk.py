@@ -1130,6 +1130,16 @@ def test_backend_chooses_the_split_factor_per_shape(monkeypatch):
     assert tkb.split_factors() == (plan.SPLIT_FACTOR,)
 
 
+def test_info_names_tuning_switches(monkeypatch):
+    for k in tkb.TUNING_SWITCHES:
+        monkeypatch.delenv(k, raising=False)
+    assert "tuning switches" not in tkb.TKBackend().versions()
+    monkeypatch.setenv("ATTN_TK_MERGE", "v4")
+    monkeypatch.setenv("ATTN_TK_LSE_FILL", "1")
+    assert tkb.TKBackend().versions()["tuning switches"] == "ATTN_TK_LSE_FILL=1 ATTN_TK_MERGE=v4"
+    assert tkb.lse_fill()
+
+
 def test_info_names_tuned_plan_costs(monkeypatch):
     from attn.tk_ext.backend import TKBackend
 

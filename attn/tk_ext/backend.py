@@ -73,6 +73,11 @@ def pair_caps() -> tuple[int, int]:
             _pair_cap("ATTN_TK_PAIR_ROWS", schedule.PAIR_MAX_ROWS))
 
 
+# Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
+# ``python -m attn info`` when set.
+TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER")
+
+
 def split_factors() -> tuple:
     """The split factors (:func:`plan.split_cap`) a plan is chosen from: ``ATTN_TK_SPLIT_FACTOR``
     alone when set (read at import), else :data:`plan.AUTO_SPLIT_FACTORS`."""
@@ -139,6 +144,9 @@ class TKBackend(Backend):
             costs = (plan.ROW_TILE_COST, plan.KV_TILE_COST, plan.ITEM_OVERHEAD, plan.PAIR_TILE_COST,
                      plan.PAIR_OVERHEAD)
             v["plan costs (row, kv, item, pair tile, pair item)"] = ", ".join(f"{c:g}" for c in costs)
+        set_env = [f"{k}={os.environ[k]}" for k in TUNING_SWITCHES if os.environ.get(k)]
+        if set_env:  # timing switches a benchmark may have left set
+            v["tuning switches"] = " ".join(set_env)
         return v
 
     def not_supported_reasons(self, problem) -> list[str]:
