@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,14 @@ def table(changes: list, threshold: float) -> str:
     for c in sorted(changes, key=lambda c: c.name):
         flag = "  SLOWER" if c.ratio > 1 + threshold else ("  faster" if c.ratio < 1 - threshold else "")
         lines.append(f"{c.name:{width}s}  {c.old * 1e6:10.1f}  {c.new * 1e6:10.1f}  {100 * (c.ratio - 1):+7.1f}%{flag}")
+    lines.append(f"{'geometric mean':{width}s}  {'':10s}  {'':10s}  {100 * (geomean_ratio(changes) - 1):+7.1f}%")
     return "\n".join(lines)
+
+
+def geomean_ratio(changes: list) -> float:
+    """The geometric mean of the changes' new / old medians (one number for a variant)."""
+    ratios = [c.ratio for c in changes if 0 < c.ratio < float("inf")]
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else 1.0
 
 
 def main(argv=None) -> int:

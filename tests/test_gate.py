@@ -103,3 +103,13 @@ def test_gate_script_on_the_committed_gpu_runs(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "SLOWER" in r.stdout and "+20.0%" in r.stdout
+
+
+def test_table_ends_with_the_geometric_mean(tmp_path, capsys):
+    d = tmp_path / "nvidia-h100" / "m"
+    write_run(d, 1, "2026-01-01T00:00:00", base())
+    ratios = [0.5, 2.0, 1.25]  # geometric mean 1.25 ** (1 / 3)
+    write_run(d, 2, "2026-01-02T00:00:00", {n: m * r for (n, m), r in zip(base().items(), ratios)})
+    main(["--results", str(tmp_path), "--threshold", "10"])
+    last = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("geometric mean")]
+    assert len(last) == 1 and last[0].split()[-1] == f"{100 * (1.25 ** (1 / 3) - 1):+.1f}%"
