@@ -32,6 +32,17 @@ template<typename T, int D> struct chunk_src {
         tma::load_async<2, cache_policy::NORMAL>(kt, k, co, kb);
         tma::load_async<2, cache_policy::NORMAL>(vt, v, co, vb);
     }
+    // ATTN_TK_PREFETCH: a tile's chunk id and length, read ahead of its stage's release.
+    struct tile_ref { coord<kv_tile> c; int valid; };
+    __device__ inline tile_ref prep(const int *it, int t) const {
+        int g = it[F_TILE0] + t;
+        int c = clist[it[F_GIDX] + g / tpc];
+        return {coord<kv_tile>{c, it[F_HEAD], g % tpc, 0}, chunk_lens[c] - (g % tpc) * TILE};
+    }
+    __device__ inline void load(const tile_ref &r, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
+        tma::load_async<2, cache_policy::NORMAL>(kt, k, r.c, kb);
+        tma::load_async<2, cache_policy::NORMAL>(vt, v, r.c, vb);
+    }
 };
 
 template<typename T, int D>

@@ -34,7 +34,19 @@ template<typename T, int D> struct level_src {
     }
     __device__ inline void load(const int *it, int t, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
         coord<kv_tile> c{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0};
-        switch (it[F_SRC]) {
+        load_at(it[F_SRC], c, k, v, kb, vb);
+    }
+    // ATTN_TK_PREFETCH: a tile's metadata, read ahead of its stage's release.
+    struct tile_ref { coord<kv_tile> c; int src, valid; };
+    __device__ inline tile_ref prep(const int *it, int t) const {
+        return {coord<kv_tile>{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0}, it[F_SRC], valid(it, t)};
+    }
+    __device__ inline void load(const tile_ref &r, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
+        load_at(r.src, r.c, k, v, kb, vb);
+    }
+    __device__ inline void load_at(int s, const coord<kv_tile> &c, kv_tile &k, kv_tile &v, semaphore &kb,
+                                   semaphore &vb) const {
+        switch (s) {
 #define ATTN_TK_SRC(i) case i: \
             tma::load_async<1, cache_policy::NORMAL>(k, k##i, c, kb); \
             tma::load_async<1, cache_policy::NORMAL>(v, v##i, c, vb); break;

@@ -44,6 +44,13 @@ using namespace kittens;
 #ifndef ATTN_TK_STAGE_VALID
 #define ATTN_TK_STAGE_VALID 1
 #endif
+// 1: the producer reads a tile's metadata (its valid keys, its TMA coordinate: in chunk mode a
+// chunk id and that chunk's length, two dependent loads) before it waits for the tile's ring
+// stage, so that their latency passes under the wait instead of after it, between the stage's
+// release and its TMA issue. Not measured yet (the first GPU call of session 14: off, default).
+#ifndef ATTN_TK_PREFETCH
+#define ATTN_TK_PREFETCH 0
+#endif
 
 constexpr int NWG = 2;               // consumer warpgroups
 constexpr int NTHREADS = (NWG + 1) * 128;
