@@ -186,9 +186,13 @@ class TKBackend(Backend):
 
         Returns ``(items, ctas, direct, covered, nslot, extra)``.
         """
-        cands = []
+        cands, seen = [], set()
         for pref, f in enumerate(split_factors()):
             items, nslot, extra = make(f)
+            key = (items.tobytes(), nslot)
+            if key in seen:  # the same splits as an earlier factor: the same placed plan
+                continue
+            seen.add(key)
             placed = self._place(items, nslot, num_seqs, hkv, r, device)
             loads = schedule.planned_loads(placed[0], placed[1])
             cands.append((float(loads.max()) if loads.size else 0.0, 0 if placed[2] else nslot, pref,

@@ -232,24 +232,24 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
     kv = (items[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
     if (items[kv, F_NROWS] - items[kv, F_ROW0] > DIRECT_KV_ROWS).any():
         return items, False
-    cover = np.zeros(num_seqs * hkv * r, dtype=np.int64)
-    for it, is_kv in zip(items.tolist(), kv.tolist()):
-        row0, nrows = it[F_ROW0], it[F_NROWS]
-        j = np.arange(row0, min(nrows, row0 + (TILE if is_kv else BLOCK_ROWS)))
-        np.add.at(cover, ((it[F_SEQ0] + j // r) * hkv + it[F_HEAD]) * r + j % r, 1)
-    if not (cover == 1).all():
+    rows, real = _item_rows(items, hkv, r)
+    cover = np.bincount(rows[real], minlength=num_seqs * hkv * r)
+    if cover.size != num_seqs * hkv * r or not (cover == 1).all():
         return items, False
     out = items.copy()
     out[:, F_FLAGS] |= FLAG_DIRECT
     return out, True
 
 
-def _item_rows(it, hkv: int, r: int) -> np.ndarray:
-    """Global query rows (``b * hq + head``) of one item's warpgroups."""
-    is_kv = it[F_FLAGS] & FLAG_KV_SPLIT
-    row0, nrows = it[F_ROW0], it[F_NROWS]
-    j = np.arange(row0, min(nrows, row0 + (TILE if is_kv else BLOCK_ROWS)))
-    return ((it[F_SEQ0] + j // r) * hkv + it[F_HEAD]) * r + j % r
+def _item_rows(items: np.ndarray, hkv: int, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, real)``, both ``[n, BLOCK_ROWS]``: the global query rows (``b * hq + head``) of
+    each item's warpgroups, and which of the ``BLOCK_ROWS`` places are rows of the item."""
+    it = items.astype(np.int64)
+    kv = (it[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
+    row0 = it[:, F_ROW0, None]
+    j = row0 + np.arange(BLOCK_ROWS)[None, :]
+    real = j < np.minimum(it[:, F_NROWS, None], row0 + np.where(kv, TILE, BLOCK_ROWS)[:, None])
+    return ((it[:, F_SEQ0, None] + j // r) * hkv + it[:, F_HEAD, None]) * r + j % r, real
 
 
 def clear_unwritten(items: np.ndarray, nslot: int, num_seqs: int, hkv: int, r: int) -> tuple[np.ndarray, bool]:
@@ -270,23 +270,23 @@ def clear_unwritten(items: np.ndarray, nslot: int, num_seqs: int, hkv: int, r: i
         return items, False
     if (items[:, F_FLAGS] & FLAG_DIRECT).any():
         return items, False
-    written = np.zeros((nslot, rows_total), dtype=bool)
-    one_slot = []
-    for n, it in enumerate(items.tolist()):
-        rows = _item_rows(it, hkv, r)
-        written[it[F_SLOT], rows] = True
-        if (it[F_FLAGS] & FLAG_KV_SPLIT) and not it[F_FLAGS] & (FLAG_PAIR | FLAG_PAIRED):
-            written[it[F_SLOT] + 1, rows] = True
-        else:
-            one_slot.append((n, rows))
+    rows, real = _item_rows(items, hkv, r)
+    slot = items[:, F_SLOT].astype(np.int64)[:, None]
+    flags = items[:, F_FLAGS]
+    both = ((flags & FLAG_KV_SPLIT) != 0) & ((flags & (FLAG_PAIR | FLAG_PAIRED)) == 0)  # a lone kv-split item
+    written = np.zeros(nslot * rows_total, dtype=bool)
+    written[(slot * rows_total + rows)[real]] = True
+    written[((slot[both] + 1) * rows_total + rows[both])[real[both]]] = True
+    # Two items never write one (slot, row), so the items that clear slot + 1 clear disjoint
+    # places, and each can be decided against what the launch writes without the others.
+    cand = np.flatnonzero(~both & (slot[:, 0] + 1 < nslot))
+    nxt = (slot[cand] + 1) * rows_total + rows[cand]
+    clear = cand[~(written[np.where(real[cand], nxt, 0)] & real[cand]).any(axis=1)]
+    written[((slot[clear] + 1) * rows_total + rows[clear])[real[clear]]] = True
     out = items
-    for n, rows in one_slot:
-        nxt = int(items[n, F_SLOT]) + 1
-        if nxt < nslot and not written[nxt, rows].any():
-            if out is items:
-                out = items.copy()
-            out[n, F_FLAGS] |= FLAG_CLEAR_NEXT
-            written[nxt, rows] = True
+    if clear.size:
+        out = items.copy()
+        out[clear, F_FLAGS] |= FLAG_CLEAR_NEXT
     return out, bool(written.all())
 
 
