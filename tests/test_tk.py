@@ -616,7 +616,7 @@ def test_clear_unwritten_covers_the_spec_plans_and_only_unwritten_slots():
         out, covered = plan.clear_unwritten(paired, nslot, batch, hkv, hq // hkv)
         assert covered and out is not paired
         clear = (out[:, plan.F_FLAGS] & plan.FLAG_CLEAR_NEXT) != 0
-        alone_kv = ((out[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) != 0) & ((out[:, plan.F_FLAGS] & 12) == 0)
+        alone_kv = ((out[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) != 0) & ((out[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) == 0)
         assert not (clear & alone_kv).any()  # a lone kv-split item writes slot + 1 itself
         flags = plan.FLAG_PAIR | plan.FLAG_PAIRED
         np.testing.assert_array_equal(out[:, 1:], paired[:, 1:])
