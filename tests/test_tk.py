@@ -1130,6 +1130,25 @@ def test_backend_chooses_the_split_factor_per_shape(monkeypatch):
     assert tkb.split_factors() == (plan.SPLIT_FACTOR,)
 
 
+def test_switch_typos_are_refused_before_any_launch(monkeypatch):
+    for name in tkb.SWITCH_VALUES:
+        monkeypatch.delenv(name, raising=False)
+    tkb.check_switches()
+    for name, values in tkb.SWITCH_VALUES.items():
+        for v in values:
+            monkeypatch.setenv(name, v)
+            tkb.check_switches()
+        monkeypatch.setenv(name, values[0].upper() + "x")
+        with pytest.raises(ValueError, match=name):
+            tkb.check_switches()
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ATTN_TK_MERGE", "V4")
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_ext", lambda: pytest.fail("the extension was reached"))
+    with pytest.raises(ValueError, match="ATTN_TK_MERGE"):
+        tk.run_merge(None)
+
+
 def test_info_names_tuning_switches(monkeypatch):
     for k in tkb.TUNING_SWITCHES:
         monkeypatch.delenv(k, raising=False)

@@ -76,6 +76,20 @@ def pair_caps() -> tuple[int, int]:
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER")
+# The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
+# other value as the default, so a typo would time the default unnoticed).
+SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
+                 "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
+                 "ATTN_TK_REBALANCE": ("0", "1")}
+
+
+def check_switches() -> None:
+    """Raise ``ValueError`` naming a set switch of :data:`SWITCH_VALUES` with a value it does
+    not take (before any launch of an op)."""
+    for name, values in SWITCH_VALUES.items():
+        value = os.environ.get(name)
+        if value and value not in values:
+            raise ValueError(f"{name}={value!r}: expected one of {', '.join(values)}")
 
 
 def split_factors() -> tuple:
@@ -229,6 +243,7 @@ class TKBackend(Backend):
         return hit
 
     def run_shared_prefix(self, p: SharedPrefixProblem):
+        check_switches()
         ext = self._ext()
         b, hq, d = p.q.shape
         ks = [prep_kv(k) for k in p.prefix_k]
@@ -264,6 +279,7 @@ class TKBackend(Backend):
         return hit
 
     def run_chunk(self, p: ChunkProblem):
+        check_switches()
         ext = self._ext()
         n, hq, d = p.q.shape
         items, ctas, clist, nslot, direct, covered = self.chunk_items(p)
@@ -302,6 +318,7 @@ class TKBackend(Backend):
         return out.view(b, hq, d), lse.view(b, hq)
 
     def run_merge(self, p: MergeProblem):
+        check_switches()
         ext = self._ext()
         k, d = p.outs.shape[0], p.outs.shape[-1]
         rest = tuple(p.outs.shape[1:-1])
