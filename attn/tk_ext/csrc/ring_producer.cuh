@@ -30,24 +30,16 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
             const int tt = pair ? t / 2 : t;
             trace(a, TR_DONE, i, g, s);
             const bool live = tt < (pair && (t & 1) ? nb : na);
-#if ATTN_TK_PREFETCH
             typename SRC::tile_ref ref{};
-            if (live) ref = src.prep(is, tt);  // its loads land while the stage is still in use
-#endif
+            if (ATTN_TK_PREFETCH && live) ref = src.prep(is, tt);  // its loads land while the stage is still in use
             if (ATTN_TK_Q_FIRST && g == 1) wait(q_full[0], 0);
             if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
             if (live) {
-#if ATTN_TK_PREFETCH
-                stage_valid[s] = ref.valid;
+                stage_valid[s] = ATTN_TK_PREFETCH ? ref.valid : src.valid(is, tt);
                 tma::expect_bytes(k_full[s], sizeof(KV));
                 tma::expect_bytes(v_full[s], sizeof(KV));
-                src.load(ref, k_smem[s], v_smem[s], k_full[s], v_full[s]);
-#else
-                stage_valid[s] = src.valid(is, tt);
-                tma::expect_bytes(k_full[s], sizeof(KV));
-                tma::expect_bytes(v_full[s], sizeof(KV));
-                src.load(is, tt, k_smem[s], v_smem[s], k_full[s], v_full[s]);
-#endif
+                if constexpr (ATTN_TK_PREFETCH) src.load(ref, k_smem[s], v_smem[s], k_full[s], v_full[s]);
+                else src.load(is, tt, k_smem[s], v_smem[s], k_full[s], v_full[s]);
             } else {
                 stage_valid[s] = 0;  // consumers skip it (and wait for v_full: done here)
                 arrive(k_full[s]);
