@@ -96,23 +96,24 @@ class ChunkTable:
         if (valid[:, 1:] & ~valid[:, :-1]).any():
             row = int(np.nonzero((valid[:, 1:] & ~valid[:, :-1]).any(axis=1))[0][0])
             raise ValueError(f"seq_chunks row {row} has a chunk id after a -1: -1 padding must come last, got {sc[row].tolist()}")
-        users: dict[int, list[int]] = {}
-        for row in range(n):
-            ids = sc[row][valid[row]]
-            if len(np.unique(ids)) != len(ids):
-                raise ValueError(f"seq_chunks row {row} reads a chunk twice: {ids.tolist()}")
-            for c in ids.tolist():
-                users.setdefault(c, []).append(row)
-        want = {}
-        for c, rows in users.items():
-            if len(rows) < 2:
-                continue
-            if rows[-1] - rows[0] + 1 != len(rows):
-                raise ValueError(
-                    f"chunk {c} is shared by sequences {rows}, which are not contiguous: order the rows "
-                    "depth-first so that the sequences sharing a chunk are adjacent"
-                )
-            want[c] = (rows[0], rows[-1] + 1)
+        rows_of, ids = np.nonzero(valid)[0], sc[valid]  # row-major: each row's chunks in order
+        if ids.size:
+            key = np.sort(rows_of * num_chunks + ids)
+            dup = key[1:] == key[:-1]
+            if dup.any():
+                row = int(key[1:][dup].min() // num_chunks)
+                raise ValueError(f"seq_chunks row {row} reads a chunk twice: {sc[row][valid[row]].tolist()}")
+        first, last, count = _chunk_users(rows_of, ids, num_chunks)
+        shared_ids = np.flatnonzero(count >= 2)
+        gap = shared_ids[last[shared_ids] - first[shared_ids] + 1 != count[shared_ids]]
+        if gap.size:
+            # the one a row-major scan meets first
+            c = int(gap[np.argmin(_first_pos(ids, gap))])
+            raise ValueError(
+                f"chunk {c} is shared by sequences {rows_of[ids == c].tolist()}, which are not contiguous: order "
+                "the rows depth-first so that the sequences sharing a chunk are adjacent"
+            )
+        want = {int(c): (int(first[c]), int(last[c]) + 1) for c in shared_ids}
         if not (sh.shape == sb.shape == se.shape):
             raise ValueError(
                 f"shared_chunks, shared_begin, shared_end must have one length, got "
@@ -132,16 +133,11 @@ class ChunkTable:
         if self.seq_ids is not None and len(self.seq_ids) != n:
             raise ValueError(f"seq_ids must have one id per row ({n}), got {len(self.seq_ids)}")
 
-        m_of = {c: m for m, c in enumerate(sh.tolist())}
-        priv = [[c for c in sc[r][valid[r]].tolist() if c not in m_of] for r in range(n)]
-        shrd = [[m_of[c] for c in sc[r][valid[r]].tolist() if c in m_of] for r in range(n)]
-
-        def padded(rows):
-            width = max([len(r) for r in rows] + [0])
-            out = np.full((n, width), -1, dtype=np.int64)
-            for i, r in enumerate(rows):
-                out[i, : len(r)] = r
-            return out
+        m_of = np.full(num_chunks, -1, dtype=np.int64)
+        m_of[sh] = np.arange(sh.shape[0])
+        m = np.where(valid, m_of[np.clip(sc, 0, None)] if num_chunks else -1, -1)
+        pv = _left_packed(np.where(valid & (m < 0), sc, -1))   # each row's private chunks, in order
+        ss = _left_packed(np.where(m >= 0, m, -1))             # and its shared chunks' indices
 
         tokens = np.where(valid, cl[np.clip(sc, 0, None)] if num_chunks else 0, 0).sum(axis=1) if n else np.zeros(0)
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.int32, device=device)  # noqa: E731
@@ -156,7 +152,6 @@ class ChunkTable:
         put("max_chunk_len", int(cl.max()) if num_chunks else 0)
         put("max_seq_tokens", int(tokens.max()) if n else 0)
         put("max_group_size", int((se - sb).max()) if sh.size else 1)
-        pv, ss = padded(priv), padded(shrd)
         put("private_chunks", t(pv))
         put("seq_shared", t(ss))
         put("host", {"seq_chunks": sc, "chunk_lens": cl, "shared_chunks": sh, "shared_begin": sb,
@@ -198,14 +193,14 @@ class ChunkTable:
             device = seq_chunks.device if isinstance(seq_chunks, torch.Tensor) else torch.device("cpu")
         sc = _as_int_array("seq_chunks", seq_chunks, 2)
         cl = _as_int_array("chunk_lens", chunk_lens, 1)
-        first, last, count = {}, {}, {}
-        for row in range(sc.shape[0]):
-            for c in sc[row][sc[row] >= 0].tolist():
-                first.setdefault(c, row)
-                last[c] = row
-                count[c] = count.get(c, 0) + 1
-        shared = sorted((first[c], c) for c in count if count[c] >= 2)
-        sh = [c for _, c in shared]
+        if sc.size and ((sc < -1).any() or (sc >= cl.shape[0]).any()):
+            sh = []  # out of range: the constructor says so
+        else:
+            rows_of, ids = np.nonzero(sc >= 0)[0], sc[sc >= 0]
+            first, last, count = _chunk_users(rows_of, ids, cl.shape[0])
+            sh = np.flatnonzero(count >= 2)
+            sh = sh[np.lexsort((sh, first[sh]))].tolist()  # by first reader, then id
+            first, last = first.tolist(), last.tolist()
         # The constructor rejects non-contiguous sharing; ranges here assume contiguity.
         t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), dtype=torch.int32, device=device)  # noqa: E731
         return cls(t(sc), t(cl), t(sh), t([first[c] for c in sh]), t([last[c] + 1 for c in sh]),
@@ -217,3 +212,33 @@ class ChunkTable:
         return ChunkTable(*(torch.as_tensor(h[k], dtype=torch.int32, device=device) for k in
                             ("seq_chunks", "chunk_lens", "shared_chunks", "shared_begin", "shared_end")),
                           seq_ids=self.seq_ids)
+
+
+def _chunk_users(rows_of: np.ndarray, ids: np.ndarray, num_chunks: int):
+    """``(first, last, count)`` per chunk id: the first and last row reading it and how many
+    reads it has (``rows_of``, ``ids``: the reads in row-major order; -1 for unread chunks)."""
+    count = np.bincount(ids, minlength=num_chunks).astype(np.int64)
+    first = np.full(num_chunks, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(num_chunks, -1, dtype=np.int64)
+    np.minimum.at(first, ids, rows_of)
+    np.maximum.at(last, ids, rows_of)
+    first[count == 0] = -1
+    return first, last, count
+
+
+def _first_pos(ids: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+    """Where each of ``chunks`` (all read) is first read in the row-major list of reads ``ids``."""
+    pos = np.full(int(ids.max()) + 1, ids.size, dtype=np.int64)
+    np.minimum.at(pos, ids, np.arange(ids.size))
+    return pos[chunks]
+
+
+def _left_packed(a: np.ndarray) -> np.ndarray:
+    """Each row's entries ``>= 0``, in order, left-aligned and ``-1`` padded to the longest row."""
+    keep = a >= 0
+    n = a.shape[0]
+    width = int(keep.sum(axis=1).max()) if n and a.shape[1] else 0
+    out = np.full((n, width), -1, dtype=np.int64)
+    r, c = np.nonzero(keep)
+    out[r, (np.cumsum(keep, axis=1) - 1)[r, c]] = a[r, c]
+    return out
