@@ -93,8 +93,19 @@ def num_splits(ntiles: int, kv_split: bool, cap: float) -> int:
     return max(1, min(math.ceil(ntiles * tile_cost(kv_split) / cap), ntiles // min_tiles))
 
 
-def _item(kv_split, src, gidx, head, seq0, nrows, row0, t0, t1, keylen, slot):
-    return [int(kv_split), src, gidx, head, seq0, nrows, row0, t0, t1, keylen, slot, 0]
+def _items(n: int, **fields) -> np.ndarray:
+    """``n`` items (int64 ``[n, 12]``), each field given as a scalar or an ``[n]`` array
+    (``flags``, ``src``, ``gidx``, ``head``, ``seq0``, ``nrows``, ``row0``, ``t0``, ``t1``,
+    ``keylen``, ``slot``; absent fields are 0)."""
+    out = np.zeros((n, ITEM_INTS), dtype=np.int64)
+    for name, col in (("flags", F_FLAGS), ("src", F_SRC), ("gidx", F_GIDX), ("head", F_HEAD), ("seq0", F_SEQ0),
+                      ("nrows", F_NROWS), ("row0", F_ROW0), ("t0", F_TILE0), ("t1", F_TILE1), ("keylen", F_KEYLEN),
+                      ("slot", F_SLOT)):
+        if name in fields:
+            out[:, col] = fields.pop(name)
+    if fields:
+        raise TypeError(f"unknown item fields {sorted(fields)}")
+    return out
 
 
 def _row_blocks(nrows: int):
@@ -102,6 +113,17 @@ def _row_blocks(nrows: int):
     if nrows <= TILE:
         return [(0, True)]
     return [(r0, nrows - r0 <= TILE) for r0 in range(0, nrows, BLOCK_ROWS)]
+
+
+def _split_grid(nsplit: int, per: int, ntiles: int, inner: tuple, blocks) -> tuple:
+    """Index columns of a phase's items in plan order: split ``j`` outermost, then the
+    ``inner`` dimensions (e.g. groups, heads), then the row blocks. Returns ``(t0, t1, j,
+    inner indices..., row0, kv)``, each ``[nsplit * prod(inner) * len(blocks)]``."""
+    idx = np.indices((nsplit,) + tuple(inner) + (len(blocks),)).reshape(2 + len(inner), -1)
+    j, k = idx[0], idx[-1]
+    row0 = np.asarray([b[0] for b in blocks], dtype=np.int64)[k]
+    kv = np.asarray([int(b[1]) for b in blocks], dtype=np.int64)[k]
+    return (j * per, np.minimum(ntiles, (j + 1) * per), j) + tuple(idx[1:-1]) + (row0, kv)
 
 
 def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, num_sms: int,
@@ -129,22 +151,18 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
         phases.append((len(levels), batch, r, _row_blocks(r), math.ceil(suffix / TILE), -1 if ragged else suffix))
     cap = split_cap(sum(g * hkv * nt * tile_cost(kv) for _, g, _, bl, nt, _ in phases for _, kv in bl), num_sms,
                     split_factor)
-    items, slot = [], 0
+    parts, slot = [np.zeros((0, ITEM_INTS), dtype=np.int64)], 0
     for src, g, rows, blocks, ntiles, keylen in phases:
         kv_all = all(kv for _, kv in blocks)
         nsplit = num_splits(ntiles, kv_all, cap)
         width = SLOTS_PER_SPLIT if any(kv for _, kv in blocks) else 1
         per = math.ceil(ntiles / nsplit)
-        suffix_phase = src == len(levels)
-        for j in range(nsplit):
-            t0, t1 = j * per, min(ntiles, (j + 1) * per)
-            for gi in range(g):
-                seq0 = gi if suffix_phase else gi * (batch // g)
-                for h in range(hkv):
-                    for row0, kv in blocks:
-                        items.append(_item(kv, src, gi, h, seq0, rows, row0, t0, t1, keylen, slot + width * j))
+        t0, t1, j, gi, h, row0, kv = _split_grid(nsplit, per, ntiles, (g, hkv), blocks)
+        seq0 = gi if src == len(levels) else gi * (batch // g)
+        parts.append(_items(len(j), flags=kv, src=src, gidx=gi, head=h, seq0=seq0, nrows=rows, row0=row0,
+                            t0=t0, t1=t1, keylen=keylen, slot=slot + width * j))
         slot += width * nsplit
-    return np.asarray(items, dtype=np.int32).reshape(-1, ITEM_INTS), slot
+    return np.concatenate(parts).astype(np.int32), slot
 
 
 def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, num_sms: int,
@@ -153,7 +171,9 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
 
     Shared chunks read by the same range of sequences are consecutive on those sequences'
     paths; each such run becomes one chunk-first group (rows ``[begin, end) x r``). A
-    sequence's private chunks become its sequence-first items.
+    sequence's private chunks become its sequence-first items. Built with numpy throughout
+    but for a loop over the groups (a ChunkTable built every decode step plans in about a
+    millisecond at the spec sizes).
 
     Returns
     -------
@@ -163,20 +183,16 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     r = hq // hkv
     tpc = math.ceil(chunk_size / TILE)
     sc, sh, sb, se = host["seq_chunks"], host["shared_chunks"], host["shared_begin"], host["shared_end"]
-    rng = {int(c): (int(b), int(e)) for c, b, e in zip(sh, sb, se)}
-    groups: dict = {}
-    for c, be in rng.items():
-        groups.setdefault(be, None)
-    for be in groups:
-        row = sc[be[0]]
-        groups[be] = [int(c) for c in row[row >= 0] if int(c) in rng and rng[int(c)] == be]
-    priv = [[int(c) for c in row if c >= 0] for row in host["private_chunks"]]
+    groups = _chunk_groups(sc, sh, sb, se)
+    pc = np.asarray(host["private_chunks"]).reshape(num_seqs, -1)
+    pmask = pc >= 0
+    pcount = pmask.sum(axis=1).astype(np.int64)
     total = sum(hkv * len(ch) * tpc * tile_cost(kv) for (b, e), ch in groups.items()
                 for _, kv in _row_blocks((e - b) * r))
-    total += sum(hkv * len(ch) * tpc * KV_TILE_COST for ch in priv)
+    total += sum(hkv * n * tpc * KV_TILE_COST for n in pcount.tolist())
     cap = split_cap(total, num_sms, split_factor)
     chunk_list: list = []
-    items: list = []
+    parts = [np.zeros((0, ITEM_INTS), dtype=np.int64)]
     nxt = np.zeros(num_seqs, dtype=np.int64)  # first free slot of each row
     # Outer ranges first, so nested groups stack their slots above their ancestors'.
     for (b, e) in sorted(groups, key=lambda be: (be[0], -be[1])):
@@ -190,29 +206,42 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
         width = SLOTS_PER_SPLIT if any(kv for _, kv in blocks) else 1
         per = math.ceil(ntiles / nsplit)
         base = int(nxt[b:e].max())
-        for j in range(nsplit):
-            t0, t1 = j * per, min(ntiles, (j + 1) * per)
-            for h in range(hkv):
-                for row0, kv in blocks:
-                    items.append(_item(kv, 0, off, h, b, rows, row0, t0, t1, 0, base + width * j))
+        t0, t1, j, h, row0, kv = _split_grid(nsplit, per, ntiles, (hkv,), blocks)
+        parts.append(_items(len(j), flags=kv, gidx=off, head=h, seq0=b, nrows=rows, row0=row0, t0=t0, t1=t1,
+                            slot=base + width * j))
         nxt[b:e] = base + width * nsplit
-    for n, chunks in enumerate(priv):
-        if not chunks:
-            continue
-        off = len(chunk_list)
-        chunk_list += chunks
-        ntiles = len(chunks) * tpc
-        nsplit = num_splits(ntiles, True, cap)
-        per = math.ceil(ntiles / nsplit)
-        base = int(nxt[n])
-        for j in range(nsplit):
-            t0, t1 = j * per, min(ntiles, (j + 1) * per)
-            for h in range(hkv):
-                items.append(_item(True, 0, off, h, n, r, 0, t0, t1, 0, base + SLOTS_PER_SPLIT * j))
-        nxt[n] = base + SLOTS_PER_SPLIT * nsplit
+    # Sequence-first items: for each sequence with private chunks, its splits j, then heads.
+    seqs = np.flatnonzero(pcount > 0)
+    nt = pcount[seqs] * tpc
+    ns = np.maximum(1, np.minimum(np.ceil(nt * KV_TILE_COST / cap).astype(np.int64), nt // MIN_TILES_KV))
+    per = -(-nt // ns)
+    off = len(chunk_list) + np.concatenate([[0], np.cumsum(pcount[seqs])[:-1]]).astype(np.int64)
+    base = nxt[seqs]
+    unit = np.repeat(np.arange(len(seqs)), ns)          # one per (sequence, split)
+    j = np.arange(len(unit)) - np.repeat(np.cumsum(ns) - ns, ns)
+    unit, j, h = np.repeat(unit, hkv), np.repeat(j, hkv), np.tile(np.arange(hkv), len(unit))
+    parts.append(_items(len(unit), flags=FLAG_KV_SPLIT, gidx=off[unit], head=h, seq0=seqs[unit], nrows=r,
+                        t0=j * per[unit], t1=np.minimum(nt[unit], (j + 1) * per[unit]),
+                        slot=base[unit] + SLOTS_PER_SPLIT * j))
+    nxt[seqs] = base + SLOTS_PER_SPLIT * ns
+    chunk_ids = np.concatenate([np.asarray(chunk_list, dtype=np.int64), pc[pmask].astype(np.int64)])
     nslot = int(nxt.max()) if num_seqs else 0
-    return (np.asarray(items, dtype=np.int32).reshape(-1, ITEM_INTS),
-            np.asarray(chunk_list if chunk_list else [0], dtype=np.int32), nslot)
+    return (np.concatenate(parts).astype(np.int32),
+            (chunk_ids if chunk_ids.size else np.zeros(1, dtype=np.int64)).astype(np.int32), nslot)
+
+
+def _chunk_groups(sc, sh, sb, se) -> dict:
+    """``{(begin, end): [chunk ids]}``: the shared chunks read by sequences ``[begin, end)``,
+    in the order of those sequences' paths (``seq_chunks`` of the first of them)."""
+    rng = {int(c): (int(b), int(e)) for c, b, e in zip(np.asarray(sh).tolist(), np.asarray(sb).tolist(),
+                                                       np.asarray(se).tolist())}
+    groups: dict = {}
+    for be in rng.values():
+        groups.setdefault(be, None)
+    for be in groups:
+        row = sc[be[0]]
+        groups[be] = [c for c in row[row >= 0].tolist() if rng.get(c) == be]
+    return groups
 
 
 def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.ndarray, bool]:
@@ -232,9 +261,9 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
     kv = (items[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
     if (items[kv, F_NROWS] - items[kv, F_ROW0] > DIRECT_KV_ROWS).any():
         return items, False
-    rows, real = _item_rows(items, hkv, r)
-    cover = np.bincount(rows[real], minlength=num_seqs * hkv * r)
-    if cover.size != num_seqs * hkv * r or not (cover == 1).all():
+    _, rows = _item_rows(items, hkv, r)
+    total = num_seqs * hkv * r
+    if rows.size != total or not (np.bincount(rows, minlength=total) == 1).all():
         return items, False
     out = items.copy()
     out[:, F_FLAGS] |= FLAG_DIRECT
@@ -242,14 +271,15 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
 
 
 def _item_rows(items: np.ndarray, hkv: int, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, real)``, both ``[n, BLOCK_ROWS]``: the global query rows (``b * hq + head``) of
-    each item's warpgroups, and which of the ``BLOCK_ROWS`` places are rows of the item."""
+    """``(item, rows)``: for each query row that an item's warpgroups hold, the item's index
+    and the global row (``b * hq + head``), concatenated in item order (int64)."""
     it = items.astype(np.int64)
     kv = (it[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
-    row0 = it[:, F_ROW0, None]
-    j = row0 + np.arange(BLOCK_ROWS)[None, :]
-    real = j < np.minimum(it[:, F_NROWS, None], row0 + np.where(kv, TILE, BLOCK_ROWS)[:, None])
-    return ((it[:, F_SEQ0, None] + j // r) * hkv + it[:, F_HEAD, None]) * r + j % r, real
+    row0 = it[:, F_ROW0]
+    count = np.maximum(np.minimum(it[:, F_NROWS], row0 + np.where(kv, TILE, BLOCK_ROWS)) - row0, 0)
+    item = np.repeat(np.arange(len(it)), count)
+    j = row0[item] + np.arange(item.size) - np.repeat(np.cumsum(count) - count, count)
+    return item, ((it[item, F_SEQ0] + j // r) * hkv + it[item, F_HEAD]) * r + j % r
 
 
 def clear_unwritten(items: np.ndarray, nslot: int, num_seqs: int, hkv: int, r: int) -> tuple[np.ndarray, bool]:
@@ -270,19 +300,23 @@ def clear_unwritten(items: np.ndarray, nslot: int, num_seqs: int, hkv: int, r: i
         return items, False
     if (items[:, F_FLAGS] & FLAG_DIRECT).any():
         return items, False
-    rows, real = _item_rows(items, hkv, r)
-    slot = items[:, F_SLOT].astype(np.int64)[:, None]
+    item, rows = _item_rows(items, hkv, r)
+    slot = items[:, F_SLOT].astype(np.int64)
     flags = items[:, F_FLAGS]
     both = ((flags & FLAG_KV_SPLIT) != 0) & ((flags & (FLAG_PAIR | FLAG_PAIRED)) == 0)  # a lone kv-split item
     written = np.zeros(nslot * rows_total, dtype=bool)
-    written[(slot * rows_total + rows)[real]] = True
-    written[((slot[both] + 1) * rows_total + rows[both])[real[both]]] = True
+    written[slot[item] * rows_total + rows] = True
+    nxt = (slot[item] + 1) * rows_total + rows  # each row's place in its item's slot + 1
+    written[nxt[both[item]]] = True
     # Two items never write one (slot, row), so the items that clear slot + 1 clear disjoint
     # places, and each can be decided against what the launch writes without the others.
-    cand = np.flatnonzero(~both & (slot[:, 0] + 1 < nslot))
-    nxt = (slot[cand] + 1) * rows_total + rows[cand]
-    clear = cand[~(written[np.where(real[cand], nxt, 0)] & real[cand]).any(axis=1)]
-    written[((slot[clear] + 1) * rows_total + rows[clear])[real[clear]]] = True
+    cand = ~both & (slot + 1 < nslot)
+    c = cand[item]
+    hits = np.bincount(item[c], weights=written[nxt[c]], minlength=len(slot))
+    clear = np.flatnonzero(cand & (hits == 0))
+    isclear = np.zeros(len(slot), dtype=bool)
+    isclear[clear] = True
+    written[nxt[isclear[item]]] = True
     out = items
     if clear.size:
         out = items.copy()

@@ -54,14 +54,15 @@ def pair_kv_items(items: np.ndarray, max_tiles: int = PAIR_MAX_TILES, max_rows: 
         ok &= ntiles <= max_tiles
     if max_rows >= 0:
         ok &= out[:, F_NROWS] - out[:, F_ROW0] <= max_rows
-    i = 0
-    while i + 1 < n:
-        if ok[i] and ok[i + 1] and ntiles[i] == ntiles[i + 1]:
-            out[i, F_FLAGS] |= FLAG_PAIR
-            out[i + 1, F_FLAGS] |= FLAG_PAIRED
-            i += 2
-        else:
-            i += 1
+    # Greedy from the front: in each run of consecutive pairable neighbours (i, i + 1), the
+    # pairs start at the run's first item and every second one after it.
+    link = np.zeros(n, dtype=bool)
+    if n > 1:
+        link[:-1] = ok[:-1] & ok[1:] & (ntiles[:-1] == ntiles[1:])
+    run_start = np.maximum.accumulate(np.where(link & ~np.concatenate([[False], link[:-1]]), np.arange(n), 0))
+    first = np.flatnonzero(link & ((np.arange(n) - run_start) % 2 == 0))
+    out[first, F_FLAGS] |= FLAG_PAIR
+    out[first + 1, F_FLAGS] |= FLAG_PAIRED
     return out
 
 
@@ -111,6 +112,39 @@ def unit_costs(items: np.ndarray):
     return starts, ends, tiles[ends] - tiles[starts] + np.where(pair[starts], plan.PAIR_OVERHEAD, plan.ITEM_OVERHEAD)
 
 
+def _lpt(cost: np.ndarray, ctas: int) -> tuple[np.ndarray, np.ndarray]:
+    """LPT of units already in the order they are handed out (``cost`` descending): each to
+    the CTA of least load, ties to the lower index, as a heap of ``(load, cta)`` would. Returns
+    each unit's CTA and its place in that CTA's list.
+
+    A run of equal costs is handed out in batches: the next units go to the CTAs in the order
+    of ``(load, cta)`` for as long as each of those is below where the first of them is after
+    its unit, which is what one unit at a time would do (the same float additions).
+    """
+    n = len(cost)
+    cta = np.empty(n, dtype=np.int64)
+    rank = np.empty(n, dtype=np.int64)
+    load = np.zeros(ctas)
+    taken = np.zeros(ctas, dtype=np.int64)
+    idx = np.arange(ctas)
+    bounds = np.flatnonzero(np.diff(cost)) + 1
+    for lo, hi in zip(np.concatenate([[0], bounds]).tolist(), np.concatenate([bounds, [n]]).tolist()):
+        x = cost[lo]
+        while lo < hi:
+            srt = np.lexsort((idx, load))
+            ls = load[srt]
+            top = ls[0] + x
+            fits = (ls < top) | ((ls == top) & (srt < srt[0]))
+            m = min(hi - lo, max(1, int(np.argmin(fits)) if not fits.all() else ctas))
+            pick = srt[:m]
+            cta[lo:lo + m] = pick
+            rank[lo:lo + m] = taken[pick]
+            taken[pick] += 1
+            load[pick] = load[pick] + x
+            lo += m
+    return cta, rank
+
+
 def planned_loads(items: np.ndarray, cta_items: np.ndarray) -> np.ndarray:
     """Each CTA's planned time (the sum of its units' costs) under a schedule's ``cta_items``."""
     starts, _, cost = unit_costs(items)
@@ -143,20 +177,29 @@ def assign_ctas(items: np.ndarray, num_ctas: int, mixed: bool = True, rebalance:
     if ctas == 0:
         return items, np.zeros(1, dtype=np.int32)
     order = np.argsort(-cost, kind="stable")
-    heap = [(0.0, c) for c in range(ctas)]
-    lists: list = [[] for _ in range(ctas)]
-    for u in order.tolist():
-        load, c = heapq.heappop(heap)
-        lists[c].append(u)
-        heapq.heappush(heap, (load + cost[u], c))
     if rebalance:
+        heap = [(0.0, c) for c in range(ctas)]
+        lists: list = [[] for _ in range(ctas)]
+        for u in order.tolist():
+            load, c = heapq.heappop(heap)
+            lists[c].append(u)
+            heapq.heappush(heap, (load + cost[u], c))
         _rebalance(lists, cost)
         for lst in lists:
             lst.sort(key=lambda u: (-cost[u], u))
+        cta = np.empty(len(starts), dtype=np.int64)
+        rank = np.empty(len(starts), dtype=np.int64)
+        for c, lst in enumerate(lists):
+            cta[lst] = c
+            rank[lst] = np.arange(len(lst))
+    else:
+        cta, rank = _lpt(cost[order], ctas)
+        cta, rank = cta[np.argsort(order)], rank[np.argsort(order)]
     if mixed:
-        for c in range(ctas // 2, ctas):
-            lists[c].reverse()
-    perm = np.asarray([i for lst in lists for u in lst for i in range(starts[u], ends[u])], dtype=np.int64)
+        rank = np.where(cta >= ctas // 2, -rank, rank)
+    units = np.lexsort((rank, cta))  # each CTA's units, in the order it runs them
+    length = (ends - starts)[units]
+    perm = np.repeat(starts[units] - (np.cumsum(length) - length), length) + np.arange(length.sum())
     offsets = np.zeros(ctas + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum([sum(ends[u] - starts[u] for u in lst) for lst in lists])
+    offsets[1:] = np.cumsum(np.bincount(cta, weights=ends - starts, minlength=ctas)).astype(np.int32)
     return np.ascontiguousarray(items[perm]), offsets
