@@ -167,3 +167,44 @@ def test_table_reports_the_first_bad_row_and_chunk():
         ChunkTable.from_seq_chunks([[0, 1], [2, 2], [4, 4]], [1] * 5)
     with pytest.raises(ValueError, match=r"chunk 3 is shared by sequences \[0, 2\]"):
         ChunkTable.from_seq_chunks([[3, 1], [0, 2], [3, 1]], [1] * 4)
+
+
+def test_unpair_last_breaks_the_last_pairs_only():
+    items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, False, 132)
+    paired = schedule.pair_kv_items(items)
+    first = np.flatnonzero(paired[:, plan.F_FLAGS] & plan.FLAG_PAIR)
+    out = schedule.unpair_last(paired, 5)
+    assert np.array_equal(np.flatnonzero(out[:, plan.F_FLAGS] & plan.FLAG_PAIR), first[:-5])
+    assert np.array_equal(np.flatnonzero(out[:, plan.F_FLAGS] & plan.FLAG_PAIRED), first[:-5] + 1)
+    assert np.array_equal(schedule.unpair_last(paired, 0), paired)
+    assert not (schedule.unpair_last(paired, 10 ** 6)[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)).any()
+    schedule.unit_costs(out)  # still well formed
+
+
+def test_backend_unpairs_the_tail_where_the_plan_says_it_evens_the_ctas(monkeypatch):
+    """tree-3level on 132 SMs: its last pairs as lone items lower the largest planned CTA load
+    (41.5 -> 40.5 kv tiles); ATTN_TK_UNPAIR=0 keeps every pair. hydragen-mqa gains nothing and
+    keeps its pairs."""
+    import types
+
+    from attn.tk_ext import backend as tkb
+
+    def shape(batch, hq, hkv, levels, suffix):
+        return types.SimpleNamespace(batch=batch, num_q_heads=hq, num_kv_heads=hkv, suffix_capacity=suffix,
+                                     prefix_k=[torch.empty(g, n, 1, 1) for g, n in levels], suffix_lens=None,
+                                     device=torch.device("cpu"))
+
+    def placed(unpair, args):
+        monkeypatch.setenv("ATTN_TK_UNPAIR", unpair)
+        tk = tkb.TKBackend()
+        monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
+        items, ctas, nslot, direct, covered = tk.level_items(shape(*args))
+        items, ctas = items.numpy(), ctas.numpy()
+        return (int(np.count_nonzero(items[:, plan.F_FLAGS] & plan.FLAG_PAIR)),
+                float(schedule.planned_loads(items, ctas).max()), covered, nslot)
+
+    tree = (128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64)
+    (p0, l0, c0, s0), (p1, l1, c1, s1) = placed("0", tree), placed("1", tree)
+    assert p1 < p0 and l1 < l0 * (1 - plan.SPLIT_TOLERANCE) and c0 and c1 and s0 == s1
+    hydragen = (1024, 8, 1, [(1, 2048)], 256)
+    assert placed("1", hydragen) == placed("0", hydragen)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from ..backend import Backend
@@ -53,6 +54,13 @@ def rebalance() -> bool:
     return os.environ.get("ATTN_TK_REBALANCE", "0") == "1"
 
 
+def unpair_tail() -> bool:
+    """Whether :meth:`TKBackend._best_split` also tries plans with their last pairs left as
+    lone items (:func:`schedule.unpair_last`); ``ATTN_TK_UNPAIR=0`` turns it off (read when a
+    plan is built, and part of the plan's cache key)."""
+    return os.environ.get("ATTN_TK_UNPAIR", "1") == "1"
+
+
 def _pair_cap(name: str, default: int) -> int:
     value = os.environ.get(name, str(default))
     try:
@@ -75,12 +83,13 @@ def pair_caps() -> tuple[int, int]:
 
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
-TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER")
+TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
+                   "ATTN_TK_UNPAIR")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
                  "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
-                 "ATTN_TK_REBALANCE": ("0", "1")}
+                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("1", "0")}
 
 
 def check_switches() -> None:
@@ -188,7 +197,7 @@ class TKBackend(Backend):
     def _schedule_key() -> tuple:
         """The environment's part of a plan's cache key (what :meth:`_place` and
         :meth:`_best_split` read)."""
-        return (mixed_order(), pair_caps(), rebalance(), split_factors())
+        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail())
 
     def _best_split(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan (:meth:`_place`) of the best of :func:`split_factors`.
@@ -196,7 +205,10 @@ class TKBackend(Backend):
         ``make(factor)`` gives ``(items, nslot, extra)``. Each candidate is placed and its
         largest CTA load predicted with the plan's costs (:func:`schedule.planned_loads`); of
         those within :data:`plan.SPLIT_TOLERANCE` of the smallest, the one with the fewest
-        partial slots to merge wins (a direct plan has none), then the earlier factor.
+        partial slots to merge wins (a direct plan has none), then the earlier factor. With
+        :func:`unpair_tail`, the winner is placed again with its last pairs left as lone items
+        (:data:`schedule.UNPAIR_FRACTIONS` of the CTA count), and the placement with the
+        smallest largest load is kept if it beats the paired one by more than the tolerance.
 
         Returns ``(items, ctas, direct, covered, nslot, extra)``.
         """
@@ -208,18 +220,36 @@ class TKBackend(Backend):
                 continue
             seen.add(key)
             placed = self._place(items, nslot, num_seqs, hkv, r, device)
-            loads = schedule.planned_loads(placed[0], placed[1])
-            cands.append((float(loads.max()) if loads.size else 0.0, 0 if placed[2] else nslot, pref,
-                          placed + (nslot, extra)))
+            cands.append((self._max_load(placed), 0 if placed[2] else nslot, pref, placed + (nslot, extra), items))
         low = min(c[0] for c in cands)
-        return min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))[3]
+        best = min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))
+        if not unpair_tail() or rebalance() or best[3][2]:
+            return best[3]
+        # The chosen splits with their last pairs as lone items: kept where that lowers the
+        # largest planned CTA load (LPT's, before any other step) by more than the tolerance.
+        paired = schedule.pair_kv_items(best[4], *pair_caps())
+        npairs = int(np.count_nonzero(paired[:, plan.F_FLAGS] & plan.FLAG_PAIR))
+        ctas = self._num_sms(device)
+        load, pick = best[0] * (1 - plan.SPLIT_TOLERANCE), 0
+        for k in sorted({min(npairs, max(1, round(x * ctas))) for x in schedule.UNPAIR_FRACTIONS} if npairs else ()):
+            alt = schedule.lpt_max_load(schedule.unpair_last(paired, k), ctas)
+            if alt < load:
+                load, pick = alt, k
+        if not pick:
+            return best[3]
+        return self._place(best[4], best[3][4], num_seqs, hkv, r, device, unpair=pick) + best[3][4:]
 
-    def _place(self, items, nslot: int, num_seqs: int, hkv: int, r: int, device):
+    @staticmethod
+    def _max_load(placed) -> float:
+        loads = schedule.planned_loads(placed[0], placed[1])
+        return float(loads.max()) if loads.size else 0.0
+
+    def _place(self, items, nslot: int, num_seqs: int, hkv: int, r: int, device, unpair: int = 0):
         """``(items, ctas, direct, covered)``: a plan's items marked direct where they can be,
-        paired, made to write every partial lse where they can (``covered``: no ``-inf`` fill
-        needed), and scheduled on ``device``'s SMs."""
+        paired (but for the last ``unpair`` pairs), made to write every partial lse where they
+        can (``covered``: no ``-inf`` fill needed), and scheduled on ``device``'s SMs."""
         items, direct = plan.mark_direct(items, num_seqs, hkv, r)
-        items = schedule.pair_kv_items(items, *pair_caps())
+        items = schedule.unpair_last(schedule.pair_kv_items(items, *pair_caps()), unpair)
         items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
         items, ctas = schedule.assign_ctas(items, self._num_sms(device), mixed_order(), rebalance())
         return items, ctas, direct, covered

@@ -66,6 +66,27 @@ def pair_kv_items(items: np.ndarray, max_tiles: int = PAIR_MAX_TILES, max_rows: 
     return out
 
 
+# How many of a plan's last pairs backend._best_split tries to leave as lone items, as fractions
+# of the CTA count (unpair_last).
+UNPAIR_FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+def unpair_last(items: np.ndarray, k: int) -> np.ndarray:
+    """``items`` with the last ``k`` pairs (in item order) run as lone items again.
+
+    LPT hands out a plan's cheapest units last, and pairs of decode items are usually those:
+    the CTAs then end up to one pair apart (gqa-8b: 7 or 8 pairs after one prefix item each).
+    Lone items are the finer units (each about 0.6 of a pair, though a pair does the work of
+    two), so breaking the last few pairs lets LPT even out the CTAs' ends.
+    """
+    out = items.copy()
+    first = np.flatnonzero(out[:, F_FLAGS] & FLAG_PAIR)
+    last = first[max(0, len(first) - k):] if k > 0 else first[:0]
+    out[last, F_FLAGS] &= ~FLAG_PAIR
+    out[last + 1, F_FLAGS] &= ~FLAG_PAIRED
+    return out
+
+
 def _rebalance(lists: list, cost: np.ndarray, partners: int = 8, rounds: int = 1000) -> None:
     """Lower the largest CTA load of an LPT assignment (in place): move a unit of the most
     loaded CTA to one of the ``partners`` least loaded ones, or swap it with a cheaper unit
@@ -143,6 +164,17 @@ def _lpt(cost: np.ndarray, ctas: int) -> tuple[np.ndarray, np.ndarray]:
             load[pick] = load[pick] + x
             lo += m
     return cta, rank
+
+
+def lpt_max_load(items: np.ndarray, num_ctas: int) -> float:
+    """The largest CTA load that :func:`assign_ctas` (without ``rebalance``) would plan."""
+    _, _, cost = unit_costs(items)
+    ctas = max(0, min(num_ctas, len(cost)))
+    if ctas == 0:
+        return 0.0
+    cost = cost[np.argsort(-cost, kind="stable")]
+    cta, _ = _lpt(cost, ctas)
+    return float(np.bincount(cta, weights=cost, minlength=ctas).max())
 
 
 def planned_loads(items: np.ndarray, cta_items: np.ndarray) -> np.ndarray:

@@ -359,6 +359,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         for (int half_ = 0; half_ < 2; half_++) {
             int j = row0 + wrow + half_ * 8;
             if (j >= nrows || j - row0 >= TILE) continue;
+            if (!ABL_ROW_STORES && !kvsplit) continue;
             long b = seq0 + j / a.r, hh = (long)h * a.r + j % a.r;
             long row = b * a.hq + hh;
             long grow = direct ? row : (long)slot * a.rows_total + row;

@@ -96,5 +96,7 @@ inline unsigned long long *timeline_ptr() { return nullptr; }
 #define ATTN_TK_ABLATE 0
 #endif
 constexpr bool ABL_SM = !(ATTN_TK_ABLATE & 1), ABL_QK = !(ATTN_TK_ABLATE & 2), ABL_PV = !(ATTN_TK_ABLATE & 4);
+// Bit 3 skips the epilogue's stores of row-split items (what a staged, coalesced store could win at most).
+constexpr bool ABL_ROW_STORES = !(ATTN_TK_ABLATE & 8);
 
 }  // namespace attn_tk
