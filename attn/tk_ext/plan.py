@@ -171,9 +171,9 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
 
     Shared chunks read by the same range of sequences are consecutive on those sequences'
     paths; each such run becomes one chunk-first group (rows ``[begin, end) x r``). A
-    sequence's private chunks become its sequence-first items. Built with numpy throughout
-    but for a loop over the groups (a ChunkTable built every decode step plans in about a
-    millisecond at the spec sizes).
+    sequence's private chunks become its sequence-first items. Built with numpy but for a
+    loop over the groups' scalars (a serving loop may build and plan a table every step:
+    ``bench/host_time.py``).
 
     Returns
     -------
@@ -192,24 +192,33 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     total += sum(hkv * n * tpc * KV_TILE_COST for n in pcount.tolist())
     cap = split_cap(total, num_sms, split_factor)
     chunk_list: list = []
-    parts = [np.zeros((0, ITEM_INTS), dtype=np.int64)]
     nxt = np.zeros(num_seqs, dtype=np.int64)  # first free slot of each row
-    # Outer ranges first, so nested groups stack their slots above their ancestors'.
+    # Chunk-first items. Each group's scalars first, in order: outer ranges first, so nested
+    # groups stack their slots above their ancestors'. Then every group's items at once: its
+    # splits j, then heads, then row blocks.
+    gs = []  # (begin, rows, chunk list offset, tiles, splits, tiles per split, first slot, slot width)
     for (b, e) in sorted(groups, key=lambda be: (be[0], -be[1])):
         chunks = groups[(b, e)]
-        off = len(chunk_list)
-        chunk_list += chunks
         rows = (e - b) * r
         blocks = _row_blocks(rows)
         ntiles = len(chunks) * tpc
         nsplit = num_splits(ntiles, all(kv for _, kv in blocks), cap)
         width = SLOTS_PER_SPLIT if any(kv for _, kv in blocks) else 1
-        per = math.ceil(ntiles / nsplit)
         base = int(nxt[b:e].max())
-        t0, t1, j, h, row0, kv = _split_grid(nsplit, per, ntiles, (hkv,), blocks)
-        parts.append(_items(len(j), flags=kv, gidx=off, head=h, seq0=b, nrows=rows, row0=row0, t0=t0, t1=t1,
-                            slot=base + width * j))
+        gs.append((b, rows, len(chunk_list), ntiles, nsplit, math.ceil(ntiles / nsplit), base, width, len(blocks)))
+        chunk_list += chunks
         nxt[b:e] = base + width * nsplit
+    g_b, g_rows, g_off, g_nt, g_ns, g_per, g_base, g_width, g_nblk = (
+        np.asarray(col, dtype=np.int64).reshape(-1) for col in (zip(*gs) if gs else [()] * 9))
+    cnt = g_ns * hkv * g_nblk
+    gi = np.repeat(np.arange(len(gs)), cnt)
+    q = np.arange(gi.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    k, h, j = q % g_nblk[gi], (q // g_nblk[gi]) % hkv, q // (g_nblk[gi] * hkv)
+    rows = g_rows[gi]
+    row0 = np.where(rows <= TILE, 0, k * BLOCK_ROWS)
+    parts = [_items(gi.size, flags=(rows - row0 <= TILE).astype(np.int64), gidx=g_off[gi], head=h, seq0=g_b[gi],
+                    nrows=rows, row0=row0, t0=j * g_per[gi], t1=np.minimum(g_nt[gi], (j + 1) * g_per[gi]),
+                    slot=g_base[gi] + g_width[gi] * j)]
     # Sequence-first items: for each sequence with private chunks, its splits j, then heads.
     seqs = np.flatnonzero(pcount > 0)
     nt = pcount[seqs] * tpc
@@ -261,22 +270,31 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
     kv = (items[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
     if (items[kv, F_NROWS] - items[kv, F_ROW0] > DIRECT_KV_ROWS).any():
         return items, False
-    _, rows = _item_rows(items, hkv, r)
     total = num_seqs * hkv * r
-    if rows.size != total or not (np.bincount(rows, minlength=total) == 1).all():
+    if int(_item_row_counts(items).sum()) != total:  # some row in no item or in two: not direct
+        return items, False
+    _, rows = _item_rows(items, hkv, r)
+    if not (np.bincount(rows, minlength=total) == 1).all():
         return items, False
     out = items.copy()
     out[:, F_FLAGS] |= FLAG_DIRECT
     return out, True
 
 
+def _item_row_counts(items: np.ndarray) -> np.ndarray:
+    """How many query rows each item's warpgroups hold (int64)."""
+    it = items.astype(np.int64)
+    kv = (it[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
+    row0 = it[:, F_ROW0]
+    return np.maximum(np.minimum(it[:, F_NROWS], row0 + np.where(kv, TILE, BLOCK_ROWS)) - row0, 0)
+
+
 def _item_rows(items: np.ndarray, hkv: int, r: int) -> tuple[np.ndarray, np.ndarray]:
     """``(item, rows)``: for each query row that an item's warpgroups hold, the item's index
     and the global row (``b * hq + head``), concatenated in item order (int64)."""
     it = items.astype(np.int64)
-    kv = (it[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
     row0 = it[:, F_ROW0]
-    count = np.maximum(np.minimum(it[:, F_NROWS], row0 + np.where(kv, TILE, BLOCK_ROWS)) - row0, 0)
+    count = _item_row_counts(it)
     item = np.repeat(np.arange(len(it)), count)
     j = row0[item] + np.arange(item.size) - np.repeat(np.cumsum(count) - count, count)
     return item, ((it[item, F_SEQ0] + j // r) * hkv + it[item, F_HEAD]) * r + j % r
