@@ -62,6 +62,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     // every tile, on the critical path of each iteration.
     // (ATTN_TK_STAGE_VALID=0: the consumers read them from global memory, as in H200 run 0008.)
     __shared__ int stage_valid[STAGES];
+#if ATTN_TK_STAGED_STORE
+    __shared__ staging<T, D> ep_stage[NWG * 4];  // one per consumer warp
+#endif
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
@@ -355,6 +358,22 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         void *const out_base = direct ? a.out : a.part_out;
         float *const lse_base = direct ? a.lse : a.part_lse;
 #endif
+#if ATTN_TK_STAGED_STORE && ATTN_TK_FAST_EPILOGUE
+        // Row-split items' outs in T leave through the warp's staging rows (the lse below).
+        const bool staged = !kvsplit && half_out && ABL_ROW_STORES;
+        if (staged) {
+            auto grow_of = [&](int i) -> long {
+                const int j = row0 + wq * 16 + i;
+                if (j >= nrows || j - row0 >= TILE) return -1;
+                const long row = (seq0 + j / a.r) * (long)a.hq + (long)h * a.r + j % a.r;
+                return direct ? row : (long)slot * a.rows_total + row;
+            };
+            store_rows_staged<T, D>(reinterpret_cast<T *>(out_base), o, any ? __fdividef(1.f, l[0][0].x) : 0.f,
+                                    any ? __fdividef(1.f, l[0][0].y) : 0.f, ep_stage[warpid()], grow_of);
+        }
+#else
+        constexpr bool staged = false;
+#endif
         #pragma unroll
         for (int half_ = 0; half_ < 2; half_++) {
             int j = row0 + wrow + half_ * 8;
@@ -369,7 +388,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // l >= 1 whenever any (m is a max of scores seen, so the row's largest key adds
             // 2^(s - m) >= 1): MUFU's reciprocal and log2 are within 2 ulp and 2^-22 there.
             const float inv = any ? __fdividef(1.f, lv) : 0.f;
-            if (half_out) {
+            if (staged) {
+            } else if (half_out) {
                 if (half_) store_row<T, D, 1>(out_base, grow, o, inv);
                 else store_row<T, D, 0>(out_base, grow, o, inv);
             } else {

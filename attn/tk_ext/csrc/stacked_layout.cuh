@@ -53,6 +53,12 @@ using namespace kittens;
 #define ATTN_TK_PREFETCH 1
 #endif
 
+// 1: row-split items store their outputs through a per-warp staging buffer (store_rows_staged,
+// 17 KB of shared memory at D = 128). Not measured yet.
+#ifndef ATTN_TK_STAGED_STORE
+#define ATTN_TK_STAGED_STORE 0
+#endif
+
 constexpr int NWG = 2;               // consumer warpgroups
 constexpr int NTHREADS = (NWG + 1) * 128;
 constexpr int ITEM_INTS = 12;
