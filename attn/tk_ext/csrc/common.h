@@ -7,6 +7,15 @@
 #include <c10/util/Optional.h>
 #include <vector>
 
+// 1: programmatic dependent launch of the merge after the stacked kernel (Hopper): every
+// stacked CTA signals at its start (griddepcontrol.launch_dependents), so the merge grid is
+// launched while the stacked kernel runs and its blocks take SMs as the stacked CTAs exit (the
+// CTAs end up to ~9 us apart, H200 timelines); each merge block waits (griddepcontrol.wait) for
+// the whole stacked grid and its writes before it reads a partial state. Not measured yet.
+#ifndef ATTN_TK_PDL
+#define ATTN_TK_PDL 0
+#endif
+
 // The outputs of direct items (stacked.cuh): out [rows, D] in q's dtype, lse float [rows].
 inline void check_direct_outputs(const at::Tensor &q, const at::Tensor &out, const at::Tensor &lse) {
     TORCH_CHECK(out.scalar_type() == q.scalar_type() && out.is_contiguous() && lse.is_contiguous(),

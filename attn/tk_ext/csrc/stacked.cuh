@@ -94,6 +94,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     }
     __syncthreads();
 
+#if ATTN_TK_PDL
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge may launch (common.h)
+#endif
     // Persistent: this CTA runs items [first, last) of the (host-balanced) table, and the
     // tile ring runs on across items, so the producer streams the next item's K/V while the
     // consumers finish the current one.

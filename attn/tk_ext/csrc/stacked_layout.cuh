@@ -53,6 +53,10 @@ using namespace kittens;
 #define ATTN_TK_PREFETCH 1
 #endif
 
+// Programmatic dependent launch of the merge (common.h says what it does).
+#ifndef ATTN_TK_PDL
+#define ATTN_TK_PDL 0
+#endif
 // 1: row-split items store their outputs through a per-warp staging buffer (store_rows_staged,
 // 17 KB of shared memory at D = 128). Not measured yet.
 #ifndef ATTN_TK_STAGED_STORE
