@@ -1176,3 +1176,44 @@ def test_ncu_stalls_sums_samples_by_reason():
             {"Source": "B", "stall_no_inst": "1,010", "stall_wait": "15", "stall_long_sb": "0", "stall_no_inst (Not Issued)": "9"}]
     out = mod.by_reason(fields, rows, 2000.0).splitlines()
     assert out == ["by stall reason:", " 52.00 %  stall_no_inst", "  1.00 %  stall_wait"]
+
+
+def test_merge_counts_only_for_a_fused_build_and_a_covered_plan(monkeypatch):
+    """The backend's merge counters (csrc/fused_merge.cuh): none, so the merge runs as its own
+    launch, for a direct or uncovered plan, a forced -inf fill, or a build without
+    ATTN_TK_FUSED_MERGE (these checks come before any CUDA call)."""
+    import types
+
+    tk = tkb.TKBackend()
+    plain = types.SimpleNamespace(fused_merge=lambda: False)
+    fused = types.SimpleNamespace(fused_merge=lambda: True)
+    dev = torch.device("cpu")
+    monkeypatch.delenv("ATTN_TK_LSE_FILL", raising=False)
+    assert tk._merge_counts(plain, False, True, 64, dev) is None
+    assert tk._merge_counts(fused, True, True, 64, dev) is None
+    assert tk._merge_counts(fused, False, False, 64, dev) is None
+    monkeypatch.setenv("ATTN_TK_LSE_FILL", "1")
+    assert tk._merge_counts(fused, False, True, 64, dev) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["shared_prefix", "chunk"])
+def test_gpu_fused_merge_leaves_its_counters_zero(tk, op):
+    """A build with -DATTN_TK_FUSED_MERGE=1 merges rows in the kernel: its counters are zero
+    again after every launch, so a second call (and a graph replay) gives the same result."""
+    ext = tk._ext()
+    if not ext.fused_merge():
+        pytest.skip("the tk extension was built without -DATTN_TK_FUSED_MERGE=1")
+    w = W("", 64, 32, 8, ((1, 2048), (4, 300)), 200, 128, ragged=True)
+    inp = make_inputs(w, torch.bfloat16, "cuda", seed=8)
+    if op == "chunk":
+        inp = to_chunk_form(inp, 64, shuffle=True, seed=8)
+    out1, lse1 = _call(op, inp, "tk")
+    out2, lse2 = _call(op, inp, "tk")
+    torch.cuda.synchronize()
+    counts = [c for c in tk._counts.values()]
+    assert counts and all(int(c.abs().max()) == 0 for c in counts)
+    assert torch.equal(out1, out2) and torch.equal(lse1, lse2)
+    prob = shared_prefix_problem(*inp.args()) if op == "shared_prefix" else chunk_problem(*inp.args())
+    verdict = Oracle(prob).judge(out1, lse1)
+    assert verdict.ok, str(verdict)

@@ -143,6 +143,7 @@ class TKBackend(Backend):
     def __init__(self):
         self._plans: dict = {}
         self._sms: dict = {}
+        self._counts: dict = {}  # (device index, stream) -> int32 merge counters, zero between launches
 
     # ---- availability -------------------------------------------------------------
     def unavailable_reasons(self) -> list[str]:
@@ -288,8 +289,9 @@ class TKBackend(Backend):
         items, ctas, nslot, direct, covered = self.level_items(p)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
-        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse)
-        return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
+        counts = self._merge_counts(ext, direct, covered, b * hq, p.device)
+        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse, counts)
+        return self._finish(ext, po, pl, out, lse, direct or counts is not None, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
         """The device item table, CTA ranges, chunk list, slot count, directness and coverage of
@@ -319,9 +321,10 @@ class TKBackend(Backend):
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
+        counts = self._merge_counts(ext, direct, covered, n * hq, p.device)
         ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
-                           items, ctas, p.scale, po, pl, out, lse)
-        return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
+                           items, ctas, p.scale, po, pl, out, lse, counts)
+        return self._finish(ext, po, pl, out, lse, direct or counts is not None, (n, hq, d))
 
     @staticmethod
     def _buffers(nslot, direct, covered, shape, dtype, device):
@@ -342,8 +345,32 @@ class TKBackend(Backend):
             pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=device)
         return po, pl, out, lse
 
+    def _merge_counts(self, ext, direct: bool, covered: bool, rows: int, device):
+        """The merge counters of a launch whose items merge the rows themselves (an extension
+        built with ``-DATTN_TK_FUSED_MERGE=1``, a covered plan: ``csrc/fused_merge.cuh``), or
+        ``None``: the merge runs as its own launch.
+
+        Counters are int32, one per query row, and kept per device and stream: the kernel's
+        mergers set them back to zero, so a later launch on the same stream (or a CUDA-graph
+        replay) finds them zero, and launches on different streams never share them. A stream
+        being captured without counters of the size allocated yet gets the separate merge
+        (allocating during capture would tie them to the graph's memory)."""
+        if direct or not covered or lse_fill() or not ext.fused_merge():
+            return None
+        stream = torch.cuda.current_stream(device)
+        key = (device.index if device.index is not None else torch.cuda.current_device(), stream.cuda_stream)
+        have = self._counts.get(key)
+        if have is None or have.numel() < rows:
+            if torch.cuda.is_current_stream_capturing():
+                return None
+            have = torch.zeros(max(rows, 2 * (have.numel() if have is not None else 0)), dtype=torch.int32,
+                               device=device)
+            self._counts[key] = have
+        return have
+
     @staticmethod
     def _finish(ext, po, pl, out, lse, direct, shape):
+        """``direct``: the launch wrote out / lse (direct items, or rows merged in the kernel)."""
         b, hq, d = shape
         if not direct:
             ext.merge(po, pl, out, lse)

@@ -347,3 +347,5 @@ void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse) 
 #undef ATTN_TK_MERGE
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+bool tk_fused_merge_built() { return ATTN_TK_FUSED_MERGE; }

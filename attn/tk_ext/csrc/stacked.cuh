@@ -33,6 +33,7 @@
 #include "stacked_sync.cuh"
 #include "query_gather.cuh"
 #include "ring_producer.cuh"
+#include "fused_merge.cuh"
 
 namespace attn_tk {
 
@@ -417,6 +418,19 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             }
 #endif
         }
+#if ATTN_TK_FUSED_MERGE
+        if (a.merge_count) {  // a covered plan: count this warp's states, merge the rows they complete
+            auto held = [&](int half_) {
+                const int j = row0 + wrow + half_ * 8;
+                return j < nrows && j - row0 < TILE;
+            };
+            auto row_of = [&](int half_) -> long {
+                const int j = row0 + wrow + half_ * 8;
+                return (seq0 + j / a.r) * (long)a.hq + (long)h * a.r + j % a.r;
+            };
+            count_and_merge<T, D>(a, held(0), held(1), clear_next ? 2 : 1, row_of);
+        }
+#endif
         timeline(a, mi, wg, TL_STORED);
         timeline(a, mi, wg, TL_KWAIT, kwait);
         timeline(a, mi, wg, TL_VWAIT, vwait);

@@ -53,6 +53,11 @@ using namespace kittens;
 #define ATTN_TK_PREFETCH 1
 #endif
 
+// 1: the stacked kernel merges each row's states in the item that writes its last one
+// (fused_merge.cuh). Not measured yet.
+#ifndef ATTN_TK_FUSED_MERGE
+#define ATTN_TK_FUSED_MERGE 0
+#endif
 // Programmatic dependent launch of the merge (common.h says what it does).
 #ifndef ATTN_TK_PDL
 #define ATTN_TK_PDL 0
@@ -159,6 +164,10 @@ struct common_args {
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
     int *trace;                // ATTN_TK_TRACE builds: device [ctas, NTHREADS / 32, 4]; else unused
     unsigned long long *timeline;  // ATTN_TK_TIMELINE builds: device [num_items, NWG, TL_FIELDS]; else unused
+#if ATTN_TK_FUSED_MERGE
+    int *merge_count;          // [rows_total], zero at launch, or nullptr: the merge runs as its own launch
+    int nslot;                 // partial slots (a covered plan: every row counts to nslot)
+#endif
 };
 
 }  // namespace attn_tk
