@@ -350,22 +350,22 @@ class TKBackend(Backend):
         built with ``-DATTN_TK_FUSED_MERGE=1``, a covered plan: ``csrc/fused_merge.cuh``), or
         ``None``: the merge runs as its own launch.
 
-        Counters are int32, one per query row, and kept per device and stream: the kernel's
-        mergers set them back to zero, so a later launch on the same stream (or a CUDA-graph
-        replay) finds them zero, and launches on different streams never share them. A stream
-        being captured without counters of the size allocated yet gets the separate merge
-        (allocating during capture would tie them to the graph's memory)."""
+        Counters are int32, one per query row. The kernel's mergers set them back to zero, so
+        they are kept per device and stream: a later launch on the same stream finds them
+        zero, and launches on different streams never share them. A call captured into a CUDA
+        graph gets zeros of its own (from the graph's pool, one memset node in the graph), as
+        the graph may be replayed on any stream."""
         if direct or not covered or lse_fill() or not ext.fused_merge():
             return None
+        if torch.cuda.is_current_stream_capturing():  # a graph may replay on any stream: its own
+            return torch.zeros(rows, dtype=torch.int32, device=device)
         stream = torch.cuda.current_stream(device)
         key = (device.index if device.index is not None else torch.cuda.current_device(), stream.cuda_stream)
         have = self._counts.get(key)
-        if have is None or have.numel() < rows:
-            if torch.cuda.is_current_stream_capturing():
-                return None
-            have = torch.zeros(max(rows, 2 * (have.numel() if have is not None else 0)), dtype=torch.int32,
-                               device=device)
-            self._counts[key] = have
+        if have is not None and have.numel() >= rows:
+            return have
+        have = torch.zeros(max(rows, 2 * (have.numel() if have is not None else 0)), dtype=torch.int32, device=device)
+        self._counts[key] = have
         return have
 
     @staticmethod

@@ -71,26 +71,32 @@ __device__ inline void merge_row_quad(const common_args &a, long row, int q) {
 
 // After a warp's epilogue stores: for each of this thread's two rows (MMA rows lane / 4 and
 // lane / 4 + 8, `held`: a row of the item this warp stored), count its state(s) and, where that
-// was the row's last, merge the row. Every lane of the warp must call it.
+// was the row's last, merge the row. Every lane of the warp must call it. One fence for both
+// rows, and both counts in flight at once: the fence waits for this thread's stores, and the
+// counts' round trip is the epilogue's new latency (a cost per item that the merge launch it
+// replaces must outweigh).
 template<typename T, int D, typename ROW>
 __device__ inline void count_and_merge(const common_args &a, bool held0, bool held1, int states, ROW row_of) {
     const int lane = threadIdx.x % 32;
     __syncwarp();  // the quads' stores of both rows come before their leaders' fences
+    const long row0 = held0 ? row_of(0) : 0, row1 = held1 ? row_of(1) : 0;
+    int last0 = 0, last1 = 0;
+    if ((held0 || held1) && lane % 4 == 0) {
+        __threadfence();  // release: this thread's rows' states (and its quad's) before the counts
+        const int c0 = held0 ? atomicAdd(a.merge_count + row0, states) : -states;
+        const int c1 = held1 ? atomicAdd(a.merge_count + row1, states) : -states;
+        last0 = c0 + states == a.nslot;
+        last1 = c1 + states == a.nslot;
+    }
+    last0 = __shfl_sync(0xffffffffu, last0, lane & ~3);
+    last1 = __shfl_sync(0xffffffffu, last1, lane & ~3);
+    if (last0 || last1) __threadfence();  // acquire: every writer's states before the reads
     #pragma unroll
     for (int half = 0; half < 2; half++) {
-        const bool held = half ? held1 : held0;
-        const long row = held ? row_of(half) : 0;
-        int last = 0;
-        if (held && lane % 4 == 0) {
-            __threadfence();  // release: this row's states before the count
-            last = atomicAdd(a.merge_count + row, states) + states == a.nslot;
-        }
-        last = __shfl_sync(0xffffffffu, last, lane & ~3);
-        if (last) {
-            __threadfence();  // acquire: every writer's states before the reads
-            merge_row_quad<T, D>(a, row, lane % 4);
-            if (lane % 4 == 0) a.merge_count[row] = 0;  // zero again for the next launch
-        }
+        if (!(half ? last1 : last0)) continue;
+        const long row = half ? row1 : row0;
+        merge_row_quad<T, D>(a, row, lane % 4);
+        if (lane % 4 == 0) a.merge_count[row] = 0;  // zero again for the next launch
     }
 }
 #endif
