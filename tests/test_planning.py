@@ -208,3 +208,60 @@ def test_backend_unpairs_the_tail_where_the_plan_says_it_evens_the_ctas(monkeypa
     assert p1 < p0 and l1 < l0 * (1 - plan.SPLIT_TOLERANCE) and c0 and c1 and s0 == s1
     hydragen = (1024, 8, 1, [(1, 2048)], 256)
     assert placed("1", hydragen) == placed("0", hydragen)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["two-level", "no-share", "tree", "rows200"])
+@pytest.mark.parametrize("unpair", ["0", "1"])
+def test_covered_plans_count_every_row_to_nslot(shape, unpair, monkeypatch):
+    """What csrc/fused_merge.cuh relies on: in a covered plan every row receives exactly nslot
+    state writes, counted as the kernel counts them (a lone kv-split item's two warpgroups
+    write slot and slot + 1; any other item writes its slot, and slot + 1 too when it has
+    FLAG_CLEAR_NEXT), so the write that brings a row's counter to nslot is its last."""
+    import types
+
+    from attn.tk_ext import backend as tkb
+
+    batch, hq, hkv, levels, suffix = shape
+    monkeypatch.setenv("ATTN_TK_UNPAIR", unpair)
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
+    p = types.SimpleNamespace(batch=batch, num_q_heads=hq, num_kv_heads=hkv, suffix_capacity=suffix,
+                              prefix_k=[torch.empty(g, n, 1, 1) for g, n in levels], suffix_lens=None,
+                              device=torch.device("cpu"))
+    items, _, nslot, direct, covered = tk.level_items(p)
+    items = items.numpy()
+    if direct or not covered:
+        return
+    flags = items[:, plan.F_FLAGS]
+    lone = ((flags & plan.FLAG_KV_SPLIT) != 0) & ((flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) == 0)
+    states = np.where(lone, 2, 1 + ((flags & plan.FLAG_CLEAR_NEXT) != 0))
+    item, rows = plan._item_rows(items, hkv, hq // hkv)
+    count = np.bincount(rows, weights=states[item], minlength=batch * hq)
+    assert count.size == batch * hq and (count == nslot).all()
+
+
+@pytest.mark.parametrize("chunk", [64, 128])
+def test_covered_chunk_plans_count_every_row_to_nslot(chunk, monkeypatch):
+    from attn.problems import chunk_problem
+    from attn.tk_ext import backend as tkb
+
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
+    checked = 0
+    for w in (Workload("a", 40, 8, 2, ((1, 600), (4, 200)), 90, 8, ragged=True),
+              Workload("b", 128, 32, 8, ((1, 2048), (8, 512), (32, 128)), 64, 8),
+              Workload("c", 24, 8, 2, ((1, 300), (3, 130), (6, 40)), 70, 8, ragged=True)):
+        p = chunk_problem(*to_chunk_form(make_inputs(w, torch.float16, "cpu", seed=3), chunk, shuffle=True,
+                                         seed=3).args())
+        items, _, _, nslot, direct, covered = tk.chunk_items(p)
+        if direct or not covered:
+            continue
+        items = items.numpy()
+        flags = items[:, plan.F_FLAGS]
+        lone = ((flags & plan.FLAG_KV_SPLIT) != 0) & ((flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED)) == 0)
+        states = np.where(lone, 2, 1 + ((flags & plan.FLAG_CLEAR_NEXT) != 0))
+        item, rows = plan._item_rows(items, w.kv_heads, w.q_heads // w.kv_heads)
+        count = np.bincount(rows, weights=states[item], minlength=p.table.num_seqs * w.q_heads)
+        assert (count == nslot).all(), w.name
+        checked += 1
+    assert checked >= 1
