@@ -6,7 +6,8 @@
 # each variant saved as run NAME-v<i>, the gate of each against the first, and Nsight Compute
 # stall samples per SASS instruction (bench/ncu_stalls.py) of the first variant on NCU_CASES.
 #   NCU_CASES="gqa-8b-long:shared_prefix" bash bench/tk_variants.sh NAME default "-DATTN_TK_QBUFS=2"
-# SKIP_TESTS=1 skips the tests; NCU_CASES="" skips Nsight Compute. At most 8 files land in $OUT.
+# SKIP_TESTS=1 skips the tests; NCU_CASES="" skips Nsight Compute; BASE=i gates every variant
+# against variant i (default 0). At most 8 files land in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1 ATTN_CACHE_DIR=${ATTN_CACHE_DIR:-/tmp/attn-cache-variants}
@@ -50,8 +51,10 @@ for i in "${!variants[@]}"; do
   cp "$(ls -t "$store"/*/*.json | head -1)" "$out/"
 done
 runs=($(ls -t "$store"/*/*"$name"-v*.json | tac | xargs -n1 basename | cut -d_ -f1))
-for r in "${runs[@]:1}"; do
-  python3 bench/gate.py --results "$store" --run "$r" --against "${runs[0]}" 2>&1 | tee -a "$log"
+base=${BASE:-0}  # the variant the others are gated against
+for i in "${!runs[@]}"; do
+  [ "$i" = "$base" ] && continue
+  python3 bench/gate.py --results "$store" --run "${runs[$i]}" --against "${runs[$base]}" 2>&1 | tee -a "$log"
 done
 for c in ${NCU_CASES-gqa-8b-long:shared_prefix}; do
   n=${c%%:*}; op=${c##*:}
