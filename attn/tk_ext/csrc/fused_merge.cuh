@@ -9,7 +9,10 @@
 // to nslot is the row's last, and the four lanes of its quad merge the row at once. Only
 // covered plans fuse (every (slot, row) written by one item: plan.clear_unwritten), whose
 // rows all count to nslot. The merger sets the counter back to 0, so the counters (per
-// stream, backend.py) are zero at every launch and CUDA-graph replays need no memset.
+// stream, backend.py) are zero at every launch.
+// ATTN_TK_FUSED_MERGE=1: each consumer warp counts its own rows after its stores (a fence and
+// an atomic round trip on its path, every item). =2: the consumers only arrive on a shared-
+// memory barrier; warp 2 of the producer warpgroup (idle otherwise) counts and merges.
 #pragma once
 
 #include "stacked_layout.cuh"
@@ -18,6 +21,10 @@
 namespace attn_tk {
 
 #if ATTN_TK_FUSED_MERGE
+// Release before a count, acquire after the last one: acq_rel is all the pattern needs
+// (__threadfence() is fence.sc, MEMBAR.SC.GPU in the SASS).
+__device__ inline void fence_gpu() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
+
 __device__ inline float to_float(float x) { return x; }
 __device__ inline float to_float(bf16 x) { return __bfloat162float(x); }
 __device__ inline float to_float(half x) { return __half2float(x); }
@@ -82,7 +89,7 @@ __device__ inline void count_and_merge(const common_args &a, bool held0, bool he
     const long row0 = held0 ? row_of(0) : 0, row1 = held1 ? row_of(1) : 0;
     int last0 = 0, last1 = 0;
     if ((held0 || held1) && lane % 4 == 0) {
-        __threadfence();  // release: this thread's rows' states (and its quad's) before the counts
+        fence_gpu();  // release: this thread's rows' states (and its quad's) before the counts
         const int c0 = held0 ? atomicAdd(a.merge_count + row0, states) : -states;
         const int c1 = held1 ? atomicAdd(a.merge_count + row1, states) : -states;
         last0 = c0 + states == a.nslot;
@@ -90,7 +97,7 @@ __device__ inline void count_and_merge(const common_args &a, bool held0, bool he
     }
     last0 = __shfl_sync(0xffffffffu, last0, lane & ~3);
     last1 = __shfl_sync(0xffffffffu, last1, lane & ~3);
-    if (last0 || last1) __threadfence();  // acquire: every writer's states before the reads
+    if (last0 || last1) fence_gpu();  // acquire: every writer's states before the reads
     #pragma unroll
     for (int half = 0; half < 2; half++) {
         if (!(half ? last1 : last0)) continue;
@@ -98,6 +105,112 @@ __device__ inline void count_and_merge(const common_args &a, bool held0, bool he
         merge_row_quad<T, D>(a, row, lane % 4);
         if (lane % 4 == 0) a.merge_count[row] = 0;  // zero again for the next launch
     }
+}
+#endif
+
+#if ATTN_TK_FUSED_MERGE == 2
+// The merger warp's variant: the consumers only arrive on epi_done[turn % EPI_BUFS] after each
+// turn's epilogue (a shared-memory barrier: no fence, no atomic on their path), and warp 2 of
+// the producer warpgroup, idle otherwise, counts the turn's rows (a fence, then 32 atomics at
+// a time) and merges the rows it completes, a whole warp per row. epi_free[b] hands the
+// barrier back, so that the consumers never run EPI_BUFS turns ahead of the merger.
+constexpr int EPI_BUFS = 4;
+
+// Row `row`'s states into out / lse by one warp: lane l takes columns [l D / 32, (l + 1) D / 32).
+template<typename T, int D>
+__device__ inline void merge_row_warp(const common_args &a, long row, int lane) {
+    constexpr int N = D / 32;
+    const long R = a.rows_total;
+    float m = -INFINITY;
+    for (int s = 0; s < a.nslot; s++) m = fmaxf(m, __ldcg(a.part_lse + s * R + row));
+    float acc[N];
+    #pragma unroll
+    for (int i = 0; i < N; i++) acc[i] = 0.f;
+    float l = 0.f;
+    if (m != -INFINITY) {
+        for (int s = 0; s < a.nslot; s++) {
+            const float ls = __ldcg(a.part_lse + s * R + row);
+            if (ls == -INFINITY) continue;
+            const float w = __expf(ls - m);
+            l += w;
+            const long at = (s * R + row) * D + lane * N;
+            #pragma unroll
+            for (int i = 0; i < N; i++) {
+                float v;
+                if (a.half_parts) {
+                    const unsigned short bits = __ldcg(reinterpret_cast<const unsigned short *>(a.part_out) + at + i);
+                    T x;
+                    memcpy(&x, &bits, sizeof(x));
+                    v = to_float(x);
+                } else {
+                    v = __ldcg(reinterpret_cast<const float *>(a.part_out) + at + i);
+                }
+                acc[i] += w * v;
+            }
+        }
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    T *dst = reinterpret_cast<T *>(a.out) + row * D + lane * N;
+    #pragma unroll
+    for (int i = 0; i < N; i += 2) store2<T>(dst + i, acc[i] * inv, acc[i + 1] * inv);
+    if (lane == 0) a.lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
+// Count one item's rows (as its warpgroups wrote them: a lone kv-split item's two write two
+// states a row, any other item one, plus one with FLAG_CLEAR_NEXT) and merge those completed.
+template<typename T, int D>
+__device__ inline void count_item(const common_args &a, const int *it) {
+    const int lane = threadIdx.x % 32;
+    const int flags = it[F_FLAGS];
+    const bool kv = flags & FLAG_KV_SPLIT, paired = flags & (FLAG_PAIR | FLAG_PAIRED);
+    const int states = kv && !paired ? 2 : 1 + ((flags & FLAG_CLEAR_NEXT) ? 1 : 0);
+    const int row0 = it[F_ROW0], end = min(it[F_NROWS], row0 + (kv ? TILE : NWG * TILE));
+    const int seq0 = it[F_SEQ0], h = it[F_HEAD];
+    for (int j0 = row0; j0 < end; j0 += 32) {
+        const int j = j0 + lane;
+        const bool held = j < end;
+        const long row = held ? (seq0 + j / a.r) * (long)a.hq + (long)h * a.r + j % a.r : 0;
+        bool done_ = false;
+        if (held) {
+            fence_gpu();  // release: the CTA's stores of the turn (acquired through epi_done)
+            done_ = atomicAdd(a.merge_count + row, states) + states == a.nslot;
+        }
+        unsigned todo = __ballot_sync(0xffffffffu, done_);
+        if (todo) fence_gpu();  // acquire: every writer's states before the reads
+        while (todo) {
+            const int b = __ffs(todo) - 1;
+            todo &= todo - 1;
+            const long r = __shfl_sync(0xffffffffu, row, b);
+            merge_row_warp<T, D>(a, r, lane);
+            if (lane == 0) a.merge_count[r] = 0;  // zero again for the next launch
+        }
+    }
+}
+
+// Warp 2 of the producer warpgroup: the turns [first, last) of this CTA, in the consumers' order.
+template<typename T, int D>
+__device__ inline void merge_turns(const common_args &a, int first, int last, semaphore *epi_done, semaphore *epi_free) {
+    int turn = 0;
+    for (int i = first; i < last; i++, turn++) {
+        const int *it = a.items + (long)i * ITEM_INTS;
+        const bool pair = it[F_FLAGS] & FLAG_PAIR;
+        wait(epi_done[turn % EPI_BUFS], (turn / EPI_BUFS) & 1);
+        count_item<T, D>(a, it);
+        if (pair) count_item<T, D>(a, it + ITEM_INTS);
+        __syncwarp();
+        if (threadIdx.x % 32 == 0) arrive(epi_free[turn % EPI_BUFS]);
+        i += pair;
+    }
+}
+
+// A consumer warp's end of a turn: its epilogue's stores are done (every lane).
+__device__ inline void turn_stored(semaphore *epi_done, semaphore *epi_free, int turn) {
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) {
+        if (turn >= EPI_BUFS) wait(epi_free[turn % EPI_BUFS], ((turn / EPI_BUFS) - 1) & 1);
+        arrive(epi_done[turn % EPI_BUFS]);  // release (cta): this warp's stores, ordered by __syncwarp
+    }
+    __syncwarp();
 }
 #endif
 

@@ -66,6 +66,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 #if ATTN_TK_STAGED_STORE
     __shared__ staging<T, D> ep_stage[NWG * 4];  // one per consumer warp
 #endif
+#if ATTN_TK_FUSED_MERGE == 2
+    __shared__ semaphore epi_done[EPI_BUFS], epi_free[EPI_BUFS];  // fused_merge.cuh
+#endif
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
@@ -86,6 +89,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // few-row decode item that stores rows in the epilogue.
             init_semaphore(q_empty[b], NWG * 4, 0);
         }
+#if ATTN_TK_FUSED_MERGE == 2
+        for (int b = 0; b < EPI_BUFS; b++) {
+            init_semaphore(epi_done[b], NWG * 4, 0);  // every consumer warp, once a turn
+            init_semaphore(epi_free[b], 1, 0);        // the merger warp's lane 0
+        }
+#endif
     }
     {
         // load_q writes only the valid rows of an item: the others must hold finite values.
@@ -106,6 +115,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
         if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, q_smem, q_full, q_empty);
+#if ATTN_TK_FUSED_MERGE == 2
+        if (warpid() % 4 == 2 && a.merge_count) merge_turns<T, D>(a, first, last, epi_done, epi_free);
+#endif
         if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, k_smem, v_smem, k_full, v_full, done, stage_valid, q_full);
         return;
     }
@@ -117,6 +129,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (pingpong && wg == 1) turn_pass(wg);
     int g = 0;  // tiles consumed so far by this CTA: ring stage g % STAGES, phase (g / STAGES) & 1
     int qs = 0;  // query slots used so far (as the query warp counts them)
+#if ATTN_TK_FUSED_MERGE == 2
+    int turn = 0;  // loop turns done (the merger warp counts them alike)
+#endif
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
         // A pair (items i, i + 1) is one turn of this loop: this warpgroup runs item mi.
@@ -418,7 +433,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             }
 #endif
         }
-#if ATTN_TK_FUSED_MERGE
+#if ATTN_TK_FUSED_MERGE == 2
+        if (a.merge_count) turn_stored(epi_done, epi_free, turn++);  // the merger warp counts and merges
+#elif ATTN_TK_FUSED_MERGE
         if (a.merge_count) {  // a covered plan: count this warp's states, merge the rows they complete
             auto held = [&](int half_) {
                 const int j = row0 + wrow + half_ * 8;

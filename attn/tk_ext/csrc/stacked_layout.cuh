@@ -53,8 +53,8 @@ using namespace kittens;
 #define ATTN_TK_PREFETCH 1
 #endif
 
-// 1: the stacked kernel merges each row's states in the item that writes its last one
-// (fused_merge.cuh). Not measured yet.
+// 1 or 2: the stacked kernel merges each row's states once its last one is written, in the
+// consumer warp that wrote it (1) or in a merger warp (2): fused_merge.cuh. Not measured yet.
 #ifndef ATTN_TK_FUSED_MERGE
 #define ATTN_TK_FUSED_MERGE 0
 #endif
@@ -102,12 +102,12 @@ enum ItemField {
     F_KEYLEN = 9,     // level mode: keys of the source; -1 = suffix_lens[gidx]
     F_SLOT = 10,      // partial slot (kv split: slot + warpgroup)
 };
-// Bits of F_FLAGS (plan.py: the same, and FLAG_PAIRED = 8 on a pair's second item, which the
-// kernel does not read). FLAG_CLEAR_NEXT marks an item writing one slot of a two-slot split
+// Bits of F_FLAGS (plan.py: the same; FLAG_PAIRED marks a pair's second item, read only by the
+// merger warp of ATTN_TK_FUSED_MERGE=2). FLAG_CLEAR_NEXT marks an item writing one slot of a two-slot split
 // (paired, or row-split beside kv-split blocks) whose slot + 1 no item writes: it writes that
 // lse as -inf itself, so the partial lses need no -inf fill before the launch
 // (plan.clear_unwritten).
-enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4, FLAG_CLEAR_NEXT = 16 };
+enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4, FLAG_PAIRED = 8, FLAG_CLEAR_NEXT = 16 };
 
 template<typename T> struct dt {};
 template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
