@@ -17,6 +17,7 @@
 
 #include "stacked_layout.cuh"
 #include "stacked_sync.cuh"
+#include <type_traits>
 
 namespace attn_tk {
 
@@ -29,28 +30,31 @@ __device__ inline float to_float(float x) { return x; }
 __device__ inline float to_float(bf16 x) { return __bfloat162float(x); }
 __device__ inline float to_float(half x) { return __half2float(x); }
 
-// acc += w * src[0 .. N), src 16-byte aligned. Through L2 only (ld.global.cg): other SMs wrote
-// these states during this launch, and this SM's L1 may hold older copies of their lines
-// (lses of neighbouring rows share lines).
+// acc += w * src[0 .. N), src aligned to its loads (the widest of 16, 8, 4 bytes that N
+// values fill). Through L2 only (ld.global.cg): other SMs wrote these states during this
+// launch, and this SM's L1 may hold older copies of their lines (lses of neighbouring rows
+// share lines).
 template<typename U, int N>
 __device__ inline void add_cols(float (&acc)[N], float w, const U *src) {
-    constexpr int PER = 16 / (int)sizeof(U);
-    static_assert(N % PER == 0, "whole 16-byte loads");
+    constexpr int BYTES = N * (int)sizeof(U);
+    using V = std::conditional_t<BYTES % 16 == 0, int4, std::conditional_t<BYTES % 8 == 0, int2, int>>;
+    constexpr int PER = (int)(sizeof(V) / sizeof(U));
+    static_assert(BYTES % sizeof(V) == 0 && PER >= 1, "whole loads");
     #pragma unroll
     for (int c = 0; c < N / PER; c++) {
-        const int4 raw = __ldcg(reinterpret_cast<const int4 *>(src) + c);
+        const V raw = __ldcg(reinterpret_cast<const V *>(src) + c);
         const U *u = reinterpret_cast<const U *>(&raw);
         #pragma unroll
         for (int i = 0; i < PER; i++) acc[c * PER + i] += w * to_float(u[i]);
     }
 }
 
-// Row `row`'s nslot partial states into out / lse (natural log), as merge.cu does: lane q of
-// the quad takes columns [q D / 4, (q + 1) D / 4). States with lse = -inf are never read; a
-// row with none gets out = 0, lse = -inf.
-template<typename T, int D>
-__device__ inline void merge_row_quad(const common_args &a, long row, int q) {
-    constexpr int N = D / 4;
+// Row `row`'s nslot partial states into out / lse (natural log), as merge.cu does, by LANES
+// lanes: lane q of them takes columns [q D / LANES, (q + 1) D / LANES). States with lse = -inf
+// are never read; a row with none gets out = 0, lse = -inf.
+template<typename T, int D, int LANES>
+__device__ inline void merge_row(const common_args &a, long row, int q) {
+    constexpr int N = D / LANES;
     const long R = a.rows_total;
     float m = -INFINITY;
     for (int s = 0; s < a.nslot; s++) m = fmaxf(m, __ldcg(a.part_lse + s * R + row));
@@ -102,7 +106,7 @@ __device__ inline void count_and_merge(const common_args &a, bool held0, bool he
     for (int half = 0; half < 2; half++) {
         if (!(half ? last1 : last0)) continue;
         const long row = half ? row1 : row0;
-        merge_row_quad<T, D>(a, row, lane % 4);
+        merge_row<T, D, 4>(a, row, lane % 4);
         if (lane % 4 == 0) a.merge_count[row] = 0;  // zero again for the next launch
     }
 }
@@ -115,46 +119,6 @@ __device__ inline void count_and_merge(const common_args &a, bool held0, bool he
 // a time) and merges the rows it completes, a whole warp per row. epi_free[b] hands the
 // barrier back, so that the consumers never run EPI_BUFS turns ahead of the merger.
 constexpr int EPI_BUFS = 4;
-
-// Row `row`'s states into out / lse by one warp: lane l takes columns [l D / 32, (l + 1) D / 32).
-template<typename T, int D>
-__device__ inline void merge_row_warp(const common_args &a, long row, int lane) {
-    constexpr int N = D / 32;
-    const long R = a.rows_total;
-    float m = -INFINITY;
-    for (int s = 0; s < a.nslot; s++) m = fmaxf(m, __ldcg(a.part_lse + s * R + row));
-    float acc[N];
-    #pragma unroll
-    for (int i = 0; i < N; i++) acc[i] = 0.f;
-    float l = 0.f;
-    if (m != -INFINITY) {
-        for (int s = 0; s < a.nslot; s++) {
-            const float ls = __ldcg(a.part_lse + s * R + row);
-            if (ls == -INFINITY) continue;
-            const float w = __expf(ls - m);
-            l += w;
-            const long at = (s * R + row) * D + lane * N;
-            #pragma unroll
-            for (int i = 0; i < N; i++) {
-                float v;
-                if (a.half_parts) {
-                    const unsigned short bits = __ldcg(reinterpret_cast<const unsigned short *>(a.part_out) + at + i);
-                    T x;
-                    memcpy(&x, &bits, sizeof(x));
-                    v = to_float(x);
-                } else {
-                    v = __ldcg(reinterpret_cast<const float *>(a.part_out) + at + i);
-                }
-                acc[i] += w * v;
-            }
-        }
-    }
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    T *dst = reinterpret_cast<T *>(a.out) + row * D + lane * N;
-    #pragma unroll
-    for (int i = 0; i < N; i += 2) store2<T>(dst + i, acc[i] * inv, acc[i + 1] * inv);
-    if (lane == 0) a.lse[row] = l > 0.f ? m + logf(l) : -INFINITY;
-}
 
 // Count one item's rows (as its warpgroups wrote them: a lone kv-split item's two write two
 // states a row, any other item one, plus one with FLAG_CLEAR_NEXT) and merge those completed.
@@ -181,7 +145,7 @@ __device__ inline void count_item(const common_args &a, const int *it) {
             const int b = __ffs(todo) - 1;
             todo &= todo - 1;
             const long r = __shfl_sync(0xffffffffu, row, b);
-            merge_row_warp<T, D>(a, r, lane);
+            merge_row<T, D, 32>(a, r, lane);
             if (lane == 0) a.merge_count[r] = 0;  // zero again for the next launch
         }
     }

@@ -73,13 +73,7 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / ks[0].size(2)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};
-#if ATTN_TK_FUSED_MERGE
-    a.merge_count = mc;
-    a.nslot = nslot;
-#else
-    (void)mc;
-    (void)nslot;
-#endif
+    set_merge_counts(a, mc, nslot);
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 

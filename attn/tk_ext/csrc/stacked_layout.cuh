@@ -170,4 +170,16 @@ struct common_args {
 #endif
 };
 
+// The fused merge's counters (nullptr: none) and slot count, in a build that has it.
+inline void set_merge_counts(common_args &a, int *mc, int nslot) {
+#if ATTN_TK_FUSED_MERGE
+    a.merge_count = mc;
+    a.nslot = nslot;
+#else
+    (void)a;
+    (void)mc;
+    (void)nslot;
+#endif
+}
+
 }  // namespace attn_tk
