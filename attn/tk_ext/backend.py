@@ -347,7 +347,7 @@ class TKBackend(Backend):
 
     def _merge_counts(self, ext, direct: bool, covered: bool, rows: int, device):
         """The merge counters of a launch whose items merge the rows themselves (an extension
-        built with ``-DATTN_TK_FUSED_MERGE=1``, a covered plan: ``csrc/fused_merge.cuh``), or
+        built with ``-DATTN_TK_FUSED_MERGE=1`` or ``2``, a covered plan: ``csrc/fused_merge.cuh``), or
         ``None``: the merge runs as its own launch.
 
         Counters are int32, one per query row. The kernel's mergers set them back to zero, so
