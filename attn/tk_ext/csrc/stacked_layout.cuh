@@ -47,8 +47,8 @@ using namespace kittens;
 // 1: the producer reads a tile's metadata (its valid keys, its TMA coordinate: in chunk mode a
 // chunk id and that chunk's length, two dependent loads) before it waits for the tile's ring
 // stage, so that their latency passes under the wait instead of after it, between the stage's
-// release and its TMA issue. H200 runs 0086 / 0085: chunk 1.0-2.6 % faster (gqa-8b, hydragen-mqa
-// most), shared_prefix within 0.6 %, so on.
+// release and its TMA issue. H200 runs 0086 / 0085: chunk up to 2.6 % faster (gqa-8b, hydragen-mqa
+// most; tree-3level within 0.9 %), shared_prefix within 0.6 %, so on.
 #ifndef ATTN_TK_PREFETCH
 #define ATTN_TK_PREFETCH 1
 #endif
