@@ -144,6 +144,7 @@ class TKBackend(Backend):
         self._plans: dict = {}
         self._sms: dict = {}
         self._counts: dict = {}  # (device index, stream) -> int32 merge counters, zero between launches
+        self._fused: dict = {}   # id(extension module) -> whether it merges rows in the kernel
 
     # ---- availability -------------------------------------------------------------
     def unavailable_reasons(self) -> list[str]:
@@ -355,7 +356,9 @@ class TKBackend(Backend):
         zero, and launches on different streams never share them. A call captured into a CUDA
         graph gets zeros of its own (from the graph's pool, one memset node in the graph), as
         the graph may be replayed on any stream."""
-        if direct or not covered or lse_fill() or not ext.fused_merge():
+        if id(ext) not in self._fused:  # a property of the build: asked once, not every launch
+            self._fused[id(ext)] = bool(ext.fused_merge())
+        if direct or not covered or lse_fill() or not self._fused[id(ext)]:
             return None
         if torch.cuda.is_current_stream_capturing():  # a graph may replay on any stream: its own
             return torch.zeros(rows, dtype=torch.int32, device=device)
