@@ -213,10 +213,11 @@ def test_backend_unpairs_the_tail_where_the_plan_says_it_evens_the_ctas(monkeypa
 @pytest.mark.parametrize("shape", SHAPES, ids=["two-level", "no-share", "tree", "rows200"])
 @pytest.mark.parametrize("unpair", ["0", "1"])
 def test_covered_plans_count_every_row_to_nslot(shape, unpair, monkeypatch):
-    """What csrc/fused_merge.cuh relies on: in a covered plan every row receives exactly nslot
-    state writes, counted as the kernel counts them (a lone kv-split item's two warpgroups
-    write slot and slot + 1; any other item writes its slot, and slot + 1 too when it has
-    FLAG_CLEAR_NEXT), so the write that brings a row's counter to nslot is its last."""
+    """What a covered plan promises (the partial lses then start uninitialised, with no -inf
+    fill): every row receives exactly nslot state writes, counted as the kernel writes them (a
+    lone kv-split item's two warpgroups write slot and slot + 1; any other item writes its
+    slot, and slot + 1 too when it has FLAG_CLEAR_NEXT), so no (slot, row) is left unwritten
+    and none is written twice."""
     import types
 
     from attn.tk_ext import backend as tkb

@@ -144,8 +144,6 @@ class TKBackend(Backend):
     def __init__(self):
         self._plans: dict = {}
         self._sms: dict = {}
-        self._counts: dict = {}  # (device index, stream) -> int32 merge counters, zero between launches
-        self._fused: dict = {}   # id(extension module) -> whether it merges rows in the kernel
 
     # ---- availability -------------------------------------------------------------
     def unavailable_reasons(self) -> list[str]:
@@ -291,9 +289,8 @@ class TKBackend(Backend):
         items, ctas, nslot, direct, covered = self.level_items(p)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
-        counts = self._merge_counts(ext, direct, covered, b * hq, p.device)
-        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse, counts)
-        return self._finish(ext, po, pl, out, lse, direct or counts is not None, (b, hq, d))
+        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse)
+        return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
         """The device item table, CTA ranges, chunk list, slot count, directness and coverage of
@@ -323,10 +320,9 @@ class TKBackend(Backend):
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
-        counts = self._merge_counts(ext, direct, covered, n * hq, p.device)
         ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
-                           items, ctas, p.scale, po, pl, out, lse, counts)
-        return self._finish(ext, po, pl, out, lse, direct or counts is not None, (n, hq, d))
+                           items, ctas, p.scale, po, pl, out, lse)
+        return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 
     @staticmethod
     def _buffers(nslot, direct, covered, shape, dtype, device):
@@ -347,34 +343,8 @@ class TKBackend(Backend):
             pl = torch.full((nslot, b * hq), float("-inf"), dtype=torch.float32, device=device)
         return po, pl, out, lse
 
-    def _merge_counts(self, ext, direct: bool, covered: bool, rows: int, device):
-        """The merge counters of a launch whose items merge the rows themselves (an extension
-        built with ``-DATTN_TK_FUSED_MERGE=1`` or ``2``, a covered plan: ``csrc/fused_merge.cuh``), or
-        ``None``: the merge runs as its own launch.
-
-        Counters are int32, one per query row. The kernel's mergers set them back to zero, so
-        they are kept per device and stream: a later launch on the same stream finds them
-        zero, and launches on different streams never share them. A call captured into a CUDA
-        graph gets zeros of its own (from the graph's pool, one memset node in the graph), as
-        the graph may be replayed on any stream."""
-        if id(ext) not in self._fused:  # a property of the build: asked once, not every launch
-            self._fused[id(ext)] = bool(ext.fused_merge())
-        if direct or not covered or lse_fill() or not self._fused[id(ext)]:
-            return None
-        if torch.cuda.is_current_stream_capturing():  # a graph may replay on any stream: its own
-            return torch.zeros(rows, dtype=torch.int32, device=device)
-        stream = torch.cuda.current_stream(device)
-        key = (device.index if device.index is not None else torch.cuda.current_device(), stream.cuda_stream)
-        have = self._counts.get(key)
-        if have is not None and have.numel() >= rows:
-            return have
-        have = torch.zeros(max(rows, 2 * (have.numel() if have is not None else 0)), dtype=torch.int32, device=device)
-        self._counts[key] = have
-        return have
-
     @staticmethod
     def _finish(ext, po, pl, out, lse, direct, shape):
-        """``direct``: the launch wrote out / lse (direct items, or rows merged in the kernel)."""
         b, hq, d = shape
         if not direct:
             ext.merge(po, pl, out, lse)

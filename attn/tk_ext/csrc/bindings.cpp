@@ -8,6 +8,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("chunk_partials", &tk_chunk_partials,
           "partial states of chunk_attention work items (chunk-first + sequence-first phases, one launch)");
     m.def("merge", &tk_merge, "LSE merge of partial states [K, R, D] -> [R, D]");
-    m.def("fused_merge", &tk_fused_merge_built,
-          "whether the partials kernels merge the rows themselves when given merge counters");
 }

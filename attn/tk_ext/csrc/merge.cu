@@ -217,9 +217,6 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
     constexpr int SP = 32 / LPS;                        // states side by side
     constexpr int GROUP = sizeof(TI) == 4 ? (MERGE_V8_GROUP + 1) / 2 : MERGE_V8_GROUP;  // loads in flight per lane
     static_assert(32 % (SP * GROUP) == 0, "a pass stays inside one 32-state chunk");
-#if ATTN_TK_PDL
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the stacked grid's states (a no-op after any other launch)
-#endif
     long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= R) return;
@@ -295,24 +292,9 @@ static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &o
     const auto base = reinterpret_cast<uintptr_t>(outs.data_ptr());
     if (merge_v8() && D % 8 == 0 && D <= 128 && base % 16 == 0) {
         auto kern = D > 64 ? merge_v8_kernel<TI, TO, 16> : merge_v8_kernel<TI, TO, 8>;
-#if ATTN_TK_PDL
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = grid;
-        cfg.blockDim = dim3(ROWS * 32);
-        cfg.stream = c10::cuda::getCurrentCUDAStream();
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, reinterpret_cast<const TI *>(outs.data_ptr()),
-                                          (const float *)lses.data_ptr<float>(), reinterpret_cast<TO *>(out.data_ptr()),
-                                          lse.data_ptr<float>(), K, R, D));
-#else
         kern<<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
             reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),
             reinterpret_cast<TO *>(out.data_ptr()), lse.data_ptr<float>(), K, R, D);
-#endif
         return;
     }
     if (D % 4 == 0 && D <= 128 && reinterpret_cast<uintptr_t>(outs.data_ptr()) % (4 * sizeof(TI)) == 0) {
@@ -347,5 +329,3 @@ void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse) 
 #undef ATTN_TK_MERGE
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
-
-bool tk_fused_merge_built() { return ATTN_TK_FUSED_MERGE; }

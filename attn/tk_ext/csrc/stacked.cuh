@@ -33,7 +33,6 @@
 #include "stacked_sync.cuh"
 #include "query_gather.cuh"
 #include "ring_producer.cuh"
-#include "fused_merge.cuh"
 #include "stacked_epilogue.cuh"
 
 namespace attn_tk {
@@ -64,12 +63,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     // every tile, on the critical path of each iteration.
     // (ATTN_TK_STAGE_VALID=0: the consumers read them from global memory, as in H200 run 0008.)
     __shared__ int stage_valid[STAGES];
-#if ATTN_TK_STAGED_STORE
-    __shared__ staging<T, D> ep_stage[NWG * 4];  // one per consumer warp
-#endif
-#if ATTN_TK_FUSED_MERGE == 2
-    __shared__ semaphore epi_done[EPI_BUFS], epi_free[EPI_BUFS];  // fused_merge.cuh
-#endif
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
@@ -90,12 +83,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // few-row decode item that stores rows in the epilogue.
             init_semaphore(q_empty[b], NWG * 4, 0);
         }
-#if ATTN_TK_FUSED_MERGE == 2
-        for (int b = 0; b < EPI_BUFS; b++) {
-            init_semaphore(epi_done[b], NWG * 4, 0);  // every consumer warp, once a turn
-            init_semaphore(epi_free[b], 1, 0);        // the merger warp's lane 0
-        }
-#endif
     }
     {
         // load_q writes only the valid rows of an item: the others must hold finite values.
@@ -105,9 +92,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     }
     __syncthreads();
 
-#if ATTN_TK_PDL
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");  // the merge may launch (common.h)
-#endif
     // Persistent: this CTA runs items [first, last) of the (host-balanced) table, and the
     // tile ring runs on across items, so the producer streams the next item's K/V while the
     // consumers finish the current one.
@@ -116,9 +100,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
         if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, q_smem, q_full, q_empty);
-#if ATTN_TK_FUSED_MERGE == 2
-        if (warpid() % 4 == 2 && a.merge_count) merge_turns<T, D>(a, first, last, epi_done, epi_free);
-#endif
         if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, k_smem, v_smem, k_full, v_full, done, stage_valid, q_full);
         return;
     }
@@ -130,9 +111,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (pingpong && wg == 1) turn_pass(wg);
     int g = 0;  // tiles consumed so far by this CTA: ring stage g % STAGES, phase (g / STAGES) & 1
     int qs = 0;  // query slots used so far (as the query warp counts them)
-#if ATTN_TK_FUSED_MERGE == 2
-    int turn = 0;  // loop turns done (the merger warp counts them alike)
-#endif
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
         // A pair (items i, i + 1) is one turn of this loop: this warpgroup runs item mi.
@@ -371,14 +349,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 
         // Epilogue: normalised out and natural-log lse of this warpgroup's rows (stacked_epilogue.cuh).
         timeline(a, mi, wg, TL_EPI);
-#if ATTN_TK_STAGED_STORE
-        store_state<T, D>(a, {seq0, h, nrows, row0, slot, wq, kvsplit, direct, clear_next, any}, o, m, l, ep_stage[warpid()]);
-#else
         store_state<T, D>(a, {seq0, h, nrows, row0, slot, wq, kvsplit, direct, clear_next, any}, o, m, l);
-#endif
-#if ATTN_TK_FUSED_MERGE == 2
-        if (a.merge_count) turn_stored(epi_done, epi_free, turn++);  // the merger warp counts and merges
-#endif
         timeline(a, mi, wg, TL_STORED);
         timeline(a, mi, wg, TL_KWAIT, kwait);
         timeline(a, mi, wg, TL_VWAIT, vwait);

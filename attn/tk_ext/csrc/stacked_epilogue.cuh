@@ -1,12 +1,11 @@
 // The stacked kernel's epilogue: an item's warp stores its rows' normalised out and
 // natural-log lse, as a partial state (into its slot, in T or float32) or, for a direct item,
-// the final result (in T); with ATTN_TK_FUSED_MERGE=1 it then counts them (fused_merge.cuh).
+// the final result (in T).
 #pragma once
 
 #include "stacked_layout.cuh"
 #include "stacked_debug.cuh"
 #include "stacked_sync.cuh"
-#include "fused_merge.cuh"
 
 namespace attn_tk {
 
@@ -19,12 +18,7 @@ struct item_state {
 };
 
 template<typename T, int D, typename O, typename V>
-__device__ __forceinline__ void store_state(const common_args &a, const item_state &it, O &o, V &m,
-                                            V &l
-#if ATTN_TK_STAGED_STORE
-                                            , staging<T, D> &stage
-#endif
-                                            ) {
+__device__ __forceinline__ void store_state(const common_args &a, const item_state &it, O &o, V &m, V &l) {
     const int seq0 = it.seq0, h = it.h, nrows = it.nrows, row0 = it.row0, slot = it.slot, wq = it.wq;
     const bool kvsplit = it.kvsplit, direct = it.direct, clear_next = it.clear_next, any = it.any;
     const int lane = threadIdx.x % 32;
@@ -33,22 +27,6 @@ __device__ __forceinline__ void store_state(const common_args &a, const item_sta
     const bool half_out = direct || a.half_parts;
     void *const out_base = direct ? a.out : a.part_out;
     float *const lse_base = direct ? a.lse : a.part_lse;
-#endif
-#if ATTN_TK_STAGED_STORE && ATTN_TK_FAST_EPILOGUE
-    // Row-split items' outs in T leave through the warp's staging rows (the lse below).
-    const bool staged = !kvsplit && half_out && ABL_ROW_STORES;
-    if (staged) {
-        auto grow_of = [&](int i) -> long {
-            const int j = row0 + wq * 16 + i;
-            if (j >= nrows || j - row0 >= TILE) return -1;
-            const long row = (seq0 + j / a.r) * (long)a.hq + (long)h * a.r + j % a.r;
-            return direct ? row : (long)slot * a.rows_total + row;
-        };
-        store_rows_staged<T, D>(reinterpret_cast<T *>(out_base), o, any ? __fdividef(1.f, l[0][0].x) : 0.f,
-                                any ? __fdividef(1.f, l[0][0].y) : 0.f, stage, grow_of);
-    }
-#else
-    constexpr bool staged = false;
 #endif
     #pragma unroll
     for (int half_ = 0; half_ < 2; half_++) {
@@ -64,8 +42,7 @@ __device__ __forceinline__ void store_state(const common_args &a, const item_sta
         // l >= 1 whenever any (m is a max of scores seen, so the row's largest key adds
         // 2^(s - m) >= 1): MUFU's reciprocal and log2 are within 2 ulp and 2^-22 there.
         const float inv = any ? __fdividef(1.f, lv) : 0.f;
-        if (staged) {
-        } else if (half_out) {
+        if (half_out) {
             if (half_) store_row<T, D, 1>(out_base, grow, o, inv);
             else store_row<T, D, 0>(out_base, grow, o, inv);
         } else {
@@ -90,19 +67,6 @@ __device__ __forceinline__ void store_state(const common_args &a, const item_sta
         }
 #endif
     }
-#if ATTN_TK_FUSED_MERGE == 1
-    if (a.merge_count) {  // a covered plan: count this warp's states, merge the rows they complete
-        auto held = [&](int half_) {
-            const int j = row0 + wrow + half_ * 8;
-            return j < nrows && j - row0 < TILE;
-        };
-        auto row_of = [&](int half_) -> long {
-            const int j = row0 + wrow + half_ * 8;
-            return (seq0 + j / a.r) * (long)a.hq + (long)h * a.r + j % a.r;
-        };
-        count_and_merge<T, D>(a, held(0), held(1), clear_next ? 2 : 1, row_of);
-    }
-#endif
     (void)kvsplit;
 }
 

@@ -53,21 +53,6 @@ using namespace kittens;
 #define ATTN_TK_PREFETCH 1
 #endif
 
-// 1 or 2: the stacked kernel merges each row's states once its last one is written, in the
-// consumer warp that wrote it (1) or in a merger warp (2): fused_merge.cuh. Not measured yet.
-#ifndef ATTN_TK_FUSED_MERGE
-#define ATTN_TK_FUSED_MERGE 0
-#endif
-// Programmatic dependent launch of the merge (common.h says what it does).
-#ifndef ATTN_TK_PDL
-#define ATTN_TK_PDL 0
-#endif
-// 1: row-split items store their outputs through a per-warp staging buffer (store_rows_staged,
-// 17 KB of shared memory at D = 128). Not measured yet.
-#ifndef ATTN_TK_STAGED_STORE
-#define ATTN_TK_STAGED_STORE 0
-#endif
-
 constexpr int NWG = 2;               // consumer warpgroups
 constexpr int NTHREADS = (NWG + 1) * 128;
 constexpr int ITEM_INTS = 12;
@@ -102,12 +87,12 @@ enum ItemField {
     F_KEYLEN = 9,     // level mode: keys of the source; -1 = suffix_lens[gidx]
     F_SLOT = 10,      // partial slot (kv split: slot + warpgroup)
 };
-// Bits of F_FLAGS (plan.py: the same; FLAG_PAIRED marks a pair's second item, read only by the
-// merger warp of ATTN_TK_FUSED_MERGE=2). FLAG_CLEAR_NEXT marks an item writing one slot of a two-slot split
+// Bits of F_FLAGS (plan.py: the same, and FLAG_PAIRED = 8 on a pair's second item, which the
+// kernel does not read). FLAG_CLEAR_NEXT marks an item writing one slot of a two-slot split
 // (paired, or row-split beside kv-split blocks) whose slot + 1 no item writes: it writes that
 // lse as -inf itself, so the partial lses need no -inf fill before the launch
 // (plan.clear_unwritten).
-enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4, FLAG_PAIRED = 8, FLAG_CLEAR_NEXT = 16 };
+enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4, FLAG_CLEAR_NEXT = 16 };
 
 template<typename T> struct dt {};
 template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
@@ -164,22 +149,6 @@ struct common_args {
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
     int *trace;                // ATTN_TK_TRACE builds: device [ctas, NTHREADS / 32, 4]; else unused
     unsigned long long *timeline;  // ATTN_TK_TIMELINE builds: device [num_items, NWG, TL_FIELDS]; else unused
-#if ATTN_TK_FUSED_MERGE
-    int *merge_count;          // [rows_total], zero at launch, or nullptr: the merge runs as its own launch
-    int nslot;                 // partial slots (a covered plan: every row counts to nslot)
-#endif
 };
-
-// The fused merge's counters (nullptr: none) and slot count, in a build that has it.
-inline void set_merge_counts(common_args &a, int *mc, int nslot) {
-#if ATTN_TK_FUSED_MERGE
-    a.merge_count = mc;
-    a.nslot = nslot;
-#else
-    (void)a;
-    (void)mc;
-    (void)nslot;
-#endif
-}
 
 }  // namespace attn_tk

@@ -118,45 +118,6 @@ __device__ inline void store_row(void *base, long grow, const O &o, float inv) {
     }
 }
 
-// ATTN_TK_STAGED_STORE: a warp's 16 rows of o (row-split items, out in T) written through a
-// per-warp staging buffer of 8 rows, so that each row leaves as 16-byte stores of whole
-// lines instead of 4-byte pieces of 8 rows per instruction (H200 timeline: a row-split
-// item's stores take ~2 us to issue, sessions 11-14). The rows are padded by 16 bytes, so
-// that the 8 rows' quads of lanes write to different banks.
-template<typename T, int D> struct staging {
-    static constexpr int CPR = D * (int)sizeof(T) / 16;  // 16-byte chunks per row
-    static constexpr int PITCH = CPR + 1;                // in chunks
-    static_assert((8 * CPR) % 32 == 0, "whole warp-wide passes");
-    int4 rows[8][PITCH];
-};
-// Rows i = 0..15 of the warp's MMA rows (lane / 4 holds rows lane / 4 and lane / 4 + 8), times
-// inv0 / inv1, into base at row grow_of(i) (< 0: not a row of the item). Every lane of the
-// warp must call it.
-template<typename T, int D, typename O, typename GROW>
-__device__ inline void store_rows_staged(T *base, const O &o, float inv0, float inv1, staging<T, D> &st, GROW grow_of) {
-    using S = staging<T, D>;
-    const int lane = threadIdx.x % 32;
-    #pragma unroll
-    for (int half = 0; half < 2; half++) {
-        const float inv = half ? inv1 : inv0;
-        T *srow = reinterpret_cast<T *>(&st.rows[lane / 4][0]) + 2 * (lane % 4);
-        #pragma unroll
-        for (int c = 0; c < D / 16; c++) {
-            const float2 v0 = o.tiles[0][c].data[half], v1 = o.tiles[0][c].data[half + 2];
-            store2<T>(srow + c * 16, v0.x * inv, v0.y * inv);
-            store2<T>(srow + c * 16 + 8, v1.x * inv, v1.y * inv);
-        }
-        __syncwarp();
-        #pragma unroll
-        for (int k = 0; k < 8 * S::CPR / 32; k++) {
-            const int ch = k * 32 + lane, rr = ch / S::CPR, cc = ch % S::CPR;
-            const long g = grow_of(half * 8 + rr);
-            if (g >= 0) reinterpret_cast<int4 *>(base + g * D)[cc] = st.rows[rr][cc];
-        }
-        __syncwarp();  // read before the next half overwrites
-    }
-}
-
 // Consumer schedule of row-split items, chosen per launch (no rebuild to compare or fall back).
 enum Sched {
     SCHED_SERIAL = 0,    // QK^T, wait, softmax, PV, wait
