@@ -58,9 +58,9 @@ def unpair_tail() -> bool:
     """Whether :meth:`TKBackend._best_split` also tries plans with their last pairs left as
     lone items (:func:`schedule.unpair_last`; ``ATTN_TK_UNPAIR``, default ``1``; ``0`` keeps
     every pair). The plan's costs predict tree-3level 2.4 %, gqa-8b 2.1 % and gqa-8b-long
-    1.3 % lower largest CTA loads on 132 SMs; on an H200 (runs 0095 vs 0091) gqa-8b became
-    1.1-1.9 % and gqa-8b-long 0.4-2.1 % faster, the rest within 0.5 %. Read when a plan is
-    built, and part of the plan's cache key."""
+    1.3 % lower largest CTA loads on 132 SMs; on an H200 (runs 0095 vs 0091, 0098 vs 0096)
+    gqa-8b became 0.7-1.9 % and gqa-8b-long 0.4-2.1 % faster, the rest within 1.1 %. Read when
+    a plan is built, and part of the plan's cache key."""
     return os.environ.get("ATTN_TK_UNPAIR", "1") == "1"
 
 
