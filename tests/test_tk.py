@@ -228,6 +228,25 @@ def test_timeline_report_of_a_pair():
     assert "end: min 4.0, median 4.0, max 4.0" in out  # the pair ends with its longer item
 
 
+def test_timeline_report_of_two_streams():
+    """A two-stream plan's lists report as CTAs; each item's fields are its list's warpgroup's."""
+    mod = _bench_module("tk_timeline")
+    items = np.zeros((2, plan.ITEM_INTS), dtype=np.int32)
+    items[:, plan.F_FLAGS] = plan.FLAG_KV_SPLIT | plan.FLAG_SOLO
+    items[:, plan.F_SRC], items[:, plan.F_NROWS], items[:, plan.F_TILE1] = 1, 4, 2
+    ctas = np.array([0, 1, 2], dtype=np.int32)  # CTA 0: warpgroup 0 runs item 0, warpgroup 1 item 1
+    tl = np.zeros((2, 2, mod.TL_FIELDS), dtype=np.uint64)  # the other warpgroup's fields stay 0
+    tl[0, 0] = [1000, 1200, 3000, 10_000, 100, 0, 1300, 2600, 2600, 2800]
+    tl[1, 1] = [1000, 1400, 5000, 10_000, 300, 0, 1500, 4600, 4600, 4800]
+    out = mod.summarize(items, ctas, tl)
+    assert "2 items on 2 lists (two per CTA)" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("src")]
+    assert rows == [["src1", "kv", "4r", "2t", "2", "3.00", "0.30", "0.20", "0.00", "0.10", "2.20", "0.40",
+                     "0.00", "0.20", "100.0%"]]
+    assert "end: min 2.0, median 3.0, max 4.0" in out
+    assert "time between items per CTA: median 0.00 us" in out
+
+
 def test_timeline_fits_schedule_costs_and_checks_the_plans_loads():
     """bench/tk_timeline.py: unit times -> the plan's cost units; its copy of the plan's costs."""
     mod = _bench_module("tk_timeline")
