@@ -34,7 +34,6 @@ import numpy as np
 NWG = 2
 F_FLAGS, F_SRC, F_NROWS, F_TILE0, F_TILE1 = 0, 1, 5, 7, 8
 FLAG_PAIR, FLAG_PAIRED = 4, 8  # a pair's first item runs on warpgroup 0 only, its second on 1
-FLAG_SOLO = 32  # a two-stream plan's item: on the warpgroup of its list (list v: warpgroup v % 2)
 (TL_START, TL_QREADY, TL_END, TL_TIMER, TL_KWAIT, TL_VWAIT, TL_LOOP, TL_TAIL, TL_EPI, TL_STORED,
  TL_FIELDS) = range(11)
 
@@ -126,14 +125,9 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     """
     # A paired item has fields from its one warpgroup: the other's copy them (for the clocks
     # of item starts and ends) and are left out of every sum and mean.
-    # A two-stream plan's lists (one per warpgroup) are reported as CTAs of their own.
     own = np.ones((len(items), NWG), dtype=bool)
     own[(items[:, F_FLAGS] & FLAG_PAIR) != 0, 1] = False
     own[(items[:, F_FLAGS] & FLAG_PAIRED) != 0, 0] = False
-    solo = bool(len(items)) and bool((items[:, F_FLAGS] & FLAG_SOLO).all())
-    if solo:
-        wg_of = np.repeat(np.arange(len(ctas) - 1) % NWG, np.diff(ctas))
-        own[np.arange(len(items)), 1 - wg_of] = False
     tl = tl.astype(np.float64)
     for w in range(NWG):
         tl[~own[:, w], w] = tl[~own[:, w], NWG - 1 - w]
@@ -162,7 +156,7 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     stores = field(tl[:, :, TL_STORED] - tl[:, :, TL_EPI])   # the epilogue's stores issued
     ends = np.asarray([max(at(int(ctas[c + 1]) - 1, w, TL_END) for w in range(NWG)) for c in range(ncta)])
     span = ends.max()
-    lines = [f"{len(items)} items on {ncta} {'lists (two per CTA)' if solo else 'CTAs'}; kernel (first item start to last end) {span:.1f} us; "
+    lines = [f"{len(items)} items on {ncta} CTAs; kernel (first item start to last end) {span:.1f} us; "
              f"{scale * 1000:.3f} ns per cycle"]
     groups = defaultdict(list)
     for i, it in enumerate(items.tolist()):
@@ -175,7 +169,7 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
         lines.append(f"{k:<26} {len(idx):6d} {m[0]:8.2f} {m[1]:7.2f} {m[2]:7.2f} {m[3]:7.2f} {m[4]:6.2f} "
                      f"{m[5]:7.2f} {m[6]:6.2f} {m[7]:6.2f} {m[8]:6.2f} {100 * np.nansum(dur[idx]) / total:5.1f}%")
     starts = t_first - t0
-    busy = np.asarray([np.nansum(dur[ctas[c]:ctas[c + 1]]) / (1 if solo else NWG) for c in range(ncta)])
+    busy = np.asarray([np.nansum(dur[ctas[c]:ctas[c + 1]]) / NWG for c in range(ncta)])
     gaps = ends - starts - busy
     lines.append(f"CTA start (us after the first): median {np.median(starts):.2f}, max {starts.max():.2f}; "
                  f"end: min {ends.min():.1f}, median {np.median(ends):.1f}, max {ends.max():.1f}; "

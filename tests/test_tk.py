@@ -228,25 +228,6 @@ def test_timeline_report_of_a_pair():
     assert "end: min 4.0, median 4.0, max 4.0" in out  # the pair ends with its longer item
 
 
-def test_timeline_report_of_two_streams():
-    """A two-stream plan's lists report as CTAs; each item's fields are its list's warpgroup's."""
-    mod = _bench_module("tk_timeline")
-    items = np.zeros((2, plan.ITEM_INTS), dtype=np.int32)
-    items[:, plan.F_FLAGS] = plan.FLAG_KV_SPLIT | plan.FLAG_SOLO
-    items[:, plan.F_SRC], items[:, plan.F_NROWS], items[:, plan.F_TILE1] = 1, 4, 2
-    ctas = np.array([0, 1, 2], dtype=np.int32)  # CTA 0: warpgroup 0 runs item 0, warpgroup 1 item 1
-    tl = np.zeros((2, 2, mod.TL_FIELDS), dtype=np.uint64)  # the other warpgroup's fields stay 0
-    tl[0, 0] = [1000, 1200, 3000, 10_000, 100, 0, 1300, 2600, 2600, 2800]
-    tl[1, 1] = [1000, 1400, 5000, 10_000, 300, 0, 1500, 4600, 4600, 4800]
-    out = mod.summarize(items, ctas, tl)
-    assert "2 items on 2 lists (two per CTA)" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith("src")]
-    assert rows == [["src1", "kv", "4r", "2t", "2", "3.00", "0.30", "0.20", "0.00", "0.10", "2.20", "0.40",
-                     "0.00", "0.20", "100.0%"]]
-    assert "end: min 2.0, median 3.0, max 4.0" in out
-    assert "time between items per CTA: median 0.00 us" in out
-
-
 def test_timeline_fits_schedule_costs_and_checks_the_plans_loads():
     """bench/tk_timeline.py: unit times -> the plan's cost units; its copy of the plan's costs."""
     mod = _bench_module("tk_timeline")
@@ -366,11 +347,11 @@ def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale, covered):
     for n_it, it in enumerate(items.tolist()):
         flags, _, _, h, seq0, nrows, row0, t0, t1 = it[:9]
         kv = flags & plan.FLAG_KV_SPLIT
-        paired = flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED | plan.FLAG_SOLO)
+        paired = flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED)
         slot = it[plan.F_SLOT]
         ntiles = keys_of(it, None)
         for w in range(plan.NWG):
-            if paired:  # one warpgroup, every tile, one slot (a pair's item, a stream's item)
+            if paired:  # one warpgroup, every tile, one slot
                 if w:
                     continue
                 rows, tiles, sl = range(row0, min(row0 + plan.TILE, nrows)), range(ntiles), slot
@@ -404,23 +385,16 @@ def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale, covered):
     return po, pl
 
 
-def _placed(items, nslot, num_seqs, hkv, r, streams):
-    """A plan's items as the backend places them on 3 SMs, with one or two streams per CTA."""
-    items, _ = plan.mark_direct(items, num_seqs, hkv, r)
-    if streams > 1:
-        items, covered = plan.clear_unwritten(schedule.solo_items(items), nslot, num_seqs, hkv, r)
-        return schedule.assign_streams(items, 3, streams)[0], covered
-    items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, num_seqs, hkv, r)
-    return schedule.assign_ctas(items, 3)[0], covered
-
-
-def _run_level_emulation(p, streams=1):
+def _run_level_emulation(p):
     global q_rows
     q_rows = p.q.double()
     levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
     items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                                    p.suffix_lens is not None, num_sms=3)
-    items, covered = _placed(items, nslot, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, streams)
+    items, _ = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, p.batch,
+                                          p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, _ = schedule.assign_ctas(items, 3)
     srcs = list(zip(p.prefix_k, p.prefix_v))
     if p.suffix_capacity:
         srcs.append((p.suffix_k, p.suffix_v))
@@ -439,12 +413,15 @@ def _run_level_emulation(p, streams=1):
     return _emulate_items(items, nslot, b * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
 
 
-def _run_chunk_emulation(p, streams=1):
+def _run_chunk_emulation(p):
     global q_rows
     q_rows = p.q.double()
     t = p.table
     items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
-    items, covered = _placed(items, nslot, t.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, streams)
+    items, _ = plan.mark_direct(items, t.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, t.num_seqs,
+                                          p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, _ = schedule.assign_ctas(items, 3)
     tpc = math.ceil(p.chunk_size / plan.TILE)
     lens = t.host["chunk_lens"]
 
@@ -487,16 +464,12 @@ def test_skewed_costs_change_a_plan(monkeypatch):
     assert items().shape[0] != default.shape[0]
 
 
-@pytest.mark.parametrize("pairs", [None, "-1,-1", "0,-1", "1,-1", "streams"],
-                         ids=["pairs", "pairs-all", "no-pairs", "pairs-of-1-tile", "two-streams"])
+@pytest.mark.parametrize("pairs", [None, "-1,-1", "0,-1", "1,-1"], ids=["pairs", "pairs-all", "no-pairs", "pairs-of-1-tile"])
 @pytest.mark.parametrize("costs", [None, SKEWED_COSTS], ids=["costs-default", "costs-skewed"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
 def test_plan_emulation_matches_reference(case, costs, pairs, monkeypatch):
     """Every plan computes attention exactly, under the default tile costs and under others
-    (ATTN_TK_PLAN_COSTS: they change the splits), with kv-split items paired or not, or as
-    two streams of solo items per CTA (ATTN_TK_STREAMS=2)."""
-    streams = 2 if pairs == "streams" else 1
-    pairs = None if pairs == "streams" else pairs
+    (ATTN_TK_PLAN_COSTS: they change the splits), with kv-split items paired or not."""
     if pairs:
         tiles, rows = pairs.split(",")
         monkeypatch.setenv("ATTN_TK_PAIR_TILES", tiles)
@@ -506,7 +479,7 @@ def test_plan_emulation_matches_reference(case, costs, pairs, monkeypatch):
             monkeypatch.setattr(plan, name, value)
     inp = case.inputs(torch.float64, "cpu")
     p = case.problem(inp)
-    po, pl = (_run_level_emulation if case.op == "shared_prefix" else _run_chunk_emulation)(p, streams)
+    po, pl = (_run_level_emulation if case.op == "shared_prefix" else _run_chunk_emulation)(p)
     out, lse = merge(po, pl)
     ref_out, ref_lse = reference(p)
     b, hq = p.q.shape[:2]
@@ -585,70 +558,6 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkey
     assert with_pair() == [1, 4, 4]
 
 
-def test_two_stream_plans_split_row_items_and_order_each_warpgroups_list():
-    """schedule.solo_items / assign_streams (ATTN_TK_STREAMS=2): a row-split item becomes
-    its two 64-row halves, every item is solo and unpaired; each CTA has one list per
-    consumer warpgroup, warpgroup 0's longest first, warpgroup 1's shortest first, and every
-    item is placed exactly once."""
-    items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, True, num_sms=132)
-    paired = schedule.pair_kv_items(items)
-    solo = schedule.solo_items(paired)
-    rows = (items[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) == 0
-    assert rows.any() and len(solo) == len(items) + int(rows.sum())
-    assert (solo[:, plan.F_FLAGS] & plan.FLAG_SOLO).all()
-    assert not (solo[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)).any()
-    srow = (solo[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) == 0
-    # The halves: same fields but row0, which is 64 apart; every item holds <= 64 rows.
-    first, second = solo[srow][::2], solo[srow][1::2]
-    assert np.array_equal(second[:, plan.F_ROW0] - first[:, plan.F_ROW0], np.full(len(first), plan.TILE))
-    keep = [c for c in range(plan.ITEM_INTS) if c != plan.F_ROW0]
-    assert np.array_equal(first[:, keep], second[:, keep])
-    assert (plan._item_row_counts(solo) <= plan.TILE).all()
-    assert plan._item_row_counts(solo).sum() == plan._item_row_counts(items).sum()
-    placed, offs = schedule.assign_streams(solo, 132)
-    assert len(offs) == 2 * 132 + 1 and offs[0] == 0 and offs[-1] == len(solo)
-    assert sorted(map(tuple, placed.tolist())) == sorted(map(tuple, solo.tolist()))
-    _, _, cost = schedule.unit_costs(placed)
-    for v in range(2 * 132):
-        c = cost[offs[v]:offs[v + 1]]
-        assert np.array_equal(c, np.sort(c)[::-1] if v % 2 == 0 else np.sort(c))
-    # Both warpgroups of a CTA hold prefix work, one at its start and one at its end.
-    both = [v for v in range(0, 2 * 132, 2) if not (placed[offs[v]:offs[v + 2], plan.F_FLAGS] & plan.FLAG_KV_SPLIT).all()]
-    assert both and all(not placed[offs[v], plan.F_FLAGS] & plan.FLAG_KV_SPLIT for v in both)
-    # Lists balance about as well as one-stream CTAs do.
-    loads = schedule.planned_loads(placed, offs)
-    assert loads.max() <= 1.05 * loads.mean() + cost.max()
-    with pytest.raises(ValueError, match="solo"):
-        schedule.assign_streams(paired, 132)
-    # Fewer items than lists: fewer CTAs, never an empty CTA.
-    few, foffs = schedule.assign_streams(schedule.solo_items(plan.level_plan(2, 4, 4, [], 64, False, num_sms=132)[0]), 132)
-    assert len(foffs) - 1 == 8 and (np.diff(foffs) == 1).all()
-
-
-def test_backend_two_stream_plans(monkeypatch):
-    """ATTN_TK_STREAMS=2: the backend's plan is solo items on two lists per CTA, covers every
-    partial lse, is cached apart from the one-stream plan and carries its stream count."""
-    monkeypatch.delenv("ATTN_TK_STREAMS", raising=False)
-    tk = tkb.TKBackend()
-    monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
-    inp = make_inputs(W("", 12, 8, 2, ((1, 300),), 130, 64, ragged=True), torch.float32, "cpu", seed=5)
-    p = shared_prefix_problem(*inp.args())
-    one = tk.level_items(p)
-    assert one[-1] == 1 and len(one[1]) <= 3 + 1
-    monkeypatch.setenv("ATTN_TK_STREAMS", "2")
-    two = tk.level_items(p)
-    items, ctas, nslot, direct, covered, streams = two
-    assert streams == 2 and two[0] is not one[0] and covered and not direct
-    assert (items[:, plan.F_FLAGS] & plan.FLAG_SOLO).all() and len(ctas) == 2 * 3 + 1
-    assert int(ctas[-1]) == items.shape[0] and tk.level_items(p)[0] is items
-    ch = to_chunk_form(inp, 64, shuffle=True)
-    c = tk.chunk_items(chunk_problem(*ch.args()))
-    assert c[-1] == 2 and (c[0][:, plan.F_FLAGS] & plan.FLAG_SOLO).all() and len(c[1]) == 2 * 3 + 1
-    monkeypatch.setenv("ATTN_TK_STREAMS", "3")
-    with pytest.raises(ValueError, match="ATTN_TK_STREAMS"):
-        tkb.check_switches()
-
-
 def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     """level_items / chunk_items on the CPU (an SM count stood in): the plan's items, paired
     and scheduled, cached per shape and per environment (ATTN_TK_PAIR_TILES here)."""
@@ -657,7 +566,7 @@ def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
     inp = make_inputs(W("", 12, 8, 2, ((1, 300),), 130, 64, ragged=True), torch.float32, "cpu", seed=5)
     p = shared_prefix_problem(*inp.args())
-    items, ctas, nslot, direct, covered = tk.level_items(p)[:5]
+    items, ctas, nslot, direct, covered = tk.level_items(p)
     levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
     want, want_slots = plan.level_plan(12, 8, 2, levels, p.suffix_capacity, True, num_sms=3)
     assert nslot == want_slots and not direct and int(ctas[-1]) == len(want)
@@ -672,7 +581,7 @@ def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     assert alone is not items and not (alone[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
     ch = to_chunk_form(inp, 64, shuffle=True)
     cp = chunk_problem(*ch.args())
-    c_items, c_ctas, clist, c_slots, c_direct, c_covered = tk.chunk_items(cp)[:6]
+    c_items, c_ctas, clist, c_slots, c_direct, c_covered = tk.chunk_items(cp)
     assert tk.chunk_items(cp)[0] is c_items and int(c_ctas[-1]) == c_items.shape[0] > 0
     assert not (c_items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()  # ATTN_TK_PAIR_TILES=0 still set
     monkeypatch.delenv("ATTN_TK_PAIR_TILES")
@@ -850,23 +759,6 @@ def test_gpu_merge_states(tk, impl, d, k, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.id)
-def test_gpu_two_streams_agree(tk, case, dtype, monkeypatch):
-    """ATTN_TK_STREAMS=2 (the kernel's two-stream instantiation: one list of solo items per
-    consumer warpgroup) passes the oracle on every case of the grid."""
-    if dtype == torch.float16 and case.id.startswith("spec-") and "chunkattn" not in case.id:
-        pytest.skip("fp16 checked on the small cases and chunkattn-mha (keeps the GPU run short)")
-    monkeypatch.setenv("ATTN_TK_STREAMS", "2")
-    inp = case.inputs(dtype, "cuda")
-    p = case.problem(inp)
-    if tk.not_supported_reasons(p):
-        pytest.skip("; ".join(tk.not_supported_reasons(p)))
-    verdict = Oracle(p).judge(*_call(case.op, inp, "tk"))
-    assert verdict.ok, str(verdict)
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id in (
     "spec-hydragen-mqa-ragged-level", "spec-tree-3level-chunk", "spec-gqa-8b-level")], ids=lambda c: c.id)
 def test_gpu_float32_partials_agree(tk, case, monkeypatch):
@@ -992,11 +884,9 @@ def test_gpu_growing_scores_with_lazy_rescale(tk, op, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("chunk,d", [(128, 128), (192, 64)], ids=["c128-d128", "c192-d64"])
-@pytest.mark.parametrize("streams", ["1", "2"], ids=["one-stream", "two-streams"])
-def test_gpu_chunks_of_several_tiles(tk, chunk, d, dtype, streams, monkeypatch):
+def test_gpu_chunks_of_several_tiles(tk, chunk, d, dtype):
     """Chunks longer than a 64-key tile: partial chunks leave tiles with no valid key, which
     every consumer schedule skips (row-split shared chunks, kv-split private ones)."""
-    monkeypatch.setenv("ATTN_TK_STREAMS", streams)
     w = W("", 32, 16, 4, ((1, 300), (4, 70)), 90, d, ragged=True)
     inp = to_chunk_form(make_inputs(w, dtype, "cuda", seed=11), chunk, shuffle=True, seed=11)
     out, lse = _call("chunk", inp, "tk")
@@ -1229,7 +1119,7 @@ def test_backend_chooses_the_split_factor_per_shape(monkeypatch):
 
     for args, factor in [((128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64), 1.5),
                          ((256, 32, 8, [(1, 8192)], 256), 1.5), ((64, 32, 8, [(1, 32768)], 256), 2.0)]:
-        items, ctas, nslot, direct, covered = tk.level_items(shape(*args))[:5]
+        items, ctas, nslot, direct, covered = tk.level_items(shape(*args))
         want, want_slots = plan.level_plan(*args, False, 132, factor)
         fixed = plan.level_plan(*args, False, 132, 2.0)[1]
         assert nslot == want_slots and items.shape[0] == want.shape[0] and covered

@@ -64,16 +64,6 @@ def unpair_tail() -> bool:
     return os.environ.get("ATTN_TK_UNPAIR", "1") == "1"
 
 
-def streams() -> int:
-    """Item lists per CTA: ``1`` (default), both consumer warpgroups on each item (or a pair of
-    decode items), or ``2`` (``ATTN_TK_STREAMS=2``), one list per warpgroup, each running solo
-    items (:func:`schedule.solo_items`, :func:`schedule.assign_streams`) with its own producer
-    warps and half of the K/V ring, so that a prefix item and decode items can run on one SM at
-    once. Read when a plan is built and part of the plan's cache key (the plan carries its
-    stream count to the launch)."""
-    return 2 if os.environ.get("ATTN_TK_STREAMS", "1") == "2" else 1
-
-
 def _pair_cap(name: str, default: int) -> int:
     value = os.environ.get(name, str(default))
     try:
@@ -97,12 +87,12 @@ def pair_caps() -> tuple[int, int]:
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
-                   "ATTN_TK_UNPAIR", "ATTN_TK_STREAMS")
+                   "ATTN_TK_UNPAIR")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
                  "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
-                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_STREAMS": ("1", "2")}
+                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1")}
 
 
 def check_switches() -> None:
@@ -210,7 +200,7 @@ class TKBackend(Backend):
     def _schedule_key() -> tuple:
         """The environment's part of a plan's cache key (what :meth:`_place` and
         :meth:`_best_split` read)."""
-        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), streams())
+        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail())
 
     def _best_split(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan (:meth:`_place`) of the best of :func:`split_factors`.
@@ -236,7 +226,7 @@ class TKBackend(Backend):
             cands.append((self._max_load(placed), 0 if placed[2] else nslot, pref, placed + (nslot, extra), items))
         low = min(c[0] for c in cands)
         best = min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))
-        if not unpair_tail() or rebalance() or best[3][2] or streams() > 1:
+        if not unpair_tail() or rebalance() or best[3][2]:
             return best[3]
         # The chosen splits with their last pairs as lone items: kept where that lowers the
         # largest planned CTA load (LPT's, before any other step) by more than the tolerance.
@@ -262,10 +252,6 @@ class TKBackend(Backend):
         paired (but for the last ``unpair`` pairs), made to write every partial lse where they
         can (``covered``: no ``-inf`` fill needed), and scheduled on ``device``'s SMs."""
         items, direct = plan.mark_direct(items, num_seqs, hkv, r)
-        if streams() > 1:
-            items, covered = plan.clear_unwritten(schedule.solo_items(items), nslot, num_seqs, hkv, r)
-            items, ctas = schedule.assign_streams(items, self._num_sms(device), streams())
-            return items, ctas, direct, covered
         items = schedule.unpair_last(schedule.pair_kv_items(items, *pair_caps()), unpair)
         items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
         items, ctas = schedule.assign_ctas(items, self._num_sms(device), mixed_order(), rebalance())
@@ -285,8 +271,7 @@ class TKBackend(Backend):
 
             items, ctas, direct, covered, nslot, _ = self._best_split(make, p.batch, p.num_kv_heads,
                                                                       p.num_q_heads // p.num_kv_heads, p.device)
-            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered,
-                   streams())
+            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered)
             self._plans[key] = hit
         return hit
 
@@ -301,10 +286,10 @@ class TKBackend(Backend):
             vs.append(prep_kv(p.suffix_v))
         if not ks or b == 0:
             return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
-        items, ctas, nslot, direct, covered, nstreams = self.level_items(p)
+        items, ctas, nslot, direct, covered = self.level_items(p)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
-        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse, nstreams)
+        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse)
         return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
@@ -322,7 +307,7 @@ class TKBackend(Backend):
             items, ctas, direct, covered, nslot, clist = self._best_split(
                 make, p.table.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
-                   torch.as_tensor(clist).to(p.device), nslot, direct, covered, streams())
+                   torch.as_tensor(clist).to(p.device), nslot, direct, covered)
             cache[key] = hit
         return hit
 
@@ -330,13 +315,13 @@ class TKBackend(Backend):
         check_switches()
         ext = self._ext()
         n, hq, d = p.q.shape
-        items, ctas, clist, nslot, direct, covered, nstreams = self.chunk_items(p)
+        items, ctas, clist, nslot, direct, covered = self.chunk_items(p)
         if n == 0 or nslot == 0 or items.shape[0] == 0:
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
         ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
-                           items, ctas, p.scale, po, pl, out, lse, nstreams)
+                           items, ctas, p.scale, po, pl, out, lse)
         return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 
     @staticmethod

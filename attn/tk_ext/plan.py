@@ -40,10 +40,6 @@ FLAG_KV_SPLIT, FLAG_DIRECT, FLAG_PAIR, FLAG_PAIRED = 1, 2, 4, 8
 # FLAG_CLEAR_NEXT: an item that writes one slot also writes lse = -inf into slot + 1 for its
 # rows (clear_unwritten), so that every (slot, row) is written and no -inf fill is needed.
 FLAG_CLEAR_NEXT = 16
-# FLAG_SOLO: one consumer warpgroup runs the item over all of its tiles, holding rows
-# ``row0 .. row0 + 63``, and writes ``slot`` only: every item of a two-stream plan
-# (schedule.solo_items; the kernel's STREAMS = 2 instantiation, which does not read the flag).
-FLAG_SOLO = 32
 # A direct kv-split item's two warpgroups combine their states through a shared-memory buffer
 # of this many rows (stacked.cuh: one warp's 16 rows), so only items this small go direct.
 DIRECT_KV_ROWS = 16
@@ -288,9 +284,9 @@ def mark_direct(items: np.ndarray, num_seqs: int, hkv: int, r: int) -> tuple[np.
 def _item_row_counts(items: np.ndarray) -> np.ndarray:
     """How many query rows each item's warpgroups hold (int64)."""
     it = items.astype(np.int64)
-    one = (it[:, F_FLAGS] & (FLAG_KV_SPLIT | FLAG_SOLO)) != 0
+    kv = (it[:, F_FLAGS] & FLAG_KV_SPLIT) != 0
     row0 = it[:, F_ROW0]
-    return np.maximum(np.minimum(it[:, F_NROWS], row0 + np.where(one, TILE, BLOCK_ROWS)) - row0, 0)
+    return np.maximum(np.minimum(it[:, F_NROWS], row0 + np.where(kv, TILE, BLOCK_ROWS)) - row0, 0)
 
 
 def _item_rows(items: np.ndarray, hkv: int, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +321,7 @@ def clear_unwritten(items: np.ndarray, nslot: int, num_seqs: int, hkv: int, r: i
     item, rows = _item_rows(items, hkv, r)
     slot = items[:, F_SLOT].astype(np.int64)
     flags = items[:, F_FLAGS]
-    both = ((flags & FLAG_KV_SPLIT) != 0) & ((flags & (FLAG_PAIR | FLAG_PAIRED | FLAG_SOLO)) == 0)  # a lone kv-split item
+    both = ((flags & FLAG_KV_SPLIT) != 0) & ((flags & (FLAG_PAIR | FLAG_PAIRED)) == 0)  # a lone kv-split item
     written = np.zeros(nslot * rows_total, dtype=bool)
     written[slot[item] * rows_total + rows] = True
     nxt = (slot[item] + 1) * rows_total + rows  # each row's place in its item's slot + 1

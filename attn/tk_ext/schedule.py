@@ -10,8 +10,7 @@ import heapq
 import numpy as np
 
 from . import plan
-from .plan import (F_FLAGS, F_NROWS, F_ROW0, F_TILE0, F_TILE1, FLAG_KV_SPLIT, FLAG_PAIR, FLAG_PAIRED, FLAG_SOLO,
-                   TILE)
+from .plan import F_FLAGS, F_NROWS, F_ROW0, F_TILE0, F_TILE1, FLAG_KV_SPLIT, FLAG_PAIR, FLAG_PAIRED
 
 # Which kv-split items pair_kv_items pairs by default: at most this many tiles (and rows; -1:
 # any). H200 runs 0053 / 0054 (one machine; every kv-split item paired against none,
@@ -128,12 +127,10 @@ def unit_costs(items: np.ndarray):
         raise ValueError("every FLAG_PAIR item needs a FLAG_PAIRED item right after it, and only it")
     starts = np.flatnonzero(~paired)  # a unit starts at every item but a pair's second
     ends = np.append(starts[1:], items.shape[0])
-    # A solo kv-split item (a stream's decode item) runs as a pair's half does.
-    one = pair | paired | (((flags & FLAG_SOLO) != 0) & ((flags & FLAG_KV_SPLIT) != 0))
     weight = np.where(flags & FLAG_KV_SPLIT, plan.KV_TILE_COST, plan.ROW_TILE_COST)
-    weight = np.where(one, plan.PAIR_TILE_COST, weight)
+    weight = np.where(pair | paired, plan.PAIR_TILE_COST, weight)
     tiles = np.concatenate([[0.0], np.cumsum((items[:, F_TILE1] - items[:, F_TILE0]) * weight)])
-    return starts, ends, tiles[ends] - tiles[starts] + np.where(one[starts], plan.PAIR_OVERHEAD, plan.ITEM_OVERHEAD)
+    return starts, ends, tiles[ends] - tiles[starts] + np.where(pair[starts], plan.PAIR_OVERHEAD, plan.ITEM_OVERHEAD)
 
 
 def _lpt(cost: np.ndarray, ctas: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,54 +234,4 @@ def assign_ctas(items: np.ndarray, num_ctas: int, mixed: bool = True, rebalance:
     perm = np.repeat(starts[units] - (np.cumsum(length) - length), length) + np.arange(length.sum())
     offsets = np.zeros(ctas + 1, dtype=np.int32)
     offsets[1:] = np.cumsum(np.bincount(cta, weights=ends - starts, minlength=ctas)).astype(np.int32)
-    return np.ascontiguousarray(items[perm]), offsets
-
-
-# ---- two streams per CTA (the kernel's STREAMS = 2) ----------------------------------------
-
-def solo_items(items: np.ndarray) -> np.ndarray:
-    """A plan's items as one consumer warpgroup runs them (``FLAG_SOLO``): a row-split item
-    (up to 128 rows) becomes its two 64-row halves, in place; kv-split items stay whole, each
-    over all of its tiles into its own slot (:func:`plan.clear_unwritten` then has it write
-    ``-inf`` into ``slot + 1``). Pair flags are dropped: a stream runs one item at a time.
-    """
-    flags = items[:, F_FLAGS]
-    rows = (flags & FLAG_KV_SPLIT) == 0
-    rows &= items[:, F_NROWS] - items[:, F_ROW0] > TILE  # (always so: _row_blocks)
-    count = np.where(rows, 2, 1)
-    out = np.repeat(items, count, axis=0)
-    second = np.zeros(len(out), dtype=bool)
-    second[np.cumsum(count)[rows] - 1] = True
-    out[second, F_ROW0] += TILE
-    out[:, F_FLAGS] = (out[:, F_FLAGS] & ~(FLAG_PAIR | FLAG_PAIRED)) | FLAG_SOLO
-    return out
-
-
-def assign_streams(items: np.ndarray, num_ctas: int, streams: int = plan.NWG):
-    """Assign solo items (:func:`solo_items`) to the ``streams`` consumer warpgroups of each
-    persistent CTA: LPT over ``num_ctas * streams`` lists (list ``streams * c + w`` is
-    warpgroup ``w`` of CTA ``c``), each list run longest first on warpgroup 0 and shortest
-    first on the others. LPT hands the long (prefix, tensor-bound) items out first, so both
-    warpgroups of a CTA tend to hold one; run in opposite orders, one warpgroup computes while
-    the other streams decode items, on the same SM (which the one-stream kernel cannot: its
-    warpgroups share every item).
-
-    Returns
-    -------
-    items : the same rows, reordered so that each list's items are contiguous.
-    cta_items : int32 ``[num_ctas * streams + 1]``: list ``v`` runs rows ``[cta_items[v], cta_items[v + 1])``.
-    """
-    if items.shape[0] and not (items[:, F_FLAGS] & FLAG_SOLO).all():
-        raise ValueError("a two-stream plan needs every item solo (solo_items)")
-    _, _, cost = unit_costs(items)
-    lists = max(0, min(num_ctas, -(-len(cost) // streams))) * streams
-    if lists == 0:
-        return items, np.zeros(max(1, lists + 1), dtype=np.int32)
-    order = np.argsort(-cost, kind="stable")
-    cta, rank = _lpt(cost[order], lists)
-    cta, rank = cta[np.argsort(order)], rank[np.argsort(order)]
-    rank = np.where(cta % streams != 0, -rank, rank)
-    perm = np.lexsort((rank, cta))
-    offsets = np.zeros(lists + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum(np.bincount(cta, minlength=lists)).astype(np.int32)
     return np.ascontiguousarray(items[perm]), offsets

@@ -75,22 +75,21 @@ __device__ inline void q_signal(semaphore &full) {
 }
 
 // The query warp's loop: gathers the stacked query rows of items [first, last) into the slot
-// ring of NSLOT slots, as far ahead as free slots allow. A row-split item's warpgroups take a
-// slot each, so do a pair's two items; a lone kv-split item takes one (both warpgroups read
-// it), and so does every item of a stream (SOLO: one warpgroup, rows row0 .. row0 + 63).
-template<typename T, int D, int NSLOT, bool SOLO, typename QT>
+// ring, as far ahead as free slots allow. A row-split item's warpgroups take a slot each, so do
+// a pair's two items; a lone kv-split item takes one (both warpgroups read it).
+template<typename T, int D, typename QT>
 __device__ inline void gather_queries(const common_args &a, int first, int last, QT *q_smem, semaphore *q_full,
                                       semaphore *q_empty) {
     int qs = 0;  // slots used so far
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
         const int fl = it[F_FLAGS];
-        const bool kv = SOLO || (fl & FLAG_KV_SPLIT), pair = !SOLO && (fl & FLAG_PAIR);
+        const bool kv = fl & FLAG_KV_SPLIT, pair = fl & FLAG_PAIR;
         for (int w = 0; w < (kv && !pair ? 1 : NWG); w++, qs++) {
-            const int b = qs % NSLOT;
+            const int b = qs % QSLOTS;
             const int *iw = it + (pair ? w * ITEM_INTS : 0);
             trace(a, TR_QEMPTY, i, qs, b);
-            if (qs >= NSLOT) wait(q_empty[b], ((qs / NSLOT) - 1) & 1);
+            if (qs >= QSLOTS) wait(q_empty[b], ((qs / QSLOTS) - 1) & 1);
             load_q<T, D>(q_smem[b], a, iw[F_SEQ0], iw[F_HEAD], iw[F_ROW0] + (kv ? 0 : w * TILE), iw[F_NROWS]);
             q_signal(q_full[b]);
             trace(a, TR_QLOADED, i, qs, b);

@@ -59,7 +59,7 @@ template<typename T, int D> struct level_src {
 template<typename T, int D>
 static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
                 const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
-                const at::Tensor &out, float *lse, int streams) {
+                const at::Tensor &out, float *lse) {
     using S = level_src<T, D>;
     using lgl = typename S::lgl;
     auto mk = [&](const std::vector<at::Tensor> &xs, int i) {
@@ -73,7 +73,7 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / ks[0].size(2)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};
-    launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, streams, c10::cuda::getCurrentCUDAStream());
+    launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
 }  // namespace attn_tk
@@ -84,8 +84,7 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
 // out [B*Hq, D] in q's dtype, lse float [B*Hq]: written by direct items (plan.mark_direct) only.
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
-                               at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
-                               int64_t streams) {
+                               at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse) {
     using namespace attn_tk;
     const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(!ks.empty() && ks.size() == vs.size() && ks.size() <= (size_t)MAX_SRC, "tk: 1..6 K/V sources");
@@ -98,11 +97,11 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, (int)streams);
-        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, (int)streams);
+        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
+        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, (int)streams);
-        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, (int)streams);
+        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
+        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

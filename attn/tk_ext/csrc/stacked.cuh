@@ -34,8 +34,6 @@
 #include "query_gather.cuh"
 #include "ring_producer.cuh"
 #include "stacked_epilogue.cuh"
-#include <c10/util/Exception.h>
-#include <type_traits>
 
 namespace attn_tk {
 
@@ -43,27 +41,21 @@ using namespace kittens;
 
 // The kernel. SRC provides, for an item: ntiles(item) (tiles to process, after dynamic lengths),
 // valid(item, t) (valid keys of tile t, <= 0 to skip it), and load(item, t, k, v, kbar, vbar).
-// STREAMS = 2: every item is "solo" (one warpgroup, all of its tiles, rows row0 .. row0 + 63,
-// one slot), and warpgroup w runs CTA list STREAMS * blockIdx.x + w with its own producer
-// warps (w = 0: warps 0 and 1 of the producer warpgroup, w = 1: warps 2 and 3), query slot and
-// sub-ring of RING stages (tiles<>). The warpgroups meet at no barrier.
-template<typename T, int D, typename SRC, int STREAMS>
+template<typename T, int D, typename SRC>
 __global__ void __launch_bounds__(NTHREADS, 1)
 stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant__ SRC src) {
-    using TL = tiles<T, D, STREAMS>;
+    using TL = tiles<T, D>;
     using q_tile = typename TL::q_tile;
     using kv_tile = typename TL::kv_tile;
-    constexpr int STAGES = TL::STAGES, RING = TL::RING, QN = TL::QN, QPER = QN / STREAMS;
-    constexpr bool SOLO = STREAMS > 1;
+    constexpr int STAGES = TL::STAGES;
 
     extern __shared__ int __shm[];
     tma_swizzle_allocator al((int *)&__shm[0]);
-    q_tile(&q_smem)[QN] = al.allocate<q_tile, QN>();
+    q_tile(&q_smem)[QSLOTS] = al.allocate<q_tile, QSLOTS>();
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
-    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QN], q_empty[QN];
-    // Direct kv-split items' state exchange; two streams have no such items (and no room).
-    __shared__ std::conditional_t<SOLO, int, exchange<D>> xchg;
+    __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QSLOTS], q_empty[QSLOTS];
+    __shared__ exchange<D> xchg;
     // Valid keys of the tile in each ring stage, written by the producer before it arms the
     // stage's k_full (an arrive: release) and read by the consumers after their wait on it
     // (acquire), before they release the stage. The consumers would otherwise chase the item's
@@ -81,9 +73,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // parity two phases on, i.e. forever. Warps of a warpgroup meet only at its
             // collective wgmmas, and a kv-split warpgroup whose tiles are all past partial
             // chunks issues none; a 2-stage ring (notes/tk-keys128.patch) hung this way.
-            init_semaphore(done[s], SOLO ? 4 : NWG * 4, 0);
+            init_semaphore(done[s], NWG * 4, 0);
         }
-        for (int b = 0; b < QN; b++) {
+        for (int b = 0; b < QSLOTS; b++) {
             init_semaphore(q_full[b], ATTN_TK_QASYNC ? 32 : 1, 0);  // every lane / lane 0
             // Every consumer warp frees a slot once it holds its rows (count 1 each of 8 for a
             // kv-split item's slot, 2 each of 4 for a row-split warpgroup's), so no warp waits
@@ -94,7 +86,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     }
     {
         // load_q writes only the valid rows of an item: the others must hold finite values.
-        constexpr int N16 = (int)(sizeof(q_tile) * QN / 16);
+        constexpr int N16 = (int)(sizeof(q_tile) * QSLOTS / 16);
         int4 *z = reinterpret_cast<int4 *>(&q_smem[0]);
         for (int k = threadIdx.x; k < N16; k += NTHREADS) z[k] = make_int4(0, 0, 0, 0);
     }
@@ -103,33 +95,26 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     // Persistent: this CTA runs items [first, last) of the (host-balanced) table, and the
     // tile ring runs on across items, so the producer streams the next item's K/V while the
     // consumers finish the current one.
+    const int first = a.cta_items[blockIdx.x], last = a.cta_items[blockIdx.x + 1];
     const int wg = threadIdx.x / 128;
-    // The stream this warp serves: its consumer warpgroup's, or for producer warps 0-1 stream
-    // 0 and 2-3 stream 1. Its list, sub-ring (stages r0 ..) and query slots (q0 ..).
-    const int sw = !SOLO ? 0 : wg == NWG ? (warpid() % 4) / 2 : wg;
-    const int first = a.cta_items[STREAMS * blockIdx.x + sw], last = a.cta_items[STREAMS * blockIdx.x + sw + 1];
-    const int r0 = sw * RING, q0 = sw * QPER;
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
-        if (warpid() % 4 == 1 + 2 * sw)
-            gather_queries<T, D, QPER, SOLO>(a, first, last, q_smem + q0, q_full + q0, q_empty + q0);
-        if (threadIdx.x % 128 == 64 * sw)
-            stream_tiles<RING>(a, src, first, last, k_smem + r0, v_smem + r0, k_full + r0, v_full + r0, done + r0,
-                               stage_valid + r0, q_full + q0);
+        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, q_smem, q_full, q_empty);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, k_smem, v_smem, k_full, v_full, done, stage_valid, q_full);
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();
-    const auto ring = hold_ring(&k_smem[r0], &v_smem[r0], &k_full[r0], &v_full[r0], &done[r0], &stage_valid[r0]);
+    const auto ring = hold_ring(&k_smem[0], &v_smem[0], &k_full[0], &v_full[0], &done[0], &stage_valid[0]);
 
     const int lane = threadIdx.x % 32;
-    const bool pingpong = !SOLO && a.sched == SCHED_PINGPONG;
+    const bool pingpong = a.sched == SCHED_PINGPONG;
     if (pingpong && wg == 1) turn_pass(wg);
-    int g = 0;  // tiles consumed so far by this CTA (stream): ring stage g % RING, phase (g / RING) & 1
+    int g = 0;  // tiles consumed so far by this CTA: ring stage g % STAGES, phase (g / STAGES) & 1
     int qs = 0;  // query slots used so far (as the query warp counts them)
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
         // A pair (items i, i + 1) is one turn of this loop: this warpgroup runs item mi.
-        const bool pair = !SOLO && (it[F_FLAGS] & FLAG_PAIR);
+        const bool pair = it[F_FLAGS] & FLAG_PAIR;
         const int mi = i + (pair ? wg : 0);
         const int ntiles = pair ? 2 * max(src.ntiles(it), src.ntiles(it + ITEM_INTS)) : src.ntiles(it);
         it += pair ? wg * ITEM_INTS : 0;
@@ -139,12 +124,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const int flags = it[F_FLAGS];
         const bool kvsplit = flags & FLAG_KV_SPLIT, direct = flags & FLAG_DIRECT;
         const bool clear_next = flags & FLAG_CLEAR_NEXT;
-        const bool shared_q = kvsplit && !pair && !SOLO;  // both warpgroups read one query slot, write two slots
+        const bool shared_q = kvsplit && !pair;  // both warpgroups read one query slot, write two slots
         const int seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
-        const int row0 = it[F_ROW0] + (kvsplit || SOLO ? 0 : wg * TILE);
+        const int row0 = it[F_ROW0] + (kvsplit ? 0 : wg * TILE);
         const int slot = it[F_SLOT] + (shared_q ? wg : 0);
-        const int qu = qs + (shared_q || SOLO ? 0 : wg), qb = q0 + qu % QPER;
-        qs += shared_q || SOLO ? 1 : NWG;
+        const int qu = qs + (shared_q ? 0 : wg), qb = qu % QSLOTS;
+        qs += shared_q ? 1 : NWG;
         q_tile &qt = q_smem[qb];
         // Which 16 of the item's rows this warp holds (the MMA's rows 16 wq ..): its own index,
         // but warpgroup 1 of a kv-split item turns its warps by two (ATTN_TK_SPREAD_ROWS), so
@@ -156,7 +141,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const bool live = !ATTN_TK_SPREAD_ROWS || row0 + wq * 16 < nrows;
         trace(a, TR_QFULL, mi, qu, qb);
         timeline(a, mi, wg, TL_START);
-        wait(q_full[qb], (qu / QPER) & 1);
+        wait(q_full[qb], (qu / QSLOTS) & 1);
         timeline(a, mi, wg, TL_QREADY);
         long long kwait = 0, vwait = 0;  // timeline builds: cycles in ring waits
         (void)kwait;
@@ -216,7 +201,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 pend = false;
             };
             for (int t = 0; t < ntiles; t++, g++) {
-                const int s = g % RING, ph = (g / RING) & 1;
+                const int s = g % STAGES, ph = (g / STAGES) & 1;
                 trace(a, TR_KFULL, mi, g, s);
                 TL_WAIT(kwait, ring.wait_k(s, ph));
                 const int valid = ATTN_TK_STAGE_VALID ? ring.keys(s) : src.valid(it, t);
@@ -276,13 +261,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 #endif
         {
         for (int t = 0; t < ntiles; t++, g++) {
-            int s = g % RING, ph = (g / RING) & 1;
+            int s = g % STAGES, ph = (g / STAGES) & 1;
             // Both warpgroups wait for every tile, even one they skip, so that their arrivals
             // on done[s] can never run a phase ahead of the producer.
             trace(a, TR_KFULL, mi, g, s);
             TL_WAIT(kwait, ring.wait_k(s, ph));
             int valid = ATTN_TK_STAGE_VALID || pair ? ring.keys(s) : src.valid(it, t);
-            bool mine = (!kvsplit || SOLO || (t % NWG) == wg) && valid > 0;
+            bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
             // A tile nobody computes on (past a partial chunk) is released only once its V
             // has landed: the producer's next expect_bytes on v_full[s] must start a new phase.
             if (valid <= 0) ring.wait_v(s, ph);
@@ -317,7 +302,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 #endif
         }
         timeline(a, mi, wg, TL_TAIL);
-        if constexpr (!SOLO) if (direct && shared_q) {
+        if (direct && shared_q) {
             // Rows >= DIRECT_ROWS are not in the item (plan.mark_direct): only the warp with
             // rows 0-15 (wq = 0) of each warpgroup works.
             if (wq * 16 >= DIRECT_ROWS) continue;
@@ -373,10 +358,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     trace(a, TR_EXIT, last, g, wg);
 }
 
-template<typename T, int D, typename SRC, int STREAMS>
-void launch_streams(const common_args &a, const SRC &src, int num_ctas, cudaStream_t stream) {
-    auto kern = stacked_attn_kernel<T, D, SRC, STREAMS>;
-    constexpr size_t smem = tiles<T, D, STREAMS>::smem;
+template<typename T, int D, typename SRC>
+void launch_stacked(const common_args &a, const SRC &src, int num_ctas, cudaStream_t stream) {
+    auto kern = stacked_attn_kernel<T, D, SRC>;
+    constexpr size_t smem = tiles<T, D>::smem;
     // One attribute call per instantiation and device (not a stream op, so graph-safe).
     static bool configured[64] = {};
     int dev = 0;
@@ -386,16 +371,6 @@ void launch_streams(const common_args &a, const SRC &src, int num_ctas, cudaStre
         if (dev < 64) configured[dev] = true;
     }
     if (num_ctas > 0) kern<<<num_ctas, NTHREADS, smem, stream>>>(a, src);
-}
-
-// cta_items holds num_lists + 1 offsets: one list per CTA (streams = 1) or per consumer
-// warpgroup of each CTA (streams = 2, schedule.assign_streams).
-template<typename T, int D, typename SRC>
-void launch_stacked(const common_args &a, const SRC &src, int num_lists, int streams, cudaStream_t stream) {
-    TORCH_CHECK(streams == 1 || streams == NWG, "tk: 1 or 2 streams per CTA, not ", streams);
-    TORCH_CHECK(num_lists % streams == 0, "tk: ", num_lists, " CTA lists for ", streams, " streams per CTA");
-    if (streams == 1) launch_streams<T, D, SRC, 1>(a, src, num_lists, stream);
-    else launch_streams<T, D, SRC, NWG>(a, src, num_lists / NWG, stream);
 }
 
 }  // namespace attn_tk

@@ -122,25 +122,14 @@ constexpr int QSLOTS = QBUFS * NWG;
 #define ATTN_TK_QASYNC 1
 #endif
 
-// STREAMS = 2 ("two streams", plan: schedule.assign_streams): each consumer warpgroup runs a
-// list of its own, one item at a time over all of the item's tiles, with its own producer
-// warps, query slot and sub-ring of the K/V stages, so that one warpgroup's compute-bound
-// prefix item runs beside the other's memory-bound decode items on the same SM. One query slot
-// per stream (its next item is gathered once the current one's rows are in registers) leaves
-// room for RING = 3 stages per stream at D = 128.
-template<typename T, int D, int STREAMS = 1> struct tiles {
+template<typename T, int D> struct tiles {
     using q_tile = typename dt<T>::template st_t<TILE, D>;
     using kv_tile = typename dt<T>::template st_t<TILE, D>;
-    static_assert(STREAMS == 1 || STREAMS == NWG, "one stream, or one per consumer warpgroup");
-    static constexpr int QN = STREAMS == 1 ? QSLOTS : STREAMS;  // query slots in all
     // Deep rings: decode items are memory-bound and the ring must cover item switches. The
     // query buffers and the ring share 192 KB (+ the barriers and the direct items' exchange
-    // buffer, within the 227 KB of an SM); two streams need no exchange buffer and take 224 KB.
-    static constexpr int STAGES = STREAMS == 1
-        ? (192 * 1024 - (int)sizeof(q_tile) * QN) / (2 * (int)sizeof(kv_tile))
-        : (224 * 1024 - (int)sizeof(q_tile) * QN) / (2 * (int)sizeof(kv_tile)) / STREAMS * STREAMS;
-    static constexpr int RING = STAGES / STREAMS;  // stages of one stream's sub-ring
-    static constexpr size_t smem = sizeof(q_tile) * QN + 2 * sizeof(kv_tile) * STAGES + (STREAMS == 1 ? 2048 : 1024);
+    // buffer, within the 227 KB of an SM).
+    static constexpr int STAGES = (192 * 1024 - (int)sizeof(q_tile) * QBUFS * NWG) / (2 * (int)sizeof(kv_tile));
+    static constexpr size_t smem = sizeof(q_tile) * QBUFS * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
 };
 
 // What every item needs besides its K/V source.
