@@ -558,6 +558,26 @@ def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkey
     assert with_pair() == [1, 4, 4]
 
 
+def test_cta_heads_copy_each_ctas_range_and_first_two_items():
+    """schedule.cta_heads: what the launch puts in the kernel's parameters is each CTA's row
+    range and its first two rows of the scheduled table (zeros where the CTA has one)."""
+    items, _ = plan.level_plan(128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64, True, num_sms=132)
+    sched, ctas = schedule.assign_ctas(schedule.pair_kv_items(items), 132)
+    heads = schedule.cta_heads(sched, ctas)
+    assert heads.dtype == np.int32 and heads.shape == (132, schedule.HEAD_INTS)
+    n = plan.ITEM_INTS
+    for c in range(132):
+        a, b = int(ctas[c]), int(ctas[c + 1])
+        assert heads[c, 0] == a and heads[c, 1] == b and np.array_equal(heads[c, 2:2 + n], sched[a])
+        assert np.array_equal(heads[c, 2 + n:], sched[a + 1] if a + 1 < b else np.zeros(n, dtype=np.int32))
+    # A CTA with one item (8 items on 132 SMs: one pair per CTA here, then lone ones).
+    lone = plan.level_plan(2, 4, 4, [], 64, False, num_sms=132)[0]
+    s1, c1 = schedule.assign_ctas(lone, 132)
+    h1 = schedule.cta_heads(s1, c1)
+    assert len(h1) == 8 and (h1[:, 2 + n:] == 0).all() and np.array_equal(h1[:, 2:2 + n], s1)
+    assert schedule.cta_heads(sched[:0], np.zeros(1, dtype=np.int32)).shape == (0, schedule.HEAD_INTS)
+
+
 def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     """level_items / chunk_items on the CPU (an SM count stood in): the plan's items, paired
     and scheduled, cached per shape and per environment (ATTN_TK_PAIR_TILES here)."""
@@ -566,7 +586,7 @@ def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
     inp = make_inputs(W("", 12, 8, 2, ((1, 300),), 130, 64, ragged=True), torch.float32, "cpu", seed=5)
     p = shared_prefix_problem(*inp.args())
-    items, ctas, nslot, direct, covered = tk.level_items(p)
+    items, ctas, nslot, direct, covered = tk.level_items(p)[:5]
     levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
     want, want_slots = plan.level_plan(12, 8, 2, levels, p.suffix_capacity, True, num_sms=3)
     assert nslot == want_slots and not direct and int(ctas[-1]) == len(want)
@@ -576,12 +596,15 @@ def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))
     assert (items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
     assert tk.level_items(p)[0] is items  # cached
+    heads = tk.level_items(p)[5]
+    assert heads.device.type == "cpu" and heads.dtype == torch.int32
+    assert np.array_equal(heads.numpy(), schedule.cta_heads(items.numpy(), ctas.numpy()))
     monkeypatch.setenv("ATTN_TK_PAIR_TILES", "0")
     alone = tk.level_items(p)[0]
     assert alone is not items and not (alone[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()
     ch = to_chunk_form(inp, 64, shuffle=True)
     cp = chunk_problem(*ch.args())
-    c_items, c_ctas, clist, c_slots, c_direct, c_covered = tk.chunk_items(cp)
+    c_items, c_ctas, clist, c_slots, c_direct, c_covered = tk.chunk_items(cp)[:6]
     assert tk.chunk_items(cp)[0] is c_items and int(c_ctas[-1]) == c_items.shape[0] > 0
     assert not (c_items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()  # ATTN_TK_PAIR_TILES=0 still set
     monkeypatch.delenv("ATTN_TK_PAIR_TILES")
@@ -756,6 +779,27 @@ def test_gpu_merge_states(tk, impl, d, k, monkeypatch):
     shifted = flat[1:].view_as(outs).copy_(outs)
     out2, lse2 = attn.merge_states(shifted, lses, backend="tk")
     assert torch.equal(lse2, lse) and torch.allclose(out2.float(), out.float(), atol=2.0**-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads", ["0", "past"], ids=["tables", "more-ctas-than-heads"])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id in (
+    "spec-tree-3level-ragged-level", "spec-tree-3level-ragged-chunk", "spec-gqa-8b-ragged-chunk")],
+    ids=lambda c: c.id)
+def test_gpu_cta_heads_or_tables_agree(tk, case, heads, monkeypatch):
+    """The CTAs' first units read from the plan's tables (ATTN_TK_HEADS=0), and a grid of 200
+    CTAs, of which those past HEAD_CTAS (160) read the tables, pass the oracle as the default
+    (every CTA's head in the kernel's parameters) does."""
+    if heads == "0":
+        monkeypatch.setenv("ATTN_TK_HEADS", "0")
+    else:
+        monkeypatch.setattr(tk, "_num_sms", lambda device: 200)
+        monkeypatch.setattr(tk, "_plans", {})  # the 200-CTA plans stay out of the shared cache
+    inp = case.inputs(torch.bfloat16, "cuda")
+    verdict = Oracle(case.problem(inp)).judge(*_call(case.op, inp, "tk"))
+    assert verdict.ok, str(verdict)
+    if heads == "past" and case.op == "shared_prefix":
+        assert len(tk.level_items(case.problem(inp))[1]) - 1 > 160
 
 
 @pytest.mark.gpu
@@ -1119,7 +1163,7 @@ def test_backend_chooses_the_split_factor_per_shape(monkeypatch):
 
     for args, factor in [((128, 32, 8, [(1, 2048), (8, 512), (32, 128)], 64), 1.5),
                          ((256, 32, 8, [(1, 8192)], 256), 1.5), ((64, 32, 8, [(1, 32768)], 256), 2.0)]:
-        items, ctas, nslot, direct, covered = tk.level_items(shape(*args))
+        items, ctas, nslot, direct, covered = tk.level_items(shape(*args))[:5]
         want, want_slots = plan.level_plan(*args, False, 132, factor)
         fixed = plan.level_plan(*args, False, 132, 2.0)[1]
         assert nslot == want_slots and items.shape[0] == want.shape[0] and covered

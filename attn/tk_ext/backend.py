@@ -18,6 +18,9 @@ from ..backend import Backend
 from ..problems import ChunkProblem, MergeProblem, SharedPrefixProblem
 from . import build, plan, schedule
 
+# A launch without CTA heads (use_heads): the kernel reads its tables.
+_NO_HEADS = torch.zeros(0, schedule.HEAD_INTS, dtype=torch.int32)
+
 #: prefix levels + the suffix that one launch takes (kernel parameter space).
 MAX_SOURCES = 6
 
@@ -87,12 +90,12 @@ def pair_caps() -> tuple[int, int]:
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
-                   "ATTN_TK_UNPAIR")
+                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
                  "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
-                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1")}
+                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_HEADS": ("0", "1")}
 
 
 def check_switches() -> None:
@@ -110,6 +113,13 @@ def split_factors() -> tuple:
     if os.environ.get("ATTN_TK_SPLIT_FACTOR"):
         return (plan.SPLIT_FACTOR,)
     return plan.AUTO_SPLIT_FACTORS
+
+
+def use_heads() -> bool:
+    """Whether each launch passes the CTAs' heads (:func:`schedule.cta_heads`: item ranges and
+    first units) in the kernel's parameters; ``ATTN_TK_HEADS=0`` has the kernel read them from
+    the plan's tables (read at each call, so that a benchmark can time both)."""
+    return os.environ.get("ATTN_TK_HEADS", "1") != "0"
 
 
 def lse_fill() -> bool:
@@ -271,7 +281,8 @@ class TKBackend(Backend):
 
             items, ctas, direct, covered, nslot, _ = self._best_split(make, p.batch, p.num_kv_heads,
                                                                       p.num_q_heads // p.num_kv_heads, p.device)
-            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered)
+            hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered,
+                   torch.as_tensor(schedule.cta_heads(items, ctas)))
             self._plans[key] = hit
         return hit
 
@@ -286,10 +297,11 @@ class TKBackend(Backend):
             vs.append(prep_kv(p.suffix_v))
         if not ks or b == 0:
             return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
-        items, ctas, nslot, direct, covered = self.level_items(p)
+        items, ctas, nslot, direct, covered, heads = self.level_items(p)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
-        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse)
+        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse,
+                                   heads if use_heads() else _NO_HEADS)
         return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
@@ -307,7 +319,8 @@ class TKBackend(Backend):
             items, ctas, direct, covered, nslot, clist = self._best_split(
                 make, p.table.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
-                   torch.as_tensor(clist).to(p.device), nslot, direct, covered)
+                   torch.as_tensor(clist).to(p.device), nslot, direct, covered,
+                   torch.as_tensor(schedule.cta_heads(items, ctas)))
             cache[key] = hit
         return hit
 
@@ -315,13 +328,13 @@ class TKBackend(Backend):
         check_switches()
         ext = self._ext()
         n, hq, d = p.q.shape
-        items, ctas, clist, nslot, direct, covered = self.chunk_items(p)
+        items, ctas, clist, nslot, direct, covered, heads = self.chunk_items(p)
         if n == 0 or nslot == 0 or items.shape[0] == 0:
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
         ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
-                           items, ctas, p.scale, po, pl, out, lse)
+                           items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS)
         return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 
     @staticmethod

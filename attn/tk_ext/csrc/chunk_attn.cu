@@ -48,7 +48,7 @@ template<typename T, int D> struct chunk_src {
 template<typename T, int D>
 static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc, const at::Tensor &clist,
                 const at::Tensor &clens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
-                const at::Tensor &out, float *lse) {
+                const at::Tensor &out, float *lse, const at::Tensor &heads) {
     using S = chunk_src<T, D>;
     using cgl = typename S::cgl;
     auto mk = [&](const at::Tensor &x) {
@@ -59,6 +59,7 @@ static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc,
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / kc.size(1)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};
+    if (heads.numel()) fill_heads(a, heads.data_ptr<int>(), heads.size(0));
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
@@ -70,11 +71,15 @@ static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc,
 // shared_prefix.cu.
 void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
                        at::Tensor chunk_lens, at::Tensor items, at::Tensor cta_items, double scale,
-                       at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse) {
+                       at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
+                               at::Tensor heads) {
     using namespace attn_tk;
     const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");
     TORCH_CHECK(k_chunks.is_contiguous() && v_chunks.is_contiguous(), "tk: chunk pools must be contiguous");
+    TORCH_CHECK(!heads.numel() || (heads.device().is_cpu() && heads.dtype() == at::kInt && heads.is_contiguous() &&
+                                   heads.dim() == 2 && heads.size(1) == HEAD_INTS && heads.size(0) == cta_items.size(0) - 1),
+                "tk: CTA heads must be int32 [num_ctas, HEAD_INTS] on the CPU");
     const int d = (int)q.size(2);
     check_direct_outputs(q, out, lse);
     const int hp = check_partials(q, part_out);
@@ -82,11 +87,11 @@ void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, a
     float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp);
-        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp);
+        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp, heads);
+        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp, heads);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp);
-        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp);
+        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp, heads);
+        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp, heads);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

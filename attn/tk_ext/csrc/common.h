@@ -22,8 +22,10 @@ inline int check_partials(const at::Tensor &q, const at::Tensor &part_out) {
 
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
-                               at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse);
+                               at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
+                               at::Tensor heads);
 void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
                        at::Tensor chunk_lens, at::Tensor items, at::Tensor cta_items, double scale,
-                       at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse);
+                       at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
+                       at::Tensor heads);
 void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse);

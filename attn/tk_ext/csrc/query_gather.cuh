@@ -78,11 +78,11 @@ __device__ inline void q_signal(semaphore &full) {
 // ring, as far ahead as free slots allow. A row-split item's warpgroups take a slot each, so do
 // a pair's two items; a lone kv-split item takes one (both warpgroups read it).
 template<typename T, int D, typename QT>
-__device__ inline void gather_queries(const common_args &a, int first, int last, QT *q_smem, semaphore *q_full,
+__device__ inline void gather_queries(const common_args &a, int first, int last, const int *head, QT *q_smem, semaphore *q_full,
                                       semaphore *q_empty) {
     int qs = 0;  // slots used so far
     for (int i = first; i < last; i++) {
-        const int *it = a.items + (long)i * ITEM_INTS;
+        const int *it = item_at(a, head, i, first);
         const int fl = it[F_FLAGS];
         const bool kv = fl & FLAG_KV_SPLIT, pair = fl & FLAG_PAIR;
         for (int w = 0; w < (kv && !pair ? 1 : NWG); w++, qs++) {

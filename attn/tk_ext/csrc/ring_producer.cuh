@@ -15,12 +15,13 @@ using namespace kittens;
 // each warpgroup takes every other tile as in a lone kv-split item; the shorter item's turns
 // past its end (dynamic lengths) are empty stages, armed with a plain arrive.
 template<int STAGES, typename SRC, typename KV>
-__device__ inline void stream_tiles(const common_args &a, const SRC &src, int first, int last, KV *k_smem, KV *v_smem,
+__device__ inline void stream_tiles(const common_args &a, const SRC &src, int first, int last, const int *head,
+                                    KV *k_smem, KV *v_smem,
                                     semaphore *k_full, semaphore *v_full, semaphore *done, int *stage_valid,
                                     semaphore *q_full) {
     int g = 0;  // tiles issued so far
     for (int i = first; i < last; i++) {
-        const int *it = a.items + (long)i * ITEM_INTS;
+        const int *it = item_at(a, head, i, first);
         const bool pair = it[F_FLAGS] & FLAG_PAIR;
         const int na = src.ntiles(it), nb = pair ? src.ntiles(it + ITEM_INTS) : 0;
         const int n = pair ? 2 * max(na, nb) : na;

@@ -59,7 +59,7 @@ template<typename T, int D> struct level_src {
 template<typename T, int D>
 static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
                 const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
-                const at::Tensor &out, float *lse) {
+                const at::Tensor &out, float *lse, const at::Tensor &heads) {
     using S = level_src<T, D>;
     using lgl = typename S::lgl;
     auto mk = [&](const std::vector<at::Tensor> &xs, int i) {
@@ -73,6 +73,7 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / ks[0].size(2)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};
+    if (heads.numel()) fill_heads(a, heads.data_ptr<int>(), heads.size(0));
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
@@ -84,12 +85,16 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
 // out [B*Hq, D] in q's dtype, lse float [B*Hq]: written by direct items (plan.mark_direct) only.
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
-                               at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse) {
+                               at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
+                               at::Tensor heads) {
     using namespace attn_tk;
     const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(!ks.empty() && ks.size() == vs.size() && ks.size() <= (size_t)MAX_SRC, "tk: 1..6 K/V sources");
     TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");
     at::Tensor l = lens.has_value() ? *lens : at::Tensor();
+    TORCH_CHECK(!heads.numel() || (heads.device().is_cpu() && heads.dtype() == at::kInt && heads.is_contiguous() &&
+                                   heads.dim() == 2 && heads.size(1) == HEAD_INTS && heads.size(0) == cta_items.size(0) - 1),
+                "tk: CTA heads must be int32 [num_ctas, HEAD_INTS] on the CPU");
     const int d = (int)q.size(2);
     check_direct_outputs(q, out, lse);
     const int hp = check_partials(q, part_out);
@@ -97,11 +102,11 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
-        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
+        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads);
+        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
-        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp);
+        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads);
+        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -95,12 +95,14 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     // Persistent: this CTA runs items [first, last) of the (host-balanced) table, and the
     // tile ring runs on across items, so the producer streams the next item's K/V while the
     // consumers finish the current one.
-    const int first = a.cta_items[blockIdx.x], last = a.cta_items[blockIdx.x + 1];
+    const int *head = cta_head(a);
+    const int first = head ? a.heads.range[blockIdx.x][0] : a.cta_items[blockIdx.x];
+    const int last = head ? a.heads.range[blockIdx.x][1] : a.cta_items[blockIdx.x + 1];
     const int wg = threadIdx.x / 128;
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
-        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, q_smem, q_full, q_empty);
-        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, k_smem, v_smem, k_full, v_full, done, stage_valid, q_full);
+        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, q_full);
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();
@@ -112,7 +114,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     int g = 0;  // tiles consumed so far by this CTA: ring stage g % STAGES, phase (g / STAGES) & 1
     int qs = 0;  // query slots used so far (as the query warp counts them)
     for (int i = first; i < last; i++) {
-        const int *it = a.items + (long)i * ITEM_INTS;
+        const int *it = item_at(a, head, i, first);
         // A pair (items i, i + 1) is one turn of this loop: this warpgroup runs item mi.
         const bool pair = it[F_FLAGS] & FLAG_PAIR;
         const int mi = i + (pair ? wg : 0);
@@ -360,6 +362,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
 
 template<typename T, int D, typename SRC>
 void launch_stacked(const common_args &a, const SRC &src, int num_ctas, cudaStream_t stream) {
+    // Kernel parameters may take 32764 bytes (CUDA 12.1+, sm_70+); the CTA heads take ~17 KB.
+    static_assert(sizeof(common_args) + sizeof(SRC) <= 32764, "kernel parameters too large");
     auto kern = stacked_attn_kernel<T, D, SRC>;
     constexpr size_t smem = tiles<T, D>::smem;
     // One attribute call per instantiation and device (not a stream op, so graph-safe).

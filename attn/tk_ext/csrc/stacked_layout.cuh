@@ -132,6 +132,18 @@ template<typename T, int D> struct tiles {
     static constexpr size_t smem = sizeof(q_tile) * QBUFS * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
 };
 
+// Each CTA's item range and first unit (an item, or a pair's two items), in the kernel's
+// parameters (the plan's heads, backend.plan_heads), so that a CTA's first queries and tiles
+// wait for one read (of the parameters) instead of a chain of three (cta_items, then the
+// item, then its queries), each from DRAM at a kernel's start: the first item's query wait
+// took 2-4 us of a 34-123 us kernel (H200 timelines, session 15). CTAs past HEAD_CTAS, or a
+// launch without heads (nheads = 0), read the tables.
+constexpr int HEAD_CTAS = 160;
+struct cta_heads {
+    int range[HEAD_CTAS][2];              // [cta_items[c], cta_items[c + 1])
+    int item[HEAD_CTAS][2][ITEM_INTS];    // items cta_items[c] and cta_items[c] + 1
+};
+
 // What every item needs besides its K/V source.
 struct common_args {
     const int *items;          // [num_items, ITEM_INTS]
@@ -149,6 +161,30 @@ struct common_args {
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
     int *trace;                // ATTN_TK_TRACE builds: device [ctas, NTHREADS / 32, 4]; else unused
     unsigned long long *timeline;  // ATTN_TK_TIMELINE builds: device [num_items, NWG, TL_FIELDS]; else unused
+    int nheads;                // CTAs [0, nheads) have their range and first unit in heads
+    cta_heads heads;
 };
+
+// heads: int32 [n, HEAD_INTS] on the host (range, then the two items' fields), at most
+// HEAD_CTAS rows used.
+constexpr int HEAD_INTS = 2 + 2 * ITEM_INTS;
+inline void fill_heads(common_args &a, const int *heads, long n) {
+    a.nheads = (int)(n < HEAD_CTAS ? n : HEAD_CTAS);
+    for (int c = 0; c < a.nheads; c++) {
+        const int *h = heads + (long)c * HEAD_INTS;
+        a.heads.range[c][0] = h[0];
+        a.heads.range[c][1] = h[1];
+        for (int k = 0; k < 2 * ITEM_INTS; k++) a.heads.item[c][k / ITEM_INTS][k % ITEM_INTS] = h[2 + k];
+    }
+}
+
+// This CTA's first unit in the parameters (a generic pointer into the __grid_constant__
+// arguments), or nullptr; item i's fields (the head for i == first).
+__device__ inline const int *cta_head(const common_args &a) {
+    return (int)blockIdx.x < a.nheads ? &a.heads.item[blockIdx.x][0][0] : nullptr;
+}
+__device__ inline const int *item_at(const common_args &a, const int *head, int i, int first) {
+    return head && i == first ? head : a.items + (long)i * ITEM_INTS;
+}
 
 }  // namespace attn_tk
