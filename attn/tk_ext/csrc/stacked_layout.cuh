@@ -113,7 +113,18 @@ template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; te
 #endif
 constexpr int QBUFS = ATTN_TK_QBUFS;
 static_assert(QBUFS == 1 || QBUFS == 2, "one or two query buffers");
-constexpr int QSLOTS = QBUFS * NWG;
+// ATTN_TK_QSLOTS=n (n >= NWG): n query slots instead of QBUFS * NWG; with ATTN_TK_SMEM_KB this
+// trades query slots for ring stages (3 slots and 216 KB: 5 stages at D = 128, 12 at D = 64).
+#ifndef ATTN_TK_QSLOTS
+#define ATTN_TK_QSLOTS 0
+#endif
+constexpr int QSLOTS = ATTN_TK_QSLOTS > 0 ? ATTN_TK_QSLOTS : QBUFS * NWG;
+static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer warpgroup");
+// Shared memory of the query slots and the ring together (KB); the rest of the SM's 227 KB
+// holds the barriers, the direct items' exchange buffer (8.5 KB at D = 128) and the alignment pad.
+#ifndef ATTN_TK_SMEM_KB
+#define ATTN_TK_SMEM_KB 192
+#endif
 // 1: each lane of the query warp signals q_full with cp.async.mbarrier.arrive, which fires
 // when its copies have landed, so the warp goes on to gather the next item at once; 0: it
 // waits for its copies (cp.async.wait_all) and lane 0 arrives, one memory latency per item
@@ -128,8 +139,8 @@ template<typename T, int D> struct tiles {
     // Deep rings: decode items are memory-bound and the ring must cover item switches. The
     // query buffers and the ring share 192 KB (+ the barriers and the direct items' exchange
     // buffer, within the 227 KB of an SM).
-    static constexpr int STAGES = (192 * 1024 - (int)sizeof(q_tile) * QBUFS * NWG) / (2 * (int)sizeof(kv_tile));
-    static constexpr size_t smem = sizeof(q_tile) * QBUFS * NWG + 2 * sizeof(kv_tile) * STAGES + 2048;
+    static constexpr int STAGES = (ATTN_TK_SMEM_KB * 1024 - (int)sizeof(q_tile) * QSLOTS) / (2 * (int)sizeof(kv_tile));
+    static constexpr size_t smem = sizeof(q_tile) * QSLOTS + 2 * sizeof(kv_tile) * STAGES + 2048;
 };
 
 // Each CTA's item range and first unit (an item, or a pair's two items), in the kernel's
