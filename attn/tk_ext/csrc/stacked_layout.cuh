@@ -113,10 +113,15 @@ template<> struct dt<half> { template<int R, int C> using st_t = st_hf<R, C>; te
 #endif
 constexpr int QBUFS = ATTN_TK_QBUFS;
 static_assert(QBUFS == 1 || QBUFS == 2, "one or two query buffers");
-// ATTN_TK_QSLOTS=n (n >= NWG): n query slots instead of QBUFS * NWG; with ATTN_TK_SMEM_KB this
-// trades query slots for ring stages (3 slots and 216 KB: 5 stages at D = 128, 12 at D = 64).
+// ATTN_TK_QSLOTS=n (n >= NWG): n query slots; 0: QBUFS * NWG. Default 3: the query warp gathers
+// one slot less far ahead (a row-split item's second slot waits for the previous item's first
+// to be read into registers), which made shared_prefix 0.4-3.4 % faster on every spec workload
+// (tree-3level most) and chunk within 0.9 % (H200, runs 0110 / 0108, 0111 and 0113 / 0112: -0.5 %
+// in the geometric mean each time, before and after the default). The 16 KB it frees do not
+// buy a fifth stage at D = 128 within 192 KB; with ATTN_TK_SMEM_KB=216 they do, and that was
+// 0.7 % slower (run 0109).
 #ifndef ATTN_TK_QSLOTS
-#define ATTN_TK_QSLOTS 0
+#define ATTN_TK_QSLOTS 3
 #endif
 constexpr int QSLOTS = ATTN_TK_QSLOTS > 0 ? ATTN_TK_QSLOTS : QBUFS * NWG;
 static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer warpgroup");
