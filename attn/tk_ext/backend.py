@@ -268,8 +268,9 @@ class TKBackend(Backend):
         return items, ctas, direct, covered
 
     def level_items(self, p: SharedPrefixProblem):
-        """The cached device item table, CTA ranges, slot count, directness and coverage
-        (every partial lse written: :func:`plan.clear_unwritten`) of ``p``'s shape."""
+        """The cached device item table, CTA ranges, slot count, directness, coverage
+        (every partial lse written: :func:`plan.clear_unwritten`) and CPU CTA heads
+        (:func:`schedule.cta_heads`) of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                p.suffix_lens is not None, str(p.device)) + self._schedule_key()
@@ -305,8 +306,8 @@ class TKBackend(Backend):
         return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
-        """The device item table, CTA ranges, chunk list, slot count, directness and coverage of
-        ``p.table`` (cached on it)."""
+        """The device item table, CTA ranges, chunk list, slot count, directness, coverage and
+        CPU CTA heads of ``p.table`` (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
         key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device)) + self._schedule_key()
         hit = cache.get(key)

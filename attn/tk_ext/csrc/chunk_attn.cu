@@ -67,12 +67,12 @@ static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc,
 
 // Partial states of every item of a chunk_attention call (see attn/tk_ext/plan.py).
 // q [N, Hq, D]; k_chunks, v_chunks [num_chunks, Hkv, C, D] contiguous; chunk_list int32;
-// chunk_lens int32 [num_chunks]; items int32 [num_items, 12]; partials and out / lse as in
-// shared_prefix.cu.
+// chunk_lens int32 [num_chunks]; items int32 [num_items, 12]; partials, out / lse and heads as
+// in shared_prefix.cu.
 void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
                        at::Tensor chunk_lens, at::Tensor items, at::Tensor cta_items, double scale,
                        at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
-                               at::Tensor heads) {
+                       at::Tensor heads) {
     using namespace attn_tk;
     const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");

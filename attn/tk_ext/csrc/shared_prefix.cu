@@ -82,7 +82,9 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
 // Partial states of every item of a shared_prefix_attention call (see attn/tk_ext/plan.py).
 // q [B, Hq, D]; ks, vs: the level tensors [G_i, P_i, Hkv, D] then the suffix [B, S, Hkv, D];
 // items int32 [num_items, 12]; part_out [nslot, B*Hq, D] float32 or q's dtype; part_lse float [nslot, B*Hq];
-// out [B*Hq, D] in q's dtype, lse float [B*Hq]: written by direct items (plan.mark_direct) only.
+// out [B*Hq, D] in q's dtype, lse float [B*Hq]: written by direct items (plan.mark_direct) only;
+// heads int32 [num_ctas, HEAD_INTS] on the CPU (schedule.cta_heads), or empty: the kernel then
+// reads every CTA's range and first unit from cta_items and items.
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
