@@ -94,6 +94,8 @@ __device__ inline void gather_queries(const common_args &a, int first, int last,
             q_signal(q_full[b]);
             trace(a, TR_QLOADED, i, qs, b);
         }
+        if (ATTN_TK_Q_FIRST == 2 && i == first)  // (stacked_layout.cuh)
+            for (int b = 0; b < qs; b++) wait(q_full[b], 0);
         i += pair;
     }
     // Its copies land before the warp exits (their arrives still count).
