@@ -570,7 +570,7 @@ def test_cta_heads_copy_each_ctas_range_and_first_two_items():
         a, b = int(ctas[c]), int(ctas[c + 1])
         assert heads[c, 0] == a and heads[c, 1] == b and np.array_equal(heads[c, 2:2 + n], sched[a])
         assert np.array_equal(heads[c, 2 + n:], sched[a + 1] if a + 1 < b else np.zeros(n, dtype=np.int32))
-    # A CTA with one item (8 items on 132 SMs: one pair per CTA here, then lone ones).
+    # CTAs of one item each (8 lone items on 132 SMs): no second item.
     lone = plan.level_plan(2, 4, 4, [], 64, False, num_sms=132)[0]
     s1, c1 = schedule.assign_ctas(lone, 132)
     h1 = schedule.cta_heads(s1, c1)

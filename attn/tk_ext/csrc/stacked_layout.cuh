@@ -147,18 +147,19 @@ template<typename T, int D> struct tiles {
     using q_tile = typename dt<T>::template st_t<TILE, D>;
     using kv_tile = typename dt<T>::template st_t<TILE, D>;
     // Deep rings: decode items are memory-bound and the ring must cover item switches. The
-    // query buffers and the ring share 192 KB (+ the barriers and the direct items' exchange
-    // buffer, within the 227 KB of an SM).
+    // query slots and the ring share ATTN_TK_SMEM_KB (+ the barriers and the direct items'
+    // exchange buffer, within the 227 KB of an SM): 4 stages at D = 128, 10 at D = 64.
     static constexpr int STAGES = (ATTN_TK_SMEM_KB * 1024 - (int)sizeof(q_tile) * QSLOTS) / (2 * (int)sizeof(kv_tile));
     static constexpr size_t smem = sizeof(q_tile) * QSLOTS + 2 * sizeof(kv_tile) * STAGES + 2048;
 };
 
 // Each CTA's item range and first unit (an item, or a pair's two items), in the kernel's
-// parameters (the plan's heads, backend.plan_heads), so that a CTA's first queries and tiles
-// wait for one read (of the parameters) instead of a chain of three (cta_items, then the
-// item, then its queries), each from DRAM at a kernel's start: the first item's query wait
-// took 2-4 us of a 34-123 us kernel (H200 timelines, session 15). CTAs past HEAD_CTAS, or a
-// launch without heads (nheads = 0), read the tables.
+// parameters (schedule.cta_heads, copied at each launch), so that a CTA starts its first
+// unit without reading cta_items and then the item from memory. H200 runs 0106 / 0105 and
+// 0107 / 0108: the table reads (ATTN_TK_HEADS=0) 0.6 % slower in the geometric mean; the
+// first row-split item's query wait (3.9 us in tree-3level) did not shrink with heads, so that
+// wait is not this chain. CTAs past HEAD_CTAS, or a launch without heads (nheads = 0), read
+// the tables.
 constexpr int HEAD_CTAS = 160;
 struct cta_heads {
     int range[HEAD_CTAS][2];              // [cta_items[c], cta_items[c + 1])
