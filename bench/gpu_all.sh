@@ -18,15 +18,15 @@ store=bench/results/$slug
 log=$out/gpu-all.log
 { rm -rf "$ATTN_CACHE_DIR"; time python3 -m attn build; python3 -m attn info; } 2>&1 | tee "$log"
 if [ -z "${SKIP_TESTS:-}" ]; then
-  timeout -s INT "${TEST_TIMEOUT:-600}" python3 -m pytest tests -q -p no:cacheprovider -x -rs 2>&1 | tail -60 | tee -a "$log"
+  timeout -k 20 -s INT "${TEST_TIMEOUT:-600}" python3 -m pytest tests -q -p no:cacheprovider -x -rs 2>&1 | tail -60 | tee -a "$log"
 fi
-timeout -s INT "${BENCH_TIMEOUT:-210}" python3 -m pytest bench/ -p no:cacheprovider -q \
+timeout -k 20 -s INT "${BENCH_TIMEOUT:-210}" python3 -m pytest bench/ -p no:cacheprovider -q \
     --backend sdpa --backend triton --backend tk --benchmark-storage="file://$store" --benchmark-save="$name" \
     --benchmark-columns=median,rounds --benchmark-sort=name "$@" 2>&1 | tail -120 | tee -a "$log"
 python3 bench/gate.py --results "$store" 2>&1 | tee -a "$log"
 new=$(ls -t "$store"/*/*.json | head -1)
 cp "$new" "$out/"
 python3 bench/plot.py --results "$store" --out "$out" 2>&1 | tail -3 | tee -a "$log"
-timeout -s INT "${COMPARE_TIMEOUT:-80}" python3 -m attn compare --backend sdpa --backend triton --backend tk --out "$out/compare" > "$out/compare.log" 2>/dev/null
+timeout -k 20 -s INT "${COMPARE_TIMEOUT:-80}" python3 -m attn compare --backend sdpa --backend triton --backend tk --out "$out/compare" > "$out/compare.log" 2>/dev/null
 tail -45 "$out/compare.log"
 ls -la "$out" "$out/compare"

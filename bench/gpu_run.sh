@@ -14,15 +14,15 @@ slug=$(python3 -c 'from attn.perf import gpu_slug; print(gpu_slug())')
 store=bench/results/$slug
 python3 -m attn info 2>&1 | tee "$out/bench.log"
 # SIGINT, not SIGTERM: pytest then still finishes the session and pytest-benchmark saves.
-timeout -s INT "${BENCH_TIMEOUT:-300}" python3 -m pytest bench/ -p no:cacheprovider -q \
+timeout -k 20 -s INT "${BENCH_TIMEOUT:-300}" python3 -m pytest bench/ -p no:cacheprovider -q \
     --backend sdpa --backend torch --benchmark-storage="file://$store" --benchmark-save="$name" \
     --benchmark-columns=median,min,max,rounds --benchmark-sort=name "$@" 2>&1 | tee -a "$out/bench.log"
 python3 bench/gate.py --results "$store" 2>&1 | tee -a "$out/bench.log"
-timeout -s INT 120 python3 -m pytest tests/test_perf.py -k do_bench -s -q -p no:cacheprovider 2>&1 | tee "$out/dobench.log"
+timeout -k 20 -s INT 120 python3 -m pytest tests/test_perf.py -k do_bench -s -q -p no:cacheprovider 2>&1 | tee "$out/dobench.log"
 new=$(ls -t "$store"/*/*.json | head -1)
 cp "$new" "$out/"
 python3 bench/plot.py --results "$store" --out "$out"
 python3 bench/plot.py --results "$store" --out "$out" --history 'gqa-8b[torch-bf16-shared_prefix]'
-timeout -s INT "${COMPARE_TIMEOUT:-150}" python3 -m attn compare --out "$out/compare" > "$out/compare/compare.log" 2>/dev/null
+timeout -k 20 -s INT "${COMPARE_TIMEOUT:-150}" python3 -m attn compare --out "$out/compare" > "$out/compare/compare.log" 2>/dev/null
 tail -40 "$out/compare/compare.log"
 ls -la "$out" "$out/compare"

@@ -12,7 +12,7 @@ cases=("$@")
 [ ${#cases[@]} -eq 0 ] && cases=(gqa-8b:shared_prefix hydragen-mqa:shared_prefix no-share:shared_prefix)
 for c in "${cases[@]}"; do
   name=${c%%:*}; op=${c##*:}
-  timeout -s INT "${NCU_TIMEOUT:-120}" ncu --clock-control none --kernel-name regex:stacked_attn \
+  timeout -k 20 -s INT "${NCU_TIMEOUT:-120}" ncu --clock-control none --kernel-name regex:stacked_attn \
       --launch-skip 1 --launch-count 1 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \

@@ -24,6 +24,6 @@ rm -f "$out"/b*.txt
 echo "builds: $(( $(date +%s) - t0 )) s" | tee -a "$log"
 for v in "$@"; do
   echo "### variant: $v" | tee -a "$log"
-  env $(envs "$v") ATTN_TK_NVCC_FLAGS="$(flags "$v")" timeout -s INT "${TL_TIMEOUT:-120}" \
+  env $(envs "$v") ATTN_TK_NVCC_FLAGS="$(flags "$v")" timeout -k 20 -s INT "${TL_TIMEOUT:-120}" \
     python3 bench/tk_timeline.py ${CASES:-gqa-8b} --show "${SHOW:-0}" 2>&1 | tee -a "$log"
 done

@@ -40,11 +40,11 @@ echo "builds: $(( $(date +%s) - t0 )) s" | tee -a "$log"
 cat "$out"/build-v*.txt >> "$log"; grep -h "rc=" "$out"/build-v*.txt; rm -f "$out"/build-v*.txt
 export ATTN_TK_NVCC_FLAGS="$(flags "${variants[0]}")" ATTN_TK_CSRC="$(csrc "${variants[0]}")"
 if [ -z "${SKIP_TESTS:-}" ]; then
-  timeout -s INT "${TEST_TIMEOUT:-200}" python3 -m pytest tests/test_tk.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
+  timeout -k 20 -s INT "${TEST_TIMEOUT:-200}" python3 -m pytest tests/test_tk.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
 fi
 for i in "${!variants[@]}"; do
   echo "## bench v$i: ${variants[$i]}" | tee -a "$log"
-  run_variant "${variants[$i]}" timeout -s INT "${BENCH_TIMEOUT:-150}" \
+  run_variant "${variants[$i]}" timeout -k 20 -s INT "${BENCH_TIMEOUT:-150}" \
     python3 -m pytest bench/ -p no:cacheprovider -q --backend tk --bench-dtype bf16 \
       --benchmark-storage="file://$store" --benchmark-save="$name-v$i" \
       --benchmark-columns=median,rounds --benchmark-sort=name 2>&1 | tail -30 | tee -a "$log"
@@ -58,7 +58,7 @@ for i in "${!runs[@]}"; do
 done
 for c in ${NCU_CASES-gqa-8b-long:shared_prefix}; do
   n=${c%%:*}; op=${c##*:}
-  timeout -s INT "${NCU_TIMEOUT:-150}" ncu --clock-control none --kernel-name regex:stacked_attn \
+  timeout -k 20 -s INT "${NCU_TIMEOUT:-150}" ncu --clock-control none --kernel-name regex:stacked_attn \
       --launch-skip 1 --launch-count 1 --section WarpStateStats --section SourceCounters \
       --section SpeedOfLight -o "/tmp/ncu-$n-$op" -f python3 bench/tk_ncu.py "$n" "$op" > /tmp/ncu-run.txt 2>&1
   echo "## ncu $n $op rc=$?" | tee -a "$log"

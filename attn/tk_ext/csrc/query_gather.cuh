@@ -79,7 +79,7 @@ __device__ inline void q_signal(semaphore &full) {
 // a pair's two items; a lone kv-split item takes one (both warpgroups read it).
 template<typename T, int D, typename QT>
 __device__ inline void gather_queries(const common_args &a, int first, int last, const int *head, QT *q_smem, semaphore *q_full,
-                                      semaphore *q_empty) {
+                                      semaphore *q_empty, semaphore *q_first) {
     int qs = 0;  // slots used so far
     for (int i = first; i < last; i++) {
         const int *it = item_at(a, head, i, first);
@@ -94,8 +94,12 @@ __device__ inline void gather_queries(const common_args &a, int first, int last,
             q_signal(q_full[b]);
             trace(a, TR_QLOADED, i, qs, b);
         }
-        if (ATTN_TK_Q_FIRST == 2 && i == first)  // (stacked_layout.cuh)
-            for (int b = 0; b < qs; b++) wait(q_full[b], 0);
+        if (ATTN_TK_Q_FIRST && i == first) {  // (stacked_layout.cuh)
+            // =1: the first slot; =2: all of the first unit's. Nothing more is gathered first.
+            for (int b = 0; b < (ATTN_TK_Q_FIRST == 2 ? qs : 1); b++) wait(q_full[b], 0);
+            __syncwarp();
+            if (laneid() == 0) arrive(*q_first);
+        }
         i += pair;
     }
     // Its copies land before the warp exits (their arrives still count).

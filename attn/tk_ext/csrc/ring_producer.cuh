@@ -18,7 +18,7 @@ template<int STAGES, typename SRC, typename KV>
 __device__ inline void stream_tiles(const common_args &a, const SRC &src, int first, int last, const int *head,
                                     KV *k_smem, KV *v_smem,
                                     semaphore *k_full, semaphore *v_full, semaphore *done, int *stage_valid,
-                                    semaphore *q_full) {
+                                    semaphore *q_first) {
     int g = 0;  // tiles issued so far
     for (int i = first; i < last; i++) {
         const int *it = item_at(a, head, i, first);
@@ -33,11 +33,7 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
             const bool live = tt < (pair && (t & 1) ? nb : na);
             typename SRC::tile_ref ref{};
             if (ATTN_TK_PREFETCH && live) ref = src.prep(is, tt);  // its loads land while the stage is still in use
-            if (ATTN_TK_Q_FIRST && g == 1) {
-                wait(q_full[0], 0);
-                // The first unit's second slot: a row-split item's second warpgroup, a pair's second item.
-                if (ATTN_TK_Q_FIRST == 2 && first_slots(a, head, first) > 1) wait(q_full[1], 0);
-            }
+            if (ATTN_TK_Q_FIRST && g == 1) wait(*q_first, 0);
             if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
             if (live) {
                 stage_valid[s] = ATTN_TK_PREFETCH ? ref.valid : src.valid(is, tt);

@@ -55,6 +55,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QSLOTS], q_empty[QSLOTS];
+    // ATTN_TK_Q_FIRST: completed once, by the query warp, when the first unit's queries have
+    // landed. The producer cannot wait on q_full for that: a slot's consumers free it as soon as
+    // they hold its rows, so the query warp can refill it (q_full's next phase, the same parity)
+    // while the producer is still in its first tiles' metadata reads, and its wait on parity 0
+    // then never returns (a bench run of the =2 build hung, session 17).
+    __shared__ semaphore q_first;
     __shared__ exchange<D> xchg;
     // Valid keys of the tile in each ring stage, written by the producer before it arms the
     // stage's k_full (an arrive: release) and read by the consumers after their wait on it
@@ -83,6 +89,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // few-row decode item that stores rows in the epilogue.
             init_semaphore(q_empty[b], NWG * 4, 0);
         }
+        if (ATTN_TK_Q_FIRST) init_semaphore(q_first, 1, 0);
     }
     {
         // load_q writes only the valid rows of an item: the others must hold finite values.
@@ -101,8 +108,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     const int wg = threadIdx.x / 128;
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
-        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty);
-        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, q_full);
+        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty, &q_first);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();

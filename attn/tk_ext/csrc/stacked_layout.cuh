@@ -34,12 +34,13 @@ using namespace kittens;
 #ifndef ATTN_TK_FAST_EPILOGUE
 #define ATTN_TK_FAST_EPILOGUE 1
 #endif
-// 1: the producer issues the first K/V tile, then waits for the CTA's first query slot before
-// it fills the rest of the ring, so that at the kernel's start (every CTA fetching queries and a
-// whole ring at once) the queries the consumers wait for are not queued behind the ring's tiles.
+// 1: the producer issues the first K/V tile, then waits for the CTA's first query slot (the
+// query warp signals a one-shot barrier once it has landed) before it fills the rest of the
+// ring, so that at the kernel's start (every CTA fetching queries and a whole ring at once)
+// the queries the consumers wait for are not queued behind the ring's tiles.
 // H200 runs 0060 / 0059: within 1 % (tree-3level 0.6-0.9 % faster), so off.
-// 2 (not measured yet): the producer waits for every query slot of the CTA's first unit (both
-// of a row-split item's or a pair's), and the query warp gathers nothing more until they have
+// 2: the producer waits for every query slot of the CTA's first unit (both of a row-split
+// item's or a pair's), and the query warp gathers nothing more until they have
 // landed, so that at the start only one K / V tile per CTA competes with the first queries
 // (the first row-split item's queries took 3.9-4.3 us to land in tree-3level, session 15-16
 // timelines, and neither shorter read chains, ATTN_TK_HEADS, nor =1 changed that).
@@ -207,12 +208,6 @@ __device__ inline const int *cta_head(const common_args &a) {
 }
 __device__ inline const int *item_at(const common_args &a, const int *head, int i, int first) {
     return head && i == first ? head : a.items + (long)i * ITEM_INTS;
-}
-// Query slots of the CTA's first unit: one for a lone kv-split item, one per warpgroup for a
-// row-split item or a pair.
-__device__ inline int first_slots(const common_args &a, const int *head, int first) {
-    const int fl = item_at(a, head, first, first)[F_FLAGS];
-    return (fl & FLAG_KV_SPLIT) && !(fl & FLAG_PAIR) ? 1 : NWG;
 }
 
 }  // namespace attn_tk
