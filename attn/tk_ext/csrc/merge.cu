@@ -21,6 +21,31 @@ template<> __device__ inline float from_f<float>(float x) { return x; }
 template<> __device__ inline __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template<> __device__ inline __half from_f<__half>(float x) { return __float2half(x); }
 
+// The merge kernels' walk over a row's states, 32 at a time: folds the lses of states
+// [k0, k0 + 32) into the row's running max m and sum l, calling rescale_acc(r) when the
+// accumulators must follow the max, and sets w to lane k's weight of state k0 + k (0 past K and
+// for states without keys). False when no state of the chunk has keys: the chunk is skipped.
+template<typename F>
+__device__ inline bool fold_lses(const float *__restrict__ lses, int k0, int K, long R, long row, int lane, float &m,
+                                 float &l, float &w, F &&rescale_acc) {
+    float s = k0 + lane < K ? lses[(long)(k0 + lane) * R + row] : -INFINITY;
+    float mk = s;
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, o));
+    if (mk == -INFINITY) return false;
+    float m_new = fmaxf(m, mk);
+    float rescale = m == -INFINITY ? 0.f : __expf(m - m_new);
+    l *= rescale;
+    rescale_acc(rescale);
+    m = m_new;
+    w = s == -INFINITY ? 0.f : __expf(s - m);
+    float ws = w;
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, o);
+    l += ws;
+    return true;
+}
+
 // One warp per row; each lane holds D / 32 columns. The lanes read the K lses in parallel
 // (lane k holds state k's weight), so no load waits on another: a row costs about one
 // memory latency plus its bytes, not K latencies.
@@ -35,22 +60,12 @@ __global__ void merge_kernel(const TI *__restrict__ outs, const float *__restric
     for (int i = 0; i < 8; i++) acc[i] = 0.f;
     float m = -INFINITY, l = 0.f;
     for (int k0 = 0; k0 < K; k0 += 32) {
-        float s = k0 + lane < K ? lses[(long)(k0 + lane) * R + row] : -INFINITY;
-        float mk = s;
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, o));
-        if (mk == -INFINITY) continue;
-        float m_new = fmaxf(m, mk);
-        float rescale = m == -INFINITY ? 0.f : __expf(m - m_new);
-        l *= rescale;
-        #pragma unroll
-        for (int i = 0; i < 8; i++) acc[i] *= rescale;
-        m = m_new;
-        float w = s == -INFINITY ? 0.f : __expf(s - m);
-        float ws = w;
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, o);
-        l += ws;
+        float w;
+        if (!fold_lses(lses, k0, K, R, row, lane, m, l, w, [&](float r) {
+                #pragma unroll
+                for (int i = 0; i < 8; i++) acc[i] *= r;
+            }))
+            continue;
         int kn = min(32, K - k0);
         #pragma unroll 4
         for (int k = 0; k < kn; k++) {
@@ -101,21 +116,10 @@ __global__ void merge_v4_kernel(const TI *__restrict__ outs, const float *__rest
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     float m = -INFINITY, l = 0.f;
     for (int k0 = 0; k0 < K; k0 += 32) {
-        float s = k0 + lane < K ? lses[(long)(k0 + lane) * R + row] : -INFINITY;
-        float mk = s;
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, o));
-        if (mk == -INFINITY) continue;
-        float m_new = fmaxf(m, mk);
-        float rescale = m == -INFINITY ? 0.f : __expf(m - m_new);
-        l *= rescale;
-        acc.x *= rescale; acc.y *= rescale; acc.z *= rescale; acc.w *= rescale;
-        m = m_new;
-        float w = s == -INFINITY ? 0.f : __expf(s - m);
-        float ws = w;
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, o);
-        l += ws;
+        float w;
+        if (!fold_lses(lses, k0, K, R, row, lane, m, l, w,
+                       [&](float r) { acc.x *= r; acc.y *= r; acc.z *= r; acc.w *= r; }))
+            continue;
         int kn = min(32, K - k0);
         #pragma unroll 4
         for (int k = 0; k < kn; k++) {
@@ -227,22 +231,12 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
     for (int i = 0; i < 8; i++) acc[i] = 0.f;
     float m = -INFINITY, l = 0.f;
     for (int k0 = 0; k0 < K; k0 += 32) {
-        float s = k0 + lane < K ? lses[(long)(k0 + lane) * R + row] : -INFINITY;
-        float mk = s;
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, o));
-        if (mk == -INFINITY) continue;
-        float m_new = fmaxf(m, mk);
-        float rescale = m == -INFINITY ? 0.f : __expf(m - m_new);
-        l *= rescale;
-        #pragma unroll
-        for (int i = 0; i < 8; i++) acc[i] *= rescale;
-        m = m_new;
-        float w = s == -INFINITY ? 0.f : __expf(s - m);  // 0 past K too
-        float ws = w;
-        #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ws += __shfl_xor_sync(0xffffffffu, ws, o);
-        l += ws;
+        float w;
+        if (!fold_lses(lses, k0, K, R, row, lane, m, l, w, [&](float r) {
+                #pragma unroll
+                for (int i = 0; i < 8; i++) acc[i] *= r;
+            }))
+            continue;
         const int kn = min(32, K - k0);
         const TI *src = outs + ((long)k0 * R + row) * D + col;
         for (int kb = 0; kb < kn; kb += SP * GROUP) {
