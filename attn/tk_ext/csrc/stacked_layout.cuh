@@ -38,12 +38,14 @@ using namespace kittens;
 // query warp signals a one-shot barrier once it has landed) before it fills the rest of the
 // ring, so that at the kernel's start (every CTA fetching queries and a whole ring at once)
 // the queries the consumers wait for are not queued behind the ring's tiles.
-// H200 runs 0060 / 0059: within 1 % (tree-3level 0.6-0.9 % faster), so off.
+// H200 runs 0060 / 0059 (before the barrier, when the query warp did not wait either):
+// within 1 % (tree-3level 0.6-0.9 % faster), so off.
 // 2: the producer waits for every query slot of the CTA's first unit (both of a row-split
-// item's or a pair's), and the query warp gathers nothing more until they have
-// landed, so that at the start only one K / V tile per CTA competes with the first queries
-// (the first row-split item's queries took 3.9-4.3 us to land in tree-3level, session 15-16
-// timelines, and neither shorter read chains, ATTN_TK_HEADS, nor =1 changed that).
+// item's or a pair's), and the query warp gathers nothing more until they have landed, so
+// that at the start only one K / V tile per CTA competes with the first queries. H200 runs
+// 0114 / 0115: +0.2 % in the geometric mean (tree-3level shared_prefix +1.9 %), so off; the
+// first row-split item's query wait in tree-3level stayed 3.9 us (4.2 without it), so that
+// wait is not the ring fill either (logs/s17-tk-timeline-qfirst.log).
 #ifndef ATTN_TK_Q_FIRST
 #define ATTN_TK_Q_FIRST 0
 #endif
