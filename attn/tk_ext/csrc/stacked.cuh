@@ -42,7 +42,7 @@ using namespace kittens;
 // The kernel. SRC provides, for an item: ntiles(item) (tiles to process, after dynamic lengths),
 // valid(item, t) (valid keys of tile t, <= 0 to skip it), and load(item, t, k, v, kbar, vbar).
 template<typename T, int D, typename SRC>
-__global__ void __launch_bounds__(NTHREADS, 1)
+__global__ void ATTN_TK_KERNEL_BOUNDS
 stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant__ SRC src) {
     using TL = tiles<T, D>;
     using q_tile = typename TL::q_tile;

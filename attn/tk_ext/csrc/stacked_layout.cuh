@@ -77,7 +77,17 @@ constexpr int ITEM_INTS = 12;
 #endif
 constexpr int PRODUCER_REGS = ATTN_TK_PRODUCER_REGS;
 constexpr int CONSUMER_REGS = ATTN_TK_CONSUMER_REGS;
-static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS <= 168 * NTHREADS, "register budget");
+// ATTN_TK_MAXNREG=n: the kernel is launched with n registers per thread (__maxnreg__) instead of
+// the 168 that one CTA of NTHREADS per SM allows, so that another kernel's CTA can share the
+// SM's register file (an experiment: bench/tk_coresident.py).
+#ifdef ATTN_TK_MAXNREG
+constexpr int LAUNCH_REGS = ATTN_TK_MAXNREG;
+#define ATTN_TK_KERNEL_BOUNDS __maxnreg__(ATTN_TK_MAXNREG)
+#else
+constexpr int LAUNCH_REGS = 168;
+#define ATTN_TK_KERNEL_BOUNDS __launch_bounds__(NTHREADS, 1)
+#endif
+static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS <= LAUNCH_REGS * NTHREADS, "register budget");
 
 // Fields of one work item (int32, ITEM_INTS per item).
 enum ItemField {
