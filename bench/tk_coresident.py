@@ -51,7 +51,7 @@ def kernel_resources(jit_fn) -> list:
     return found
 
 
-def run(name: str) -> dict:
+def run(name: str, only=None) -> dict:
     from attn.tk_ext.backend import TKBackend
     from attn.triton import config
     from attn.triton import shared_prefix as tsp
@@ -120,9 +120,12 @@ def run(name: str) -> dict:
            "hybrid_max_abs_diff": float((out.float() - ref_o.float()).abs().max()),
            "hybrid_lse_max_abs_diff": float((lse - ref_l).abs().max())}
     for key, fn in fns.items():
+        if only and key not in only:
+            continue
         row[key + "_us"] = time_op(fn, dev, rounds=15).median_s * 1e6
     row["triton_segment_kernels"] = kernel_resources(_segment_kernel)
-    row["overlap_saved_us"] = row["hybrid-serial_us"] - row["hybrid_us"]
+    if "hybrid_us" in row and "hybrid-serial_us" in row:
+        row["overlap_saved_us"] = row["hybrid-serial_us"] - row["hybrid_us"]
     return row
 
 
@@ -130,15 +133,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="JSON lines file to append to")
     ap.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
+    ap.add_argument("--fns", nargs="*", default=None, help="time only these (tk, tk-prefix, hybrid, ...)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to time", file=sys.stderr)
         return 1
     flags = os.environ.get("ATTN_TK_NVCC_FLAGS", "")
     for name in args.workloads:
-        row = {"tk_flags": flags, "gpu": torch.cuda.get_device_name(), **run(name)}
+        row = {"tk_flags": flags, "gpu": torch.cuda.get_device_name(), **run(name, args.fns), "sched": os.environ.get("ATTN_TK_SCHED", "")}
         times = "  ".join(f"{k[:-3]} {v:.1f}" for k, v in row.items() if k.endswith("_us"))
-        print(f"{name} [{flags or 'default'}]: {times}  (hybrid vs tk: max|do| {row['hybrid_max_abs_diff']:.2e})")
+        print(f"{name} [{flags or 'default'}{' sched=' + row['sched'] if row['sched'] else ''}]: {times}  (hybrid vs tk: max|do| {row['hybrid_max_abs_diff']:.2e})")
         print(f"    triton segment kernels: {row['triton_segment_kernels']}")
         if args.out:
             with open(args.out, "a") as f:

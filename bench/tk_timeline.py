@@ -4,7 +4,8 @@ Builds the extension with ``-DATTN_TK_TIMELINE`` (its own cache entry): each con
 warpgroup then stores the SM clock when it starts an item, when the item's query rows have
 arrived, when its tile loop starts and ends, when its epilogue's stores start and have been
 issued and when its epilogue is done, and the cycles it waited for K and for V tiles
-(``stacked_debug.cuh`` ``timeline``). The launch is run once to warm up, then once more after flushing L2 (as the benchmark does), and this prints:
+(``stacked_debug.cuh`` ``timeline``), and the query warp its clock when it starts gathering
+each slot's rows and when it has issued their copies. The launch is run once to warm up, then once more after flushing L2 (as the benchmark does), and this prints:
 
 - per kind of item (source, row or kv split, rows, tiles): how many, their mean time, the
   mean waits for their queries, K tiles and V tiles, the mean time from the queries' arrival
@@ -15,10 +16,15 @@ issued and when its epilogue is done, and the cycles it waited for K and for V t
 - the spread of the CTAs' start and end times (launch skew and load balance), and how well
   the plan's costs predicted each CTA's time (the late and early CTAs' predicted loads);
 - the items of the CTA that ends last, in order;
+- the query waits of each CTA's first unit against the later ones (row- and kv-split), and
+  when the query warp started and finished issuing those slots' copies;
 - after all cases: the schedule costs that the measured times of the cases' units (lone
   items and pairs) fit, in the plan's units, as an ``ATTN_TK_PLAN_COSTS`` value.
 
     PYTHONPATH=. python bench/tk_timeline.py CASE ... [--show N]
+
+``ATTN_TK_TIMELINE_L2``: ``flush`` (default: L2 flushed before the timed launch), ``warm``
+(not flushed) or ``flush+q`` (flushed, then the queries read back into L2).
 
 CASE: a spec workload (``tree-3level``, ``gqa-8b-ragged``, ...) or ``B,Hq,Hkv,P,S``;
 ``:chunk`` after it runs ``chunk_attention``.
@@ -35,7 +41,7 @@ NWG = 2
 F_FLAGS, F_SRC, F_NROWS, F_TILE0, F_TILE1 = 0, 1, 5, 7, 8
 FLAG_PAIR, FLAG_PAIRED = 4, 8  # a pair's first item runs on warpgroup 0 only, its second on 1
 (TL_START, TL_QREADY, TL_END, TL_TIMER, TL_KWAIT, TL_VWAIT, TL_LOOP, TL_TAIL, TL_EPI, TL_STORED,
- TL_FIELDS) = range(11)
+ TL_QGATHER, TL_QISSUED, TL_FIELDS) = range(13)
 
 
 def kind(item) -> str:
@@ -168,6 +174,33 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
         m = [float(np.nanmean(x[idx])) for x in (dur, qwait, kwait, vwait, setup, loop, tail, merge, stores)]
         lines.append(f"{k:<26} {len(idx):6d} {m[0]:8.2f} {m[1]:7.2f} {m[2]:7.2f} {m[3]:7.2f} {m[4]:6.2f} "
                      f"{m[5]:7.2f} {m[6]:6.2f} {m[7]:6.2f} {m[8]:6.2f} {100 * np.nansum(dur[idx]) / total:5.1f}%")
+    # The first unit of each CTA waits for its queries at the kernel's start; later ones find
+    # them gathered ahead. Split by kind, so that a change of the start (L2 state, gather) shows.
+    kv_item = (items[:, F_FLAGS] & 1).astype(bool)
+    is_first = np.zeros(len(items), dtype=bool)
+    is_first[first] = True
+    is_first[first[(items[first, F_FLAGS] & FLAG_PAIR) != 0] + 1] = True  # a pair's second item
+    parts = []
+    for label, sel in (("row-split", ~kv_item), ("kv-split", kv_item)):
+        for when, mask in (("first", is_first), ("later", ~is_first)):
+            q = qwait[sel & mask]
+            if q.size and np.isfinite(q).any():
+                parts.append(f"{label} {when} {np.nanmean(q):.2f} (n {np.isfinite(q).sum()})")
+    lines.append("query wait (us, mean over warpgroups): " + "; ".join(parts))
+    # The query warp's clocks for the same slots (0: not recorded), against the consumer's start.
+    signed = tl.astype(np.int64)
+    gather = np.where(signed[:, :, TL_QGATHER] > 0, signed[:, :, TL_QGATHER] - signed[:, :, TL_START], 0)
+    issued = np.where(signed[:, :, TL_QISSUED] > 0, signed[:, :, TL_QISSUED] - signed[:, :, TL_START], 0)
+    recorded = own & (signed[:, :, TL_QGATHER] > 0)
+    parts = []
+    for label, sel in (("row-split", ~kv_item), ("kv-split", kv_item)):
+        for when, mask in (("first", is_first), ("later", ~is_first)):
+            m = recorded & (sel & mask)[:, None]
+            if m.any():
+                g, d = gather[m] * scale, issued[m] * scale
+                parts.append(f"{label} {when} {np.mean(g):+.2f} / {np.mean(d):+.2f}")
+    if parts:
+        lines.append("query warp, us after the consumer's start (starts gathering / has issued): " + "; ".join(parts))
     starts = t_first - t0
     busy = np.asarray([np.nansum(dur[ctas[c]:ctas[c + 1]]) / NWG for c in range(ncta)])
     gaps = ends - starts - busy
@@ -205,8 +238,17 @@ def _run(case: str, show: int, samples=None) -> str:
     tl = torch.zeros((len(items), NWG, TL_FIELDS), dtype=torch.int64, device="cuda")
     os.environ["ATTN_TK_TIMELINE_PTR"] = str(tl.data_ptr())
     op(*args, backend="tk")
-    flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
-    flush.zero_()
+    l2 = os.environ.get("ATTN_TK_TIMELINE_L2", "flush")
+    if l2 != "warm":
+        # As the benchmark does; "flush+q" then reads q back into L2, so that a kernel start
+        # that waits for cold queries and one that waits for other cold memory (its code,
+        # tables, the first tiles) can be told apart.
+        flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+        flush.zero_()
+        if l2 == "flush+q":
+            args[0].float().sum().item()
+        elif l2 != "flush":
+            raise SystemExit(f"ATTN_TK_TIMELINE_L2={l2!r}: expected flush, flush+q or warm")
     torch.cuda.synchronize()
     op(*args, backend="tk")
     torch.cuda.synchronize()

@@ -193,9 +193,10 @@ def test_timeline_report_of_a_synthetic_launch():
     # CTA 0 (0.5 ns per cycle): a 2 us row-split item, then a 1 us kv item; CTA 1 starts
     # 0.5 us later and runs a 1 us kv item. Fields: start, q ready, end (cycles), timer (ns),
     # k wait, v wait (cycles), tile loop start and end, epilogue start, stores issued (cycles).
-    tl[0, :] = [1000, 1200, 5000, 10_000, 400, 200, 1400, 4600, 4700, 4900]
-    tl[1, :] = [5000, 5000, 7000, 12_000, 1000, 0, 5200, 6000, 6000, 6800]
-    tl[2, :] = [300, 500, 2300, 10_500, 600, 200, 600, 2200, 2250, 2290]
+    tl[0, :, :10] = [1000, 1200, 5000, 10_000, 400, 200, 1400, 4600, 4700, 4900]
+    tl[1, :, :10] = [5000, 5000, 7000, 12_000, 1000, 0, 5200, 6000, 6000, 6800]
+    tl[2, :, :10] = [300, 500, 2300, 10_500, 600, 200, 600, 2200, 2250, 2290]
+    tl[0, :, mod.TL_QGATHER], tl[0, :, mod.TL_QISSUED] = 1100, 1160  # the query warp's, item 0 only
     out = mod.summarize(items, ctas, tl)
     assert "3 items on 2 CTAs; kernel (first item start to last end) 3.0 us; 0.500 ns per cycle" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("src")]
@@ -207,6 +208,11 @@ def test_timeline_report_of_a_synthetic_launch():
                        "0.01", "0.21", "50.0%"]
     assert "CTA start (us after the first): median 0.25, max 0.50; end: min 1.5, median 2.2, max 3.0" in out
     assert "CTA 0 (ends last)" in out and out.count("  src") == 2
+    # first units: item 0 (row-split, 200 cycles both warpgroups) and item 2 (kv, 200); later:
+    # item 1 (kv, 0)
+    assert ("query wait (us, mean over warpgroups): row-split first 0.10 (n 2); kv-split first 0.10 (n 2); "
+            "kv-split later 0.00 (n 2)") in out
+    assert "query warp, us after the consumer's start (starts gathering / has issued): row-split first +0.05 / +0.08" in out
 
 
 def test_timeline_report_of_a_pair():
@@ -217,8 +223,8 @@ def test_timeline_report_of_a_pair():
     items[:, plan.F_SRC], items[:, plan.F_NROWS], items[:, plan.F_TILE1] = 1, 4, 2
     ctas = np.array([0, 2], dtype=np.int32)
     tl = np.zeros((2, 2, mod.TL_FIELDS), dtype=np.uint64)  # the other warpgroup's fields stay 0
-    tl[0, 0] = [1000, 1200, 3000, 10_000, 100, 0, 1300, 2600, 2600, 2800]
-    tl[1, 1] = [1000, 1400, 5000, 10_000, 300, 0, 1500, 4600, 4600, 4800]
+    tl[0, 0, :10] = [1000, 1200, 3000, 10_000, 100, 0, 1300, 2600, 2600, 2800]
+    tl[1, 1, :10] = [1000, 1400, 5000, 10_000, 300, 0, 1500, 4600, 4600, 4800]
     out = mod.summarize(items, ctas, tl)
     assert "2 items on 1 CTAs" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("src")]
@@ -226,6 +232,8 @@ def test_timeline_report_of_a_pair():
     assert rows == [["src1", "kv2", "4r", "2t", "2", "3.00", "0.30", "0.20", "0.00", "0.10", "2.20", "0.40",
                      "0.00", "0.20", "100.0%"]]
     assert "end: min 4.0, median 4.0, max 4.0" in out  # the pair ends with its longer item
+    # both items of the CTA's first unit count as first, each with its own warpgroup's wait
+    assert "query wait (us, mean over warpgroups): kv-split first 0.30 (n 2)" in out
 
 
 def test_timeline_fits_schedule_costs_and_checks_the_plans_loads():
@@ -253,7 +261,7 @@ def test_timeline_fits_schedule_costs_and_checks_the_plans_loads():
     ctas = np.array([0, 1, 3, 4], dtype=np.int32)
     tl = np.zeros((4, 2, mod.TL_FIELDS), dtype=np.uint64)
     for i, (start, end) in enumerate([(0, 6000), (100, 2100), (100, 2600), (0, 1500)]):
-        tl[i, :] = [start, start, end, 10_000, 0, 0, start, end, end, end]
+        tl[i, :, :10] = [start, start, end, 10_000, 0, 0, start, end, end, end]
     got = []
     out = mod.summarize(items, ctas, tl, samples=got)
     assert [(c, t) for c, t, _ in got] == [("rows", 6), ("pair", 4), ("kv", 3)]

@@ -62,7 +62,13 @@ enum TimelineField {
     TL_TAIL = 7,   // clock when the tile loop is done (merge and epilogue follow)
     TL_EPI = 8,    // clock when the epilogue's stores start (after any merge of states)
     TL_STORED = 9, // clock when the epilogue's stores are issued
-    TL_FIELDS = 10
+    // The query warp's, for the slot this warpgroup reads (a lone kv-split item: warpgroup 0's
+    // record): its clock when it starts gathering the rows and when it has issued their
+    // copies. With TL_START and TL_QREADY they tell a slot gathered late from copies that
+    // land late (the first row-split items wait ~4 us at a kernel's start).
+    TL_QGATHER = 10,
+    TL_QISSUED = 11,
+    TL_FIELDS = 12
 };
 #ifdef ATTN_TK_TIMELINE
 __device__ inline void timeline(const common_args &a, int item, int wg, int field, long long v = -1) {
@@ -76,6 +82,10 @@ __device__ inline void timeline(const common_args &a, int item, int wg, int fiel
         }
     }
 }
+// The query warp's fields (TL_QGATHER, TL_QISSUED) of item ``item``'s warpgroup ``wg``, by its lane 0.
+__device__ inline void timeline_q(const common_args &a, int item, int wg, int field) {
+    if (a.timeline && laneid() == 0) a.timeline[((long)item * NWG + wg) * TL_FIELDS + field] = clock64();
+}
 inline unsigned long long *timeline_ptr() {
     const char *e = std::getenv("ATTN_TK_TIMELINE_PTR");
     return e ? reinterpret_cast<unsigned long long *>(std::strtoull(e, nullptr, 10)) : nullptr;
@@ -84,6 +94,7 @@ inline unsigned long long *timeline_ptr() {
 #define TL_WAIT(acc, call) do { const long long t0_ = clock64(); call; acc += clock64() - t0_; } while (0)
 #else
 __device__ inline void timeline(const common_args &, int, int, int, long long = -1) {}
+__device__ inline void timeline_q(const common_args &, int, int, int) {}
 inline unsigned long long *timeline_ptr() { return nullptr; }
 #define TL_WAIT(acc, call) call
 #endif
