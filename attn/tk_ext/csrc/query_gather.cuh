@@ -17,8 +17,10 @@ using namespace kittens;
 // decode items of a few rows (a tree's leaves: 4 of 64): the query warp issued ~2200
 // instructions per item zero-filling the rest, and the consumers waited on it (Nsight
 // Compute, tree-3level: a quarter of all warp samples at the q_full wait).
-template<typename T, int D, typename QT>
-__device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, int row0, int nrows) {
+// ROWS, lo: only the tile's rows [lo, lo + ROWS) (a consumer warp gathering its own 16 rows:
+// ATTN_TK_SELF_Q).
+template<typename T, int D, typename QT, int ROWS = TILE>
+__device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, int row0, int nrows, int lo = 0) {
     constexpr int VEC = 8;  // 16 bytes
     constexpr int CHUNKS = D / VEC;
     const T *q = reinterpret_cast<const T *>(a.q);
@@ -29,8 +31,8 @@ __device__ inline void load_q(QT &dst, const common_args &a, int seq0, int h, in
     // gathering a row-split item's 128 rows took: 3-4 us at a kernel's start).
     constexpr int STEP = 32 / CHUNKS;
     const int lane = threadIdx.x % 32, col = (lane % CHUNKS) * VEC;
-    const int rows = max(0, min(TILE, nrows - row0));
-    int row = lane / CHUNKS;
+    const int rows = max(0, min(lo + ROWS, nrows - row0));
+    int row = lo + lane / CHUNKS;
     int b = (row0 + row) / a.r, hr = (row0 + row) - b * a.r;  // sequence seq0 + b, head h * r + hr
     const int db = STEP / a.r, dr = STEP - db * a.r;
     const T *base = q + (long)seq0 * a.q_sb + (long)h * a.r * a.q_sh + col;
@@ -91,8 +93,11 @@ __device__ inline void gather_queries(const common_args &a, int first, int last,
             trace(a, TR_QEMPTY, i, qs, b);
             if (qs >= QSLOTS) wait(q_empty[b], ((qs / QSLOTS) - 1) & 1);
             timeline_q(a, i + (pair ? w : 0), w, TL_QGATHER);
-            load_q<T, D>(q_smem[b], a, iw[F_SEQ0], iw[F_HEAD], iw[F_ROW0] + (kv ? 0 : w * TILE), iw[F_NROWS]);
-            q_signal(q_full[b]);
+            // ATTN_TK_SELF_Q: the consumers gather the first unit's own slots themselves.
+            if (!(ATTN_TK_SELF_Q && i == first && !(kv && !pair))) {
+                load_q<T, D>(q_smem[b], a, iw[F_SEQ0], iw[F_HEAD], iw[F_ROW0] + (kv ? 0 : w * TILE), iw[F_NROWS]);
+                q_signal(q_full[b]);
+            }
             timeline_q(a, i + (pair ? w : 0), w, TL_QISSUED);
             trace(a, TR_QLOADED, i, qs, b);
         }

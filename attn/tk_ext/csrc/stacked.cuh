@@ -150,7 +150,14 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const bool live = !ATTN_TK_SPREAD_ROWS || row0 + wq * 16 < nrows;
         trace(a, TR_QFULL, mi, qu, qb);
         timeline(a, mi, wg, TL_START);
-        wait(q_full[qb], (qu / QSLOTS) & 1);
+        if (ATTN_TK_SELF_Q && i - pair == first && !shared_q) {  // (stacked_layout.cuh)
+            load_q<T, D, q_tile, 16>(qt, a, seq0, h, row0, nrows, wq * 16);
+            asm volatile("cp.async.wait_all;\n" ::: "memory");
+            __syncwarp();
+            if (laneid() < 8) arrive(q_full[qb]);
+        } else {
+            wait(q_full[qb], (qu / QSLOTS) & 1);
+        }
         timeline(a, mi, wg, TL_QREADY);
         long long kwait = 0, vwait = 0;  // timeline builds: cycles in ring waits
         (void)kwait;

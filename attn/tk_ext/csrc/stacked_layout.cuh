@@ -49,6 +49,16 @@ using namespace kittens;
 #ifndef ATTN_TK_Q_FIRST
 #define ATTN_TK_Q_FIRST 0
 #endif
+// 1: the consumer warps gather their own 16 rows of the CTA's first unit (a row-split item or a
+// pair, whose warpgroups read a slot each) with cp.async, instead of waiting for the query warp,
+// and complete the slot's q_full themselves (lanes 0-7 of each of the 4 warps: its count of 32),
+// so that its phases stay as the query warp counts them. Why: at a kernel's start the query
+// warp took ~1.9 us to issue one 64-row slot (64 copies per lane) and the first row-split
+// items waited 3.7-4.5 us for their queries (H200 timelines, logs/s18-tk-timeline-qwarp.log);
+// eight warps issue 8 copies per lane each, at once.
+#ifndef ATTN_TK_SELF_Q
+#define ATTN_TK_SELF_Q 0
+#endif
 #ifndef ATTN_TK_STAGE_VALID
 #define ATTN_TK_STAGE_VALID 1
 #endif
@@ -155,6 +165,7 @@ static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer
 #ifndef ATTN_TK_QASYNC
 #define ATTN_TK_QASYNC 1
 #endif
+static_assert(!ATTN_TK_SELF_Q || ATTN_TK_QASYNC, "self-gathered slots complete q_full with its count of 32");
 
 template<typename T, int D> struct tiles {
     using q_tile = typename dt<T>::template st_t<TILE, D>;
