@@ -55,9 +55,13 @@ using namespace kittens;
 // so that its phases stay as the query warp counts them. Why: at a kernel's start the query
 // warp took ~1.9 us to issue one 64-row slot (64 copies per lane) and the first row-split
 // items waited 3.7-4.5 us for their queries (H200 timelines, logs/s18-tk-timeline-qwarp.log);
-// eight warps issue 8 copies per lane each, at once.
+// eight warps issue 8 copies per lane each, at once. With it the first row-split items of
+// tree-3level waited 1.76 us (gqa-8b 3.54, hydragen-mqa 2.71: the rest is DRAM latency at the
+// start, which -DATTN_TK_Q_FIRST=2 beside it did not cut), and the spec workloads ran 0.8 %
+// faster in the geometric mean in two calls (H200 runs 0118 / 0119 and 0121 / 0122: gqa-8b-long
+// 1.1-3.2 %, gqa-8b 0.4-2.6 %, every other case within 1.2 %).
 #ifndef ATTN_TK_SELF_Q
-#define ATTN_TK_SELF_Q 0
+#define ATTN_TK_SELF_Q 1
 #endif
 #ifndef ATTN_TK_STAGE_VALID
 #define ATTN_TK_STAGE_VALID 1
