@@ -236,6 +236,26 @@ def test_timeline_report_of_a_pair():
     assert "query wait (us, mean over warpgroups): kv-split first 0.30 (n 2)" in out
 
 
+def test_coresident_reads_triton_kernel_resources_and_needs_a_gpu(monkeypatch, capsys):
+    """bench/tk_coresident.py: registers and shared memory of each compiled Triton variant, from
+    either cache layout; without CUDA it refuses to time and says so."""
+    from types import SimpleNamespace
+
+    mod = _bench_module("tk_coresident")
+    k1 = SimpleNamespace(n_regs=90, n_spills=0, metadata=SimpleNamespace(shared=73752, num_warps=4))
+    k2 = SimpleNamespace(n_regs=163, n_spills=2, metadata=SimpleNamespace(shared=1024, num_warps=8))
+    tuple_layout = SimpleNamespace(device_caches={0: ({"a": k1, "b": k2}, "target", "backend")})
+    dict_layout = SimpleNamespace(device_caches={0: {"a": k2}})
+    assert mod.kernel_resources(tuple_layout) == [
+        {"n_regs": 90, "n_spills": 0, "shared": 73752, "num_warps": 4},
+        {"n_regs": 163, "n_spills": 2, "shared": 1024, "num_warps": 8}]
+    assert mod.kernel_resources(dict_layout) == [{"n_regs": 163, "n_spills": 2, "shared": 1024, "num_warps": 8}]
+    assert mod.kernel_resources(SimpleNamespace()) == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert mod.main(["--workloads", "gqa-8b"]) == 1
+    assert "no CUDA device" in capsys.readouterr().err
+
+
 def test_timeline_fits_schedule_costs_and_checks_the_plans_loads():
     """bench/tk_timeline.py: unit times -> the plan's cost units; its copy of the plan's costs."""
     mod = _bench_module("tk_timeline")
