@@ -92,13 +92,12 @@ __device__ inline void gather_queries(const common_args &a, int first, int last,
             const int *iw = it + (pair ? w * ITEM_INTS : 0);
             trace(a, TR_QEMPTY, i, qs, b);
             if (qs >= QSLOTS) wait(q_empty[b], ((qs / QSLOTS) - 1) & 1);
-            timeline_q(a, i + (pair ? w : 0), w, TL_QGATHER);
-            // ATTN_TK_SELF_Q: the consumers gather the first unit's own slots themselves.
-            if (!(ATTN_TK_SELF_Q && i == first && !(kv && !pair))) {
+            if (!(ATTN_TK_SELF_Q && i == first && !(kv && !pair))) {  // not self-gathered (stacked_layout.cuh)
+                timeline_q(a, i + (pair ? w : 0), w, TL_QGATHER);
                 load_q<T, D>(q_smem[b], a, iw[F_SEQ0], iw[F_HEAD], iw[F_ROW0] + (kv ? 0 : w * TILE), iw[F_NROWS]);
                 q_signal(q_full[b]);
+                timeline_q(a, i + (pair ? w : 0), w, TL_QISSUED);
             }
-            timeline_q(a, i + (pair ? w : 0), w, TL_QISSUED);
             trace(a, TR_QLOADED, i, qs, b);
         }
         if (ATTN_TK_Q_FIRST && i == first) {  // (stacked_layout.cuh)

@@ -150,7 +150,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         const bool live = !ATTN_TK_SPREAD_ROWS || row0 + wq * 16 < nrows;
         trace(a, TR_QFULL, mi, qu, qb);
         timeline(a, mi, wg, TL_START);
-        if (ATTN_TK_SELF_Q && i - pair == first && !shared_q) {  // (stacked_layout.cuh)
+        if (ATTN_TK_SELF_Q && i - pair == first && !shared_q) {  // self-gathered (stacked_layout.cuh): this warp copies its own rows
             load_q<T, D, q_tile, 16>(qt, a, seq0, h, row0, nrows, wq * 16);
             asm volatile("cp.async.wait_all;\n" ::: "memory");
             __syncwarp();

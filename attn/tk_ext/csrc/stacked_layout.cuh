@@ -63,6 +63,9 @@ using namespace kittens;
 #ifndef ATTN_TK_SELF_Q
 #define ATTN_TK_SELF_Q 1
 #endif
+// The query warp (gather_queries) and the consumers (stacked.cuh) each test "self-gathered":
+// the unit that starts at the CTA's first item, unless it is a lone kv-split item, whose one
+// slot both warpgroups read. (As a shared inline function the test changed the kernels' code.)
 #ifndef ATTN_TK_STAGE_VALID
 #define ATTN_TK_STAGE_VALID 1
 #endif
