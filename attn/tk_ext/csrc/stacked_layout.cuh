@@ -59,7 +59,7 @@ using namespace kittens;
 // tree-3level waited 1.76 us (gqa-8b 3.54, hydragen-mqa 2.71: the rest is DRAM latency at the
 // start, which -DATTN_TK_Q_FIRST=2 beside it did not cut), and the spec workloads ran 0.8 %
 // faster in the geometric mean in two calls (H200 runs 0118 / 0119 and 0121 / 0122: gqa-8b-long
-// 1.1-3.2 %, gqa-8b 0.4-2.6 %, every other case within 1.2 %).
+// 1.1-3.2 %, gqa-8b 0.3-2.6 %, every other case within 1.4 %).
 #ifndef ATTN_TK_SELF_Q
 #define ATTN_TK_SELF_Q 1
 #endif
