@@ -256,6 +256,31 @@ def test_coresident_reads_triton_kernel_resources_and_needs_a_gpu(monkeypatch, c
     assert "no CUDA device" in capsys.readouterr().err
 
 
+def test_plan_estimate_prices_the_backends_plans_with_unit_times(capsys):
+    """bench/tk_plan_estimate.py: priced with the plan's own costs its CTA times are the plan's
+    loads; other costs change the schedule only while they are set; the CLI prints every
+    workload."""
+    mod = _bench_module("tk_plan_estimate")
+    from attn.tk_ext import schedule
+    from attn.workloads import spec_workload
+
+    items, ctas = mod.placed_plan(spec_workload("gqa-8b"))
+    own = mod.cta_times(items, ctas, (plan.ITEM_OVERHEAD, plan.ROW_TILE_COST), (plan.ITEM_OVERHEAD, plan.KV_TILE_COST),
+                        (plan.PAIR_OVERHEAD, plan.PAIR_TILE_COST))
+    assert own.shape == (len(ctas) - 1,)
+    np.testing.assert_allclose(own, schedule.planned_loads(items, ctas))
+    before = (plan.ROW_TILE_COST, plan.ITEM_OVERHEAD)
+    with mod.plan_costs((1.75, 1.04, 4.26, 1.07, 2.75)):
+        other, other_ctas = mod.placed_plan(spec_workload("gqa-8b"))
+        assert plan.ITEM_OVERHEAD == 4.26
+    assert (plan.ROW_TILE_COST, plan.ITEM_OVERHEAD) == before
+    assert not (np.array_equal(other, items) and np.array_equal(other_ctas, ctas))
+    assert mod.main(["--rows", "5.47,1.034", "--kv", "2.52,0.618", "--pairs", "1.63,0.634"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("largest / median CTA us") == 1
+    assert all(w in out for w in ("chunkattn-mha", "hydragen-mqa", "gqa-8b-long", "tree-3level", "no-share"))
+
+
 def test_timeline_fits_schedule_costs_and_checks_the_plans_loads():
     """bench/tk_timeline.py: unit times -> the plan's cost units; its copy of the plan's costs."""
     mod = _bench_module("tk_timeline")
