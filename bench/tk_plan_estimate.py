@@ -44,12 +44,8 @@ def placed_plan(w: Workload, num_sms: int = NUM_SMS):
 
     tk = TKBackend()
     tk._num_sms = lambda device: num_sms
-    levels = [(g, p) for g, p in w.levels]
-
-    def make(f):
-        return plan.level_plan(w.batch, w.q_heads, w.kv_heads, levels, w.suffix, w.ragged, num_sms, f) + (None,)
-
-    items, ctas, *_ = tk._best_split(make, w.batch, w.kv_heads, w.q_heads // w.kv_heads, torch.device("cpu"))
+    items, ctas, *_ = tk.placed_level_plan(w.batch, w.q_heads, w.kv_heads, w.levels, w.suffix, w.ragged,
+                                           torch.device("cpu"))
     return items, ctas
 
 

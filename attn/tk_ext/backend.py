@@ -267,6 +267,15 @@ class TKBackend(Backend):
         items, ctas = schedule.assign_ctas(items, self._num_sms(device), mixed_order(), rebalance())
         return items, ctas, direct, covered
 
+    def placed_level_plan(self, batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, device):
+        """The host plan of a shared-prefix shape (:func:`plan.level_plan` at the best split,
+        placed on ``device``'s SMs): ``(items, ctas, direct, covered, nslot, None)`` as numpy.
+        ``levels``: ``(groups, tokens)`` of each prefix level; ``ragged``: suffix lengths given."""
+        def make(f):
+            return plan.level_plan(batch, hq, hkv, list(levels), suffix, ragged, self._num_sms(device), f) + (None,)
+
+        return self._best_split(make, batch, hkv, hq // hkv, device)
+
     def level_items(self, p: SharedPrefixProblem):
         """The cached device item table, CTA ranges, slot count, directness, coverage
         (every partial lse written: :func:`plan.clear_unwritten`) and CPU CTA heads
@@ -276,12 +285,8 @@ class TKBackend(Backend):
                p.suffix_lens is not None, str(p.device)) + self._schedule_key()
         hit = self._plans.get(key)
         if hit is None:
-            def make(f):
-                return plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, list(levels), p.suffix_capacity,
-                                       p.suffix_lens is not None, self._num_sms(p.device), f) + (None,)
-
-            items, ctas, direct, covered, nslot, _ = self._best_split(make, p.batch, p.num_kv_heads,
-                                                                      p.num_q_heads // p.num_kv_heads, p.device)
+            items, ctas, direct, covered, nslot, _ = self.placed_level_plan(
+                p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity, p.suffix_lens is not None, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered,
                    torch.as_tensor(schedule.cta_heads(items, ctas)))
             self._plans[key] = hit
