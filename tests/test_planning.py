@@ -210,39 +210,9 @@ def test_backend_unpairs_the_tail_where_the_plan_says_it_evens_the_ctas(monkeypa
     assert placed("1", hydragen) == placed("0", hydragen)
 
 
-GQA_8B = (256, 32, 8, [(1, 8192)], 256)  # ATTN_TK_FILL changes its plan on 132 SMs
-
-
-def test_fill_keeps_the_chosen_splits_and_gives_every_cta_a_prefix_item(monkeypatch):
-    """gqa-8b on 132 SMs: the default plan has 128 prefix items (4 CTAs run only decode);
-    ATTN_TK_FILL=1 rebuilds the same choice of split factor with four blocks split in three
-    (132 prefix items, one slot more), and the plan's cache key tells the two apart."""
-    import types
-
-    from attn.tk_ext import backend as tkb
-
-    batch, hq, hkv, levels, suffix = GQA_8B
-    p = types.SimpleNamespace(batch=batch, num_q_heads=hq, num_kv_heads=hkv, suffix_capacity=suffix,
-                              prefix_k=[torch.empty(g, n, 1, 1) for g, n in levels], suffix_lens=None,
-                              device=torch.device("cpu"))
-    tk = tkb.TKBackend()
-    monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
-    got = {}
-    for fill in ("0", "1"):
-        monkeypatch.setenv("ATTN_TK_FILL", fill)
-        items, ctas, nslot = tk.level_items(p)[:3]
-        items = items.numpy()
-        rows = (items[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) == 0
-        cta = np.searchsorted(ctas.numpy(), np.flatnonzero(rows), side="right") - 1
-        got[fill] = (int(rows.sum()), len(set(cta.tolist())), nslot)
-    assert got["0"] == (128, 128, 4) and got["1"] == (132, 132, 5)
-    assert len(tk._plans) == 2
-
-
-@pytest.mark.parametrize("shape", SHAPES + [GQA_8B], ids=["two-level", "no-share", "tree", "rows200", "gqa-8b"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["two-level", "no-share", "tree", "rows200"])
 @pytest.mark.parametrize("unpair", ["0", "1"])
-@pytest.mark.parametrize("fill", ["0", "1"])
-def test_covered_plans_count_every_row_to_nslot(shape, unpair, fill, monkeypatch):
+def test_covered_plans_count_every_row_to_nslot(shape, unpair, monkeypatch):
     """What a covered plan promises (the partial lses then start uninitialised, with no -inf
     fill): every row receives exactly nslot state writes, counted as the kernel writes them (a
     lone kv-split item's two warpgroups write slot and slot + 1; any other item writes its
@@ -254,7 +224,6 @@ def test_covered_plans_count_every_row_to_nslot(shape, unpair, fill, monkeypatch
 
     batch, hq, hkv, levels, suffix = shape
     monkeypatch.setenv("ATTN_TK_UNPAIR", unpair)
-    monkeypatch.setenv("ATTN_TK_FILL", fill)
     tk = tkb.TKBackend()
     monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
     p = types.SimpleNamespace(batch=batch, num_q_heads=hq, num_kv_heads=hkv, suffix_capacity=suffix,

@@ -438,16 +438,16 @@ def _emulate_items(items, nslot, rows_total, hq, r, d, keys_of, scale, covered):
     return po, pl
 
 
-def _run_level_emulation(p, num_sms=3, fill=False):
+def _run_level_emulation(p):
     global q_rows
     q_rows = p.q.double()
     levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
     items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
-                                   p.suffix_lens is not None, num_sms=num_sms, fill=fill)
+                                   p.suffix_lens is not None, num_sms=3)
     items, _ = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
     items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, p.batch,
                                           p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-    items, _ = schedule.assign_ctas(items, num_sms)
+    items, _ = schedule.assign_ctas(items, 3)
     srcs = list(zip(p.prefix_k, p.prefix_v))
     if p.suffix_capacity:
         srcs.append((p.suffix_k, p.suffix_v))
@@ -466,16 +466,15 @@ def _run_level_emulation(p, num_sms=3, fill=False):
     return _emulate_items(items, nslot, b * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
 
 
-def _run_chunk_emulation(p, num_sms=3, fill=False):
+def _run_chunk_emulation(p):
     global q_rows
     q_rows = p.q.double()
     t = p.table
-    items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size,
-                                          num_sms=num_sms, fill=fill)
+    items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
     items, _ = plan.mark_direct(items, t.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
     items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, t.num_seqs,
                                           p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
-    items, _ = schedule.assign_ctas(items, num_sms)
+    items, _ = schedule.assign_ctas(items, 3)
     tpc = math.ceil(p.chunk_size / plan.TILE)
     lens = t.host["chunk_lens"]
 
@@ -541,57 +540,6 @@ def test_plan_emulation_matches_reference(case, costs, pairs, monkeypatch):
     both = torch.isinf(ref_lse)
     assert torch.equal(torch.isinf(lse.view(b, hq)), both)
     assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
-
-
-@pytest.mark.parametrize("op,num_sms", [("shared_prefix", 5), ("shared_prefix", 9), ("chunk", 5)])
-def test_filled_plans_match_reference(op, num_sms):
-    """A plan with ATTN_TK_FILL's extra splits (a level's or a chunk-first group's row blocks
-    split unevenly, the last slot cleared by the blocks with fewer splits) computes attention
-    exactly. On these SM counts the fill changes the shape's plans (asserted, so that the fill
-    is what is tested)."""
-    inp = make_inputs(W("", 50, 8, 2, ((1, 2000), (5, 130)), 150, 64, ragged=True), torch.float64, "cpu", seed=5)
-    if op == "shared_prefix":
-        p = shared_prefix_problem(*inp.args())
-        levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
-        args = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity, p.suffix_lens is not None)
-        plans = [plan.level_plan(*args, num_sms=num_sms, fill=f)[0] for f in (False, True)]
-        po, pl = _run_level_emulation(p, num_sms, fill=True)
-    else:
-        p = chunk_problem(*to_chunk_form(inp, 64, shuffle=True, seed=5).args())
-        t = p.table
-        plans = [plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=num_sms,
-                                 fill=f)[0] for f in (False, True)]
-        po, pl = _run_chunk_emulation(p, num_sms, fill=True)
-    assert plans[0].shape != plans[1].shape
-    out, lse = merge(po, pl)
-    ref_out, ref_lse = reference(p)
-    b, hq = p.q.shape[:2]
-    assert torch.allclose(out.view(b, hq, -1), ref_out, atol=1e-10, rtol=0)
-    both = torch.isinf(ref_lse)
-    assert torch.equal(torch.isinf(lse.view(b, hq)), both)
-    assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
-
-
-def test_fill_splits_gives_every_cta_a_prefix_item():
-    # gqa-8b: 64 row blocks of 128 tiles in two splits -> four blocks in three: 132 items.
-    s = plan.fill_splits(64, 2, 128, 132)
-    assert s.sum() == 132 and sorted(set(s.tolist())) == [2, 3] and (s[:4] == 3).all()
-    # gqa-8b-long: 16 blocks of 512 tiles in 15 -> 264 items, 16 or 17 per block.
-    s = plan.fill_splits(16, 15, 512, 132)
-    assert s.sum() == 264 and sorted(set(s.tolist())) == [16, 17]
-    # tree-3level's first level (32 blocks of 32 tiles in 3): 132 items would be 38 % more.
-    assert (plan.fill_splits(32, 3, 32, 132) == 3).all()
-    assert (plan.fill_splits(66, 2, 128, 132) == 2).all()  # already a multiple
-    assert (plan.fill_splits(64, 2, 9, 132) == 2).all()    # 3 splits of 9 tiles: under MIN_TILES_ROWS
-    items, nslot = plan.level_plan(256, 32, 8, [(1, 8192)], 256, False, num_sms=132, split_factor=1.5, fill=True)
-    rows = (items[:, plan.F_FLAGS] & plan.FLAG_KV_SPLIT) == 0
-    assert rows.sum() == 132
-    tiles = np.zeros((8, 1024), dtype=np.int64)  # each (head, row) block's prefix tiles, all covered once
-    for it in items[rows]:
-        tiles[it[plan.F_HEAD], it[plan.F_ROW0]:it[plan.F_ROW0] + 128] += it[plan.F_TILE1] - it[plan.F_TILE0]
-    assert (tiles == 128).all()
-    _, covered = plan.clear_unwritten(schedule.pair_kv_items(items), nslot, 256, 8, 4)
-    assert covered
 
 
 def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkeypatch):

@@ -67,13 +67,6 @@ def unpair_tail() -> bool:
     return os.environ.get("ATTN_TK_UNPAIR", "1") == "1"
 
 
-def fill_ctas() -> bool:
-    """Whether a shared-prefix level of row-split items gets a whole multiple of the CTA count
-    of items (:func:`plan.fill_splits`; ``ATTN_TK_FILL=1``, off until a GPU benchmark says so).
-    Read when a plan is built, and part of the plan's cache key."""
-    return os.environ.get("ATTN_TK_FILL", "0") == "1"
-
-
 def _pair_cap(name: str, default: int) -> int:
     value = os.environ.get(name, str(default))
     try:
@@ -97,13 +90,12 @@ def pair_caps() -> tuple[int, int]:
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
-                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_FILL")
+                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
                  "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
-                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_HEADS": ("0", "1"),
-                 "ATTN_TK_FILL": ("0", "1")}
+                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_HEADS": ("0", "1")}
 
 
 def check_switches() -> None:
@@ -218,9 +210,9 @@ class TKBackend(Backend):
     def _schedule_key() -> tuple:
         """The environment's part of a plan's cache key (what :meth:`_place` and
         :meth:`_best_split` read)."""
-        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), fill_ctas())
+        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail())
 
-    def _best_split(self, make, num_seqs: int, hkv: int, r: int, device, remake=None):
+    def _best_split(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan (:meth:`_place`) of the best of :func:`split_factors`.
 
         ``make(factor)`` gives ``(items, nslot, extra)``. Each candidate is placed and its
@@ -230,10 +222,6 @@ class TKBackend(Backend):
         :func:`unpair_tail`, the winner is placed again with its last pairs left as lone items
         (:data:`schedule.UNPAIR_FRACTIONS` of the CTA count), and the placement with the
         smallest largest load is kept if it beats the paired one by more than the tolerance.
-
-        ``remake(factor)``, when given, rebuilds the chosen factor's plan (e.g. with
-        :func:`fill_ctas`'s extra splits), which is then placed in its stead: the choice stays
-        the one ``make`` gives, so that a switch changes the winner only, not which one wins.
 
         Returns ``(items, ctas, direct, covered, nslot, extra)``.
         """
@@ -248,10 +236,6 @@ class TKBackend(Backend):
             cands.append((self._max_load(placed), 0 if placed[2] else nslot, pref, placed + (nslot, extra), items))
         low = min(c[0] for c in cands)
         best = min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))
-        if remake is not None:
-            items, nslot, extra = remake(split_factors()[best[2]])
-            placed = self._place(items, nslot, num_seqs, hkv, r, device)
-            best = (self._max_load(placed), 0 if placed[2] else nslot, best[2], placed + (nslot, extra), items)
         if not unpair_tail() or rebalance() or best[3][2]:
             return best[3]
         # The chosen splits with their last pairs as lone items: kept where that lowers the
@@ -287,12 +271,10 @@ class TKBackend(Backend):
         """The host plan of a shared-prefix shape (:func:`plan.level_plan` at the best split,
         placed on ``device``'s SMs): ``(items, ctas, direct, covered, nslot, None)`` as numpy.
         ``levels``: ``(groups, tokens)`` of each prefix level; ``ragged``: suffix lengths given."""
-        def make(f, fill=False):
-            return plan.level_plan(batch, hq, hkv, list(levels), suffix, ragged, self._num_sms(device), f,
-                                   fill) + (None,)
+        def make(f):
+            return plan.level_plan(batch, hq, hkv, list(levels), suffix, ragged, self._num_sms(device), f) + (None,)
 
-        remake = (lambda f: make(f, True)) if fill_ctas() else None
-        return self._best_split(make, batch, hkv, hq // hkv, device, remake)
+        return self._best_split(make, batch, hkv, hq // hkv, device)
 
     def level_items(self, p: SharedPrefixProblem):
         """The cached device item table, CTA ranges, slot count, directness, coverage
@@ -335,14 +317,13 @@ class TKBackend(Backend):
         key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device)) + self._schedule_key()
         hit = cache.get(key)
         if hit is None:
-            def make(f, fill=False):
+            def make(f):
                 items, clist, nslot = plan.chunk_plan(p.table.host, p.table.num_seqs, p.num_q_heads,
-                                                      p.num_kv_heads, p.chunk_size, self._num_sms(p.device), f, fill)
+                                                      p.num_kv_heads, p.chunk_size, self._num_sms(p.device), f)
                 return items, nslot, clist
 
-            remake = (lambda f: make(f, True)) if fill_ctas() else None
             items, ctas, direct, covered, nslot, clist = self._best_split(
-                make, p.table.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, p.device, remake)
+                make, p.table.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
                    torch.as_tensor(clist).to(p.device), nslot, direct, covered,
                    torch.as_tensor(schedule.cta_heads(items, ctas)))

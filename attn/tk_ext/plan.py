@@ -126,56 +126,8 @@ def _split_grid(nsplit: int, per: int, ntiles: int, inner: tuple, blocks) -> tup
     return (j * per, np.minimum(ntiles, (j + 1) * per), j) + tuple(idx[1:-1]) + (row0, kv)
 
 
-# fill_splits adds at most this share of a phase's items.
-FILL_MAX_GROWTH = 1.25
-
-
-def fill_splits(units: int, nsplit: int, ntiles: int, num_ctas: int) -> np.ndarray:
-    """Split counts of a phase's ``units`` row blocks (each of ``ntiles`` tiles, ``nsplit``
-    splits each as planned) raised so that the phase has a whole multiple of ``num_ctas``
-    items: every block gets ``T // units`` or one split more (the first blocks; blocks of one
-    head are consecutive, so those still read their tiles together), for the least multiple
-    ``T`` of ``num_ctas`` at or above ``units * nsplit``. Unchanged where that adds over
-    :data:`FILL_MAX_GROWTH` of the items (each adds an item's fixed cost) or makes items of
-    under ``MIN_TILES_ROWS`` tiles.
-
-    Why: gqa-8b has 64 row blocks of 128 tiles, split in two: 128 prefix items on 132 CTAs,
-    and the four CTAs without one run only decode pairs (18 of them), which the plan's costs
-    balance against a prefix item but which ended last on an H200 (126.9 us against a median
-    CTA end of 121.7, logs/0118-0119-tk-selfq.log). With four blocks in three every CTA has a
-    prefix item.
-    """
-    n = units * nsplit
-    out = np.full(units, nsplit, dtype=np.int64)
-    if num_ctas <= 0 or units <= 0:
-        return out
-    target = -(-n // num_ctas) * num_ctas
-    hi = -(-target // units)
-    if target == n or target > n * FILL_MAX_GROWTH or ntiles // hi < MIN_TILES_ROWS:
-        return out
-    out[:] = target // units
-    out[:target % units] += 1
-    return out
-
-
-def _fill_grid(splits: np.ndarray, ntiles: int, inner: tuple, blocks) -> tuple:
-    """:func:`_split_grid` with a split count per row block (``splits``, in the order of
-    ``inner`` then ``blocks``), the tiles of each block divided as evenly as its count allows.
-    Items in plan order: split ``j`` outermost, then the blocks that have a split ``j``."""
-    nb = len(blocks)
-    unit = np.arange(splits.size)
-    u = np.concatenate([unit[splits > k] for k in range(int(splits.max()))])
-    j = np.concatenate([np.full(int((splits > k).sum()), k, dtype=np.int64) for k in range(int(splits.max()))])
-    s = splits[u]
-    t0, t1 = j * ntiles // s, (j + 1) * ntiles // s
-    idx = np.unravel_index(u // nb, inner)
-    row0 = np.asarray([b[0] for b in blocks], dtype=np.int64)[u % nb]
-    kv = np.asarray([int(b[1]) for b in blocks], dtype=np.int64)[u % nb]
-    return (t0, t1, j) + tuple(idx) + (row0, kv)
-
-
 def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, num_sms: int,
-               split_factor: float | None = None, fill: bool = False):
+               split_factor: float | None = None):
     """Items of ``shared_prefix_attention``.
 
     Parameters
@@ -184,8 +136,6 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
     suffix : ``S`` (0: no suffix source).
     ragged : True when ``suffix_lens`` is given (the kernel reads each length on the device).
     split_factor : :func:`split_cap`'s factor (default ``SPLIT_FACTOR``).
-    fill : give a level of row-split items a whole multiple of ``num_sms`` items
-        (:func:`fill_splits`) where one extra split on some of its row blocks does that.
 
     Returns
     -------
@@ -206,15 +156,8 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
         kv_all = all(kv for _, kv in blocks)
         nsplit = num_splits(ntiles, kv_all, cap)
         width = SLOTS_PER_SPLIT if any(kv for _, kv in blocks) else 1
-        splits = fill_splits(g * hkv * len(blocks), nsplit, ntiles, num_sms) if fill and width == 1 else None
-        if splits is not None and splits.max() > nsplit:
-            # A block with a split fewer than the most leaves its rows' last slot of the phase to
-            # clear_unwritten (its last item clears slot + 1).
-            t0, t1, j, gi, h, row0, kv = _fill_grid(splits, ntiles, (g, hkv), blocks)
-            nsplit = int(splits.max())
-        else:
-            per = math.ceil(ntiles / nsplit)
-            t0, t1, j, gi, h, row0, kv = _split_grid(nsplit, per, ntiles, (g, hkv), blocks)
+        per = math.ceil(ntiles / nsplit)
+        t0, t1, j, gi, h, row0, kv = _split_grid(nsplit, per, ntiles, (g, hkv), blocks)
         seq0 = gi if src == len(levels) else gi * (batch // g)
         parts.append(_items(len(j), flags=kv, src=src, gidx=gi, head=h, seq0=seq0, nrows=rows, row0=row0,
                             t0=t0, t1=t1, keylen=keylen, slot=slot + width * j))
@@ -223,7 +166,7 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
 
 
 def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, num_sms: int,
-               split_factor: float | None = None, fill: bool = False):
+               split_factor: float | None = None):
     """Items of ``chunk_attention`` for one ChunkTable (its ``host`` numpy arrays).
 
     Shared chunks read by the same range of sequences are consecutive on those sequences'
@@ -231,9 +174,6 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     sequence's private chunks become its sequence-first items. Built with numpy but for a
     loop over the groups' scalars (a serving loop may build and plan a table every step:
     ``bench/host_time.py``).
-
-    ``fill``: as :func:`level_plan`'s, where a single chunk-first group has row-split items
-    (several such groups would each need their share of the CTA count).
 
     Returns
     -------
@@ -257,10 +197,7 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     # groups stack their slots above their ancestors'. Then every group's items at once: its
     # splits j, then heads, then row blocks.
     gs = []  # (begin, rows, chunk list offset, tiles, splits, tiles per split, first slot, slot width)
-    order = sorted(groups, key=lambda be: (be[0], -be[1]))
-    row_groups = [be for be in order if (be[1] - be[0]) * r > TILE]
-    filled = None  # (index in gs, splits per (head, block), first slot) of a filled group
-    for (b, e) in order:
+    for (b, e) in sorted(groups, key=lambda be: (be[0], -be[1])):
         chunks = groups[(b, e)]
         rows = (e - b) * r
         blocks = _row_blocks(rows)
@@ -268,11 +205,6 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
         nsplit = num_splits(ntiles, all(kv for _, kv in blocks), cap)
         width = SLOTS_PER_SPLIT if any(kv for _, kv in blocks) else 1
         base = int(nxt[b:e].max())
-        if fill and width == 1 and len(row_groups) == 1:
-            splits = fill_splits(hkv * len(blocks), nsplit, ntiles, num_sms)
-            if splits.max() > nsplit:
-                filled = (len(gs), splits, base)
-                nsplit = int(splits.max())  # its slots; its items are built below
         gs.append((b, rows, len(chunk_list), ntiles, nsplit, math.ceil(ntiles / nsplit), base, width, len(blocks)))
         chunk_list += chunks
         nxt[b:e] = base + width * nsplit
@@ -287,15 +219,6 @@ def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, nu
     parts = [_items(gi.size, flags=(rows - row0 <= TILE).astype(np.int64), gidx=g_off[gi], head=h, seq0=g_b[gi],
                     nrows=rows, row0=row0, t0=j * g_per[gi], t1=np.minimum(g_nt[gi], (j + 1) * g_per[gi]),
                     slot=g_base[gi] + g_width[gi] * j)]
-    if filled is not None:
-        # The filled group's items instead of its uniform ones (a block with a split fewer than
-        # the most leaves its rows' last slot of the group to clear_unwritten).
-        f, splits, base = filled
-        parts[0] = parts[0][gi != f]
-        fb, frows = int(g_b[f]), int(g_rows[f])
-        t0, t1, fj, fh, frow0, fkv = _fill_grid(splits, int(g_nt[f]), (hkv,), _row_blocks(frows))
-        parts.append(_items(len(fj), flags=fkv, gidx=int(g_off[f]), head=fh, seq0=fb, nrows=frows, row0=frow0,
-                            t0=t0, t1=t1, slot=base + fj))
     # Sequence-first items: for each sequence with private chunks, its splits j, then heads.
     seqs = np.flatnonzero(pcount > 0)
     nt = pcount[seqs] * tpc
