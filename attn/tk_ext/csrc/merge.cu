@@ -207,6 +207,10 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 #ifndef MERGE_V8_GROUP
 #define MERGE_V8_GROUP 1
 #endif
+#ifndef ATTN_TK_MERGE_PREFETCH
+#define ATTN_TK_MERGE_PREFETCH 0
+#endif
+constexpr bool MERGE_PREFETCH = ATTN_TK_MERGE_PREFETCH;
 template<typename TI> constexpr int merge_v8_blocks() {
 #ifdef MERGE_V8_BLOCKS
     return MERGE_V8_BLOCKS;
@@ -231,14 +235,23 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
     for (int i = 0; i < 8; i++) acc[i] = 0.f;
     float m = -INFINITY, l = 0.f;
     for (int k0 = 0; k0 < K; k0 += 32) {
+        const int kn = min(32, K - k0);
+        const TI *src = outs + ((long)k0 * R + row) * D + col;
+        // ATTN_TK_MERGE_PREFETCH: the chunk's first pass of states is loaded before its lses
+        // are folded, so that their latencies overlap (a state's weight is applied, or the
+        // state dropped, only once it is known: a -inf state's out may be any bits).
+        raw8<TI> pre[GROUP];
+        #pragma unroll
+        for (int j = 0; j < GROUP; j++) {
+            pre[j] = {};
+            if (MERGE_PREFETCH && mine && sub + SP * j < kn) pre[j] = load_raw8<TI>(src + (long)(sub + SP * j) * R * D);
+        }
         float w;
         if (!fold_lses(lses, k0, K, R, row, lane, m, l, w, [&](float r) {
                 #pragma unroll
                 for (int i = 0; i < 8; i++) acc[i] *= r;
             }))
             continue;
-        const int kn = min(32, K - k0);
-        const TI *src = outs + ((long)k0 * R + row) * D + col;
         for (int kb = 0; kb < kn; kb += SP * GROUP) {
             raw8<TI> v[GROUP];
             float wk[GROUP];
@@ -247,10 +260,12 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
                 const int k = kb + sub + SP * j;
                 wk[j] = __shfl_sync(0xffffffffu, w, k);
                 v[j] = {};
-                if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);  // -inf states: never read
+                if (MERGE_PREFETCH && kb == 0) v[j] = pre[j];
+                else if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);  // -inf states: never read
             }
             #pragma unroll
-            for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
+            for (int j = 0; j < GROUP; j++)
+                if (!MERGE_PREFETCH || wk[j] != 0.f) add8<TI>(acc, wk[j], v[j]);
         }
     }
     #pragma unroll
