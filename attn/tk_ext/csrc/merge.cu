@@ -207,8 +207,14 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 #ifndef MERGE_V8_GROUP
 #define MERGE_V8_GROUP 1
 #endif
+// ATTN_TK_MERGE_PREFETCH=1: each 32-state chunk's first pass of states is loaded before the
+// chunk's lses are folded (one memory latency per row fewer). H200, runs 0129 and 0132 against
+// 0130 (one call, before and after the default): -0.3 and -0.2 % in the geometric mean,
+// tree-3level 0.4-0.9 % and hydragen-mqa up to 0.6 % faster, every case within +0.1 %;
+// tests/test_tk.py passed on it (301). It spills 8 bytes at 32 registers in the half-precision
+// instantiations (the bf16 ones spilled 16-20 without it).
 #ifndef ATTN_TK_MERGE_PREFETCH
-#define ATTN_TK_MERGE_PREFETCH 0
+#define ATTN_TK_MERGE_PREFETCH 1
 #endif
 constexpr bool MERGE_PREFETCH = ATTN_TK_MERGE_PREFETCH;
 template<typename TI> constexpr int merge_v8_blocks() {
