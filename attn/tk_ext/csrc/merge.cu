@@ -207,8 +207,9 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 #ifndef MERGE_V8_GROUP
 #define MERGE_V8_GROUP 1
 #endif
-// ATTN_TK_MERGE_PREFETCH=1: each 32-state chunk's first pass of states is loaded before the
-// chunk's lses are folded (one memory latency per row fewer). H200, runs 0129 and 0132 against
+// ATTN_TK_MERGE_PREFETCH=n: each 32-state chunk's first n passes of states (a pass: 32 / LPS
+// states side by side, GROUP each) are loaded before the chunk's lses are folded (0: none).
+// n = 1 saves a row one memory latency. H200, runs 0129 and 0132 against
 // 0130 (one call, before and after the default): -0.3 and -0.2 % in the geometric mean,
 // tree-3level 0.4-0.9 % and hydragen-mqa up to 0.6 % faster, every case within +0.1 %;
 // tests/test_tk.py passed on it (301). It spills 8 bytes at 32 registers in the half-precision
@@ -216,7 +217,7 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 #ifndef ATTN_TK_MERGE_PREFETCH
 #define ATTN_TK_MERGE_PREFETCH 1
 #endif
-constexpr bool MERGE_PREFETCH = ATTN_TK_MERGE_PREFETCH;
+constexpr int MERGE_PREFETCH = ATTN_TK_MERGE_PREFETCH;
 template<typename TI> constexpr int merge_v8_blocks() {
 #ifdef MERGE_V8_BLOCKS
     return MERGE_V8_BLOCKS;
@@ -231,6 +232,8 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
     constexpr int SP = 32 / LPS;                        // states side by side
     constexpr int GROUP = sizeof(TI) == 4 ? (MERGE_V8_GROUP + 1) / 2 : MERGE_V8_GROUP;  // loads in flight per lane
     static_assert(32 % (SP * GROUP) == 0, "a pass stays inside one 32-state chunk");
+    constexpr int PASS = SP * GROUP, PF = MERGE_PREFETCH;  // states per pass; passes loaded early
+    static_assert(PF * PASS <= 32, "the early passes stay inside one 32-state chunk");
     long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= R) return;
@@ -243,14 +246,18 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
     for (int k0 = 0; k0 < K; k0 += 32) {
         const int kn = min(32, K - k0);
         const TI *src = outs + ((long)k0 * R + row) * D + col;
-        // ATTN_TK_MERGE_PREFETCH: the chunk's first pass of states is loaded before its lses
-        // are folded, so that their latencies overlap (a state's weight is applied, or the
-        // state dropped, only once it is known: a -inf state's out may be any bits).
-        raw8<TI> pre[GROUP];
+        // ATTN_TK_MERGE_PREFETCH passes of the chunk's states are loaded before its lses are
+        // folded, so that their latencies overlap (a state's weight is applied, or the state
+        // dropped, only once it is known: a -inf state's out may be any bits).
+        raw8<TI> pre[PF > 0 ? PF : 1][GROUP];
         #pragma unroll
-        for (int j = 0; j < GROUP; j++) {
-            pre[j] = {};
-            if (MERGE_PREFETCH && mine && sub + SP * j < kn) pre[j] = load_raw8<TI>(src + (long)(sub + SP * j) * R * D);
+        for (int p = 0; p < PF; p++) {
+            #pragma unroll
+            for (int j = 0; j < GROUP; j++) {
+                const int k = p * PASS + sub + SP * j;
+                pre[p][j] = {};
+                if (mine && k < kn) pre[p][j] = load_raw8<TI>(src + (long)k * R * D);
+            }
         }
         float w;
         if (!fold_lses(lses, k0, K, R, row, lane, m, l, w, [&](float r) {
@@ -258,7 +265,15 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
                 for (int i = 0; i < 8; i++) acc[i] *= r;
             }))
             continue;
-        for (int kb = 0; kb < kn; kb += SP * GROUP) {
+        #pragma unroll
+        for (int p = 0; p < PF; p++) {
+            #pragma unroll
+            for (int j = 0; j < GROUP; j++) {
+                const float wk = __shfl_sync(0xffffffffu, w, p * PASS + sub + SP * j);
+                if (wk != 0.f) add8<TI>(acc, wk, pre[p][j]);
+            }
+        }
+        for (int kb = PF * PASS; kb < kn; kb += PASS) {
             raw8<TI> v[GROUP];
             float wk[GROUP];
             #pragma unroll
@@ -266,12 +281,10 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
                 const int k = kb + sub + SP * j;
                 wk[j] = __shfl_sync(0xffffffffu, w, k);
                 v[j] = {};
-                if (MERGE_PREFETCH && kb == 0) v[j] = pre[j];
-                else if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);  // -inf states: never read
+                if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);  // -inf states: never read
             }
             #pragma unroll
-            for (int j = 0; j < GROUP; j++)
-                if (!MERGE_PREFETCH || wk[j] != 0.f) add8<TI>(acc, wk[j], v[j]);
+            for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
         }
     }
     #pragma unroll
