@@ -208,12 +208,13 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 #define MERGE_V8_GROUP 1
 #endif
 // ATTN_TK_MERGE_PREFETCH=n: each 32-state chunk's first n passes of states (a pass: 32 / LPS
-// states side by side, GROUP each) are loaded before the chunk's lses are folded (0: none).
-// n = 1 saves a row one memory latency. H200, runs 0129 and 0132 against
-// 0130 (one call, before and after the default): -0.3 and -0.2 % in the geometric mean,
-// tree-3level 0.4-0.9 % and hydragen-mqa up to 0.6 % faster, every case within +0.1 %;
-// tests/test_tk.py passed on it (301). It spills 8 bytes at 32 registers in the half-precision
-// instantiations (the bf16 ones spilled 16-20 without it).
+// states side by side, GROUP each) are loaded before the chunk's lses are folded (0: none), so
+// that their latencies overlap the lses'. H200 (one call each, every variant against n = 0):
+// n = 1 -0.6 % in the geometric mean, every sharing case 0.1-1.3 % faster (tree-3level 0.8-1.3,
+// gqa-8b 0.3-1.2, hydragen-mqa 0.6-0.8), no-share (no merge) within 0.1 % (runs 0133 vs 0134;
+// an earlier form of n = 1, which spilled 8 bytes, -0.2 / -0.3 % in runs 0129 / 0132 vs 0130);
+// n = 2 -0.3 % (spills 24 bytes at 32 registers), n = 2 at 6 blocks of 256 (40 registers)
+// -0.5 % (runs 0135, 0136). tests/test_tk.py passed on n = 1 and n = 2 (301 each).
 #ifndef ATTN_TK_MERGE_PREFETCH
 #define ATTN_TK_MERGE_PREFETCH 1
 #endif
