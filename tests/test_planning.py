@@ -266,3 +266,37 @@ def test_covered_chunk_plans_count_every_row_to_nslot(chunk, monkeypatch):
         assert (count == nslot).all(), w.name
         checked += 1
     assert checked >= 1
+
+
+def test_plan_constants_match_the_kernel_headers():
+    """The host plan and the kernels share an item layout and its constants, written once in
+    Python (plan.py, schedule.py, backend.py) and once in CUDA (csrc/): the fields and flags of
+    an item, its size, the CTA heads, the tile and warpgroup sizes, the direct rows and the
+    source count. A change on one side only would still compile and run, with wrong items."""
+    import re
+    from pathlib import Path
+
+    from attn.tk_ext import backend as tkb
+    from attn.tk_ext import build
+
+    src = "\n".join(p.read_text() for p in sorted(Path(build.CSRC).glob("*.cu*")))
+
+    def const(name):
+        found = re.findall(rf"constexpr int {name} = (\d+);", src)
+        assert len(found) == 1, f"{name}: {found}"
+        return int(found[0])
+
+    def enum(name):
+        body = re.search(rf"enum {name} \{{(.*?)\}};", src, re.S).group(1)
+        body = re.sub(r"//[^\n]*", "", body)
+        return {k: int(v) for k, v in re.findall(r"(\w+) = (\d+)", body)}
+
+    fields = enum("ItemField")
+    assert fields == {n: getattr(plan, n) for n in fields} and len(fields) == 11
+    flags = enum("ItemFlag")
+    assert flags == {n: getattr(plan, n) for n in flags} and set(flags) >= {"FLAG_KV_SPLIT", "FLAG_CLEAR_NEXT"}
+    assert const("ITEM_INTS") == plan.ITEM_INTS and const("TILE") == plan.TILE and const("NWG") == plan.NWG
+    assert const("DIRECT_ROWS") == plan.DIRECT_KV_ROWS and const("MAX_SRC") == tkb.MAX_SOURCES
+    # cta_heads: per CTA its range (2 ints) and its first two items, as schedule.cta_heads packs them.
+    assert re.search(r"int range\[HEAD_CTAS\]\[2\];", src) and re.search(r"int item\[HEAD_CTAS\]\[2\]\[ITEM_INTS\];", src)
+    assert schedule.HEAD_INTS == 2 + 2 * const("ITEM_INTS")
