@@ -215,6 +215,11 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 // an earlier form of n = 1, which spilled 8 bytes, -0.2 / -0.3 % in runs 0129 / 0132 vs 0130);
 // n = 2 -0.3 % (spills 24 bytes at 32 registers), n = 2 at 6 blocks of 256 (40 registers)
 // -0.5 % (runs 0135, 0136). tests/test_tk.py passed on n = 1 and n = 2 (301 each).
+// ATTN_TK_MERGE_COMPACT=1: after the early passes, a pass reads the next states that have keys
+// instead of the next slots (not yet run on a GPU: off).
+#ifndef ATTN_TK_MERGE_COMPACT
+#define ATTN_TK_MERGE_COMPACT 0
+#endif
 #ifndef ATTN_TK_MERGE_PREFETCH
 #define ATTN_TK_MERGE_PREFETCH 1
 #endif
@@ -274,6 +279,35 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
                 if (wk != 0.f) add8<TI>(acc, wk, pre[p][j]);
             }
         }
+#if ATTN_TK_MERGE_COMPACT
+        // The states past the early passes that have keys, PASS at a time: a pass then holds
+        // only states that are read (a paired or row-split item leaves slot + 1 at -inf, so
+        // about half of a decode-heavy row's slots are empty), and a row costs one latency per
+        // PASS states it has, not per PASS slots. Lane sub takes the pass's sub + SP j-th state.
+        constexpr unsigned EARLY = PF * PASS >= 32 ? 0xffffffffu : (1u << (PF * PASS)) - 1u;  // read above
+        for (unsigned rest = __ballot_sync(0xffffffffu, w != 0.f) & ~EARLY; rest;) {
+            raw8<TI> v[GROUP];
+            float wk[GROUP];
+            int ks[PASS];
+            #pragma unroll
+            for (int t = 0; t < PASS; t++) {  // the pass's states, in order (-1: none)
+                ks[t] = rest ? __ffs(rest) - 1 : -1;
+                rest &= rest - 1;
+            }
+            #pragma unroll
+            for (int j = 0; j < GROUP; j++) {
+                int k = -1;
+                #pragma unroll
+                for (int t = 0; t < PASS; t++) k = t == sub + SP * j ? ks[t] : k;
+                wk[j] = __shfl_sync(0xffffffffu, w, k < 0 ? 0 : k);
+                if (k < 0) wk[j] = 0.f;
+                v[j] = {};
+                if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);
+            }
+            #pragma unroll
+            for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
+        }
+#else
         for (int kb = PF * PASS; kb < kn; kb += PASS) {
             raw8<TI> v[GROUP];
             float wk[GROUP];
@@ -287,6 +321,7 @@ __global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(co
             #pragma unroll
             for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
         }
+#endif
     }
     #pragma unroll
     for (int o = LPS; o < 32; o <<= 1) {
