@@ -215,6 +215,13 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 // an earlier form of n = 1, which spilled 8 bytes, -0.2 / -0.3 % in runs 0129 / 0132 vs 0130);
 // n = 2 -0.3 % (spills 24 bytes at 32 registers), n = 2 at 6 blocks of 256 (40 registers)
 // -0.5 % (runs 0135, 0136). tests/test_tk.py passed on n = 1 and n = 2 (301 each).
+// ATTN_TK_MERGE_WIDE=k (k > 0): rows of k or more states (gqa-8b-long: 17 slots, of which about
+// 16 have keys, on 2048 rows, i.e. ~16 warps per SM, where occupancy cannot hide one latency per
+// pass) take the WIDE kernel, 8 states a pass at D = 128 instead of 2. Not yet run on a GPU: 0.
+#ifndef ATTN_TK_MERGE_WIDE
+#define ATTN_TK_MERGE_WIDE 0
+#endif
+constexpr int MERGE_WIDE = ATTN_TK_MERGE_WIDE;
 // ATTN_TK_MERGE_COMPACT=1: after the early passes, a pass reads the next states that have keys
 // instead of the next slots (not yet run on a GPU: off).
 #ifndef ATTN_TK_MERGE_COMPACT
@@ -232,11 +239,14 @@ template<typename TI> constexpr int merge_v8_blocks() {
 #endif
 }
 
-template<typename TI, typename TO, int LPS>
-__global__ void __launch_bounds__(256, merge_v8_blocks<TI>()) merge_v8_kernel(const TI *__restrict__ outs, const float *__restrict__ lses,
-                                                          TO *__restrict__ out, float *__restrict__ lse, int K, long R, int D) {
+// WIDE: the kernel for rows of many states (ATTN_TK_MERGE_WIDE): four times GROUP loads in
+// flight per lane, budgeted for a quarter of the blocks.
+template<typename TI, typename TO, int LPS, bool WIDE = false>
+__global__ void __launch_bounds__(256, WIDE ? (merge_v8_blocks<TI>() + 3) / 4 : merge_v8_blocks<TI>())
+merge_v8_kernel(const TI *__restrict__ outs, const float *__restrict__ lses, TO *__restrict__ out,
+                float *__restrict__ lse, int K, long R, int D) {
     constexpr int SP = 32 / LPS;                        // states side by side
-    constexpr int GROUP = sizeof(TI) == 4 ? (MERGE_V8_GROUP + 1) / 2 : MERGE_V8_GROUP;  // loads in flight per lane
+    constexpr int GROUP = (sizeof(TI) == 4 ? (MERGE_V8_GROUP + 1) / 2 : MERGE_V8_GROUP) * (WIDE ? 4 : 1);  // loads in flight per lane
     static_assert(32 % (SP * GROUP) == 0, "a pass stays inside one 32-state chunk");
     constexpr int PASS = SP * GROUP, PF = MERGE_PREFETCH;  // states per pass; passes loaded early
     static_assert(PF * PASS <= 32, "the early passes stay inside one 32-state chunk");
@@ -356,6 +366,9 @@ static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &o
     const auto base = reinterpret_cast<uintptr_t>(outs.data_ptr());
     if (merge_v8() && D % 8 == 0 && D <= 128 && base % 16 == 0) {
         auto kern = D > 64 ? merge_v8_kernel<TI, TO, 16> : merge_v8_kernel<TI, TO, 8>;
+        if constexpr (MERGE_WIDE > 0) {
+            if (K >= MERGE_WIDE) kern = D > 64 ? merge_v8_kernel<TI, TO, 16, true> : merge_v8_kernel<TI, TO, 8, true>;
+        }
         kern<<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
             reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),
             reinterpret_cast<TO *>(out.data_ptr()), lse.data_ptr<float>(), K, R, D);
