@@ -11,17 +11,12 @@ mkdir -p "$out"
 lean="-DATTN_TK_MAXNREG=128 -DATTN_TK_PIPELINE=0 -DATTN_TK_PRODUCER_REGS=40 -DATTN_TK_CONSUMER_REGS=168 -DATTN_TK_QSLOTS=2"
 variants=("" "$lean -DATTN_TK_SMEM_KB=128" "$lean -DATTN_TK_SMEM_KB=96")
 log=$out/coresident.log
+source bench/variant_words.sh  # run_variant, build_variants (each variant here is a string of nvcc flags)
 echo "# tk sources $(cat attn/tk_ext/csrc/* | sha1sum | cut -c1-12)" | tee "$log"
 nvidia-smi --query-gpu=name,clocks.max.sm,clocks.max.mem --format=csv | tee -a "$log"
-t0=$(date +%s)
-for i in "${!variants[@]}"; do
-  ( ATTN_TK_NVCC_FLAGS="${variants[$i]}" python3 -m attn build > "$out/build-v$i.txt" 2>&1; echo "build v$i rc=$?" >> "$out/build-v$i.txt" ) &
-done
-wait
-echo "builds: $(( $(date +%s) - t0 )) s" | tee -a "$log"
-cat "$out"/build-v*.txt >> "$log"; grep -h "rc=" "$out"/build-v*.txt; rm -f "$out"/build-v*.txt
+build_variants "$out" "$log" "${variants[@]}"
 for i in "${!variants[@]}"; do
   echo "## v$i: ${variants[$i]:-default}" | tee -a "$log"
-  ATTN_TK_NVCC_FLAGS="${variants[$i]}" timeout -k 20 -s INT "${RUN_TIMEOUT:-150}" \
+  run_variant "${variants[$i]}" timeout -k 20 -s INT "${RUN_TIMEOUT:-150}" \
     python3 bench/tk_coresident.py --out "$out/coresident.jsonl" ${1+--workloads "$@"} 2>&1 | tee -a "$log"
 done

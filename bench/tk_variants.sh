@@ -15,30 +15,14 @@ out=${OUT:-out/variants}
 mkdir -p "$out"
 name=$1; shift
 variants=("$@")
-# A variant's words: "default", nvcc flags, or csrc=DIR (build from another copy of the
-# kernel sources: A/B of two versions of a kernel in one call, on one machine).
-# NAME=VALUE (upper case) sets an environment variable for the variant's runs, e.g.
-# ATTN_TK_PLAN_COSTS=1.2,0.5,1 (plan.py's tile costs).
-flags() { local w out=""; for w in $1; do case $w in default|csrc=*|[A-Z]*=*) ;; *) out="$out $w";; esac; done; echo "$out"; }
-csrc() { local w; for w in $1; do case $w in csrc=*) echo "${w#csrc=}"; return;; esac; done; echo ""; }
-envs() { local w; for w in $1; do case $w in [A-Z]*=*) echo "$w";; esac; done; }
-run_variant() {  # run_variant VARIANT CMD...: CMD with the variant's flags, sources and environment
-  local v=$1; shift
-  env $(envs "$v") ATTN_TK_NVCC_FLAGS="$(flags "$v")" ATTN_TK_CSRC="$(csrc "$v")" "$@"
-}
+source bench/variant_words.sh  # variant_flags, variant_csrc, variant_envs, run_variant, build_variants
 slug=$(python3 -c 'from attn.perf import gpu_slug; print(gpu_slug())')
 store=bench/results/$slug
 log=$out/variants.log
 # The device's copy of the tree may carry a stale git HEAD: name the kernel sources by content.
 echo "# tk sources $(cat attn/tk_ext/csrc/* | sha1sum | cut -c1-12), variants: ${variants[*]}" | tee "$log"
-t0=$(date +%s)
-for i in "${!variants[@]}"; do
-  ( run_variant "${variants[$i]}" python3 -m attn build > "$out/build-v$i.txt" 2>&1; echo "build v$i rc=$?" >> "$out/build-v$i.txt" ) &
-done
-wait
-echo "builds: $(( $(date +%s) - t0 )) s" | tee -a "$log"
-cat "$out"/build-v*.txt >> "$log"; grep -h "rc=" "$out"/build-v*.txt; rm -f "$out"/build-v*.txt
-export ATTN_TK_NVCC_FLAGS="$(flags "${variants[0]}")" ATTN_TK_CSRC="$(csrc "${variants[0]}")"
+build_variants "$out" "$log" "${variants[@]}"
+export ATTN_TK_NVCC_FLAGS="$(variant_flags "${variants[0]}")" ATTN_TK_CSRC="$(variant_csrc "${variants[0]}")"
 if [ -z "${SKIP_TESTS:-}" ]; then
   # Through run_variant: a variant's NAME=VALUE words (plan switches) apply to its tests too.
   run_variant "${variants[0]}" timeout -k 20 -s INT "${TEST_TIMEOUT:-200}" \

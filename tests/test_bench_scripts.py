@@ -1,0 +1,107 @@
+"""The GPU-call scripts' variant words (bench/variant_words.sh), checked on the CPU.
+
+A variant word that reaches the wrong place (a plan switch passed to nvcc, a flag lost on the
+way to the build or the runs) would time the wrong kernels without any error, so the words'
+parsing and the scripts' wiring run here with stand-ins for ``python3`` and ``nvidia-smi``
+that record what they were called with.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ROOT / "bench" / "variant_words.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+
+
+def bash(script: str, env: dict | None = None) -> str:
+    out = subprocess.run(["bash", "-c", f"source {WORDS}; {script}"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, check=True)
+    return out.stdout
+
+
+def test_words_go_to_flags_sources_and_environment():
+    v = "default -DATTN_TK_QSLOTS=4 csrc=/tmp/other ATTN_TK_FILL=1 -DATTN_TK_SELF_Q=0 ATTN_TK_ORDER=lpt"
+    assert bash(f'variant_flags "{v}"').strip() == "-DATTN_TK_QSLOTS=4 -DATTN_TK_SELF_Q=0"
+    assert bash(f'variant_csrc "{v}"').strip() == "/tmp/other"
+    assert bash(f'variant_envs "{v}"').split() == ["ATTN_TK_FILL=1", "ATTN_TK_ORDER=lpt"]
+    assert bash('variant_flags default').strip() == "" and bash('variant_csrc default').strip() == ""
+    assert bash('variant_flags ""').strip() == ""
+    extra = {"VARIANT_EXTRA_FLAGS": "-DATTN_TK_TIMELINE"}
+    assert bash('variant_flags "-DX=1"', extra).strip() == "-DX=1 -DATTN_TK_TIMELINE"
+    assert bash('variant_flags default', extra).strip() == "-DATTN_TK_TIMELINE"
+
+
+def test_run_variant_sets_them_and_explicit_words_win():
+    show = 'sh -c \'echo "[$ATTN_TK_NVCC_FLAGS][$ATTN_TK_CSRC][${ATTN_TK_FILL:-}]"\''
+    assert bash(f'run_variant "-DA=1 csrc=/x ATTN_TK_FILL=1" {show}').strip() == "[-DA=1][/x][1]"
+    assert bash(f'run_variant default {show}').strip() == "[][][]"
+    assert bash(f'run_variant "ATTN_TK_CSRC=/y" {show}').strip() == "[][/y][]"
+
+
+@pytest.fixture
+def stand_ins(tmp_path):
+    """A PATH whose ``python3`` records its environment and arguments (one line per call in
+    ``calls.txt``) and fails when ATTN_TK_NVCC_FLAGS holds -DFAIL; and an ``nvidia-smi``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    (bin_dir / "python3").write_text(
+        "#!/bin/sh\n"
+        f'echo "flags=[$ATTN_TK_NVCC_FLAGS] csrc=[$ATTN_TK_CSRC] fill=[${{ATTN_TK_FILL:-}}] args=[$*]" >> {calls}\n'
+        'case "$ATTN_TK_NVCC_FLAGS" in *-DFAIL*) exit 3;; esac\n')
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'name, clocks'\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "calls": calls, "out": tmp_path / "out"}
+
+
+def test_build_variants_builds_each_with_its_words(stand_ins, tmp_path):
+    out, log = tmp_path, tmp_path / "log.txt"
+    stdout = bash(f'build_variants {out} {log} default "-DA=1 ATTN_TK_FILL=1" "-DFAIL"', {"PATH": stand_ins["PATH"]})
+    calls = sorted(stand_ins["calls"].read_text().splitlines())
+    assert calls == ["flags=[-DA=1] csrc=[] fill=[1] args=[-m attn build]",
+                     "flags=[-DFAIL] csrc=[] fill=[] args=[-m attn build]",
+                     "flags=[] csrc=[] fill=[] args=[-m attn build]"]
+    assert stdout.splitlines()[1:] == ["build v0 rc=0", "build v1 rc=0", "build v2 rc=3"]
+    assert "builds: " in log.read_text() and not list(out.glob("build-v*.txt"))
+
+
+def test_timeline_script_builds_and_runs_each_variant_as_a_timeline_build(stand_ins):
+    env = {**os.environ, "PATH": stand_ins["PATH"], "OUT": str(stand_ins["out"]), "CASES": "tree-3level"}
+    subprocess.run(["bash", "bench/tk_timeline_variants.sh", "default", "-DA=1 ATTN_TK_FILL=1"], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    calls = stand_ins["calls"].read_text().splitlines()
+    builds = sorted(c for c in calls if "attn build" in c)
+    runs = [c for c in calls if "tk_timeline.py" in c]
+    assert builds == ["flags=[-DA=1 -DATTN_TK_TIMELINE] csrc=[] fill=[1] args=[-m attn build]",
+                      "flags=[-DATTN_TK_TIMELINE] csrc=[] fill=[] args=[-m attn build]"]
+    assert runs == ["flags=[-DATTN_TK_TIMELINE] csrc=[] fill=[] args=[bench/tk_timeline.py tree-3level --show 0]",
+                    "flags=[-DA=1 -DATTN_TK_TIMELINE] csrc=[] fill=[1] args=[bench/tk_timeline.py tree-3level --show 0]"]
+
+
+def test_coresident_script_runs_its_builds_with_their_flags(stand_ins):
+    env = {**os.environ, "PATH": stand_ins["PATH"], "OUT": str(stand_ins["out"])}
+    subprocess.run(["bash", "bench/tk_coresident.sh", "gqa-8b"], cwd=ROOT, env=env, check=True, capture_output=True)
+    runs = [c for c in stand_ins["calls"].read_text().splitlines() if "tk_coresident.py" in c]
+    assert len(runs) == 3 and runs[0].startswith("flags=[] ")
+    assert all("-DATTN_TK_MAXNREG=128" in r and "--workloads gqa-8b" in r for r in runs[1:])
+    assert "-DATTN_TK_SMEM_KB=128" in runs[1] and "-DATTN_TK_SMEM_KB=96" in runs[2]
+
+
+def test_variants_script_tests_and_times_each_variant_with_its_words(stand_ins):
+    env = {**os.environ, "PATH": stand_ins["PATH"], "OUT": str(stand_ins["out"]), "NCU_CASES": ""}
+    subprocess.run(["bash", "bench/tk_variants.sh", "t", "ATTN_TK_FILL=1", "-DA=1 csrc=/x"], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    calls = stand_ins["calls"].read_text().splitlines()
+    tests = [c for c in calls if "tests/test_tk.py" in c]
+    benches = [c for c in calls if "pytest bench/" in c]
+    assert tests == [tests[0]] and tests[0].startswith("flags=[] csrc=[] fill=[1] ")
+    assert [b.split(" args=")[0] for b in benches] == ["flags=[] csrc=[] fill=[1]", "flags=[-DA=1] csrc=[/x] fill=[]"]
+    assert "--benchmark-save=t-v0" in benches[0] and "--benchmark-save=t-v1" in benches[1]
