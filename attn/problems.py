@@ -211,7 +211,8 @@ def shared_prefix_problem(q, prefix_k, prefix_v, suffix_k=None, suffix_v=None, s
         levels_k, levels_v = [prefix_k.unsqueeze(0)], [prefix_v.unsqueeze(0)]
         names = ["prefix_k", "prefix_v"]
         level_names = lambda i: names  # noqa: E731
-    elif isinstance(prefix_k, Sequence) and isinstance(prefix_v, Sequence):
+    elif (isinstance(prefix_k, Sequence) and isinstance(prefix_v, Sequence)
+          and not isinstance(prefix_k, (str, bytes)) and not isinstance(prefix_v, (str, bytes))):
         if len(prefix_k) != len(prefix_v):
             raise ValueError(f"prefix_k has {len(prefix_k)} levels but prefix_v has {len(prefix_v)}")
         levels_k, levels_v = list(prefix_k), list(prefix_v)

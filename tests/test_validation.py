@@ -161,3 +161,53 @@ def test_table_derived_fields():
     assert t.seq_shared.tolist() == [[0, 1], [0, 1], [0, -1], [-1, -1]]
     assert (t.num_seqs, t.num_chunks, t.max_chunk_len, t.max_group_size, t.max_seq_tokens) == (4, 6, 8, 3, 21)
     assert t.seq_chunks.dtype == torch.int32
+
+
+META = torch.device("meta")  # a second device on a CPU-only machine (shapes only, no data)
+
+MORE_SHARED_PREFIX_BAD = [
+    ("device-mix", dict(prefix_v=torch.empty(P, HKV, D, device=META)), ValueError, "one device"),
+    ("prefix-type", dict(prefix_k="keys", prefix_v="values"), TypeError, "prefix_k must be a tensor"),
+    ("suffix-shape-mismatch", dict(suffix_v=r(B, S + 1, HKV, D)), ValueError, "one shape"),
+    ("suffix-head-dim", dict(suffix_k=r(B, S, HKV, D + 1), suffix_v=r(B, S, HKV, D + 1)), ValueError, "head dim"),
+    ("lens-other-device", dict(suffix_lens=torch.zeros(B, dtype=torch.int32, device=META)), ValueError,
+     "suffix_lens is on meta"),
+]
+
+
+@pytest.mark.parametrize("name,kw,err,word", MORE_SHARED_PREFIX_BAD, ids=[c[0] for c in MORE_SHARED_PREFIX_BAD])
+def test_shared_prefix_rejects_more(name, kw, err, word):
+    with pytest.raises(err, match=word):
+        sp(**kw)
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), True])
+def test_scale_must_be_a_finite_float(scale):
+    with pytest.raises(ValueError if not isinstance(scale, bool) else TypeError, match="scale"):
+        attn.shared_prefix_attention(Q, PK, PV, scale=scale, backend="spy")
+
+
+def test_suffix_lens_may_be_a_list_of_ints():
+    """A Python list is taken as the lengths tensor (and checked like one)."""
+    lens = [1, 7, 0, 3]
+    got = attn.shared_prefix_attention(Q, PK, PV, SK, SV, lens, backend="torch")
+    want = attn.shared_prefix_attention(Q, PK, PV, SK, SV, torch.tensor(lens, dtype=torch.int32), backend="torch")
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="suffix_lens"):
+        sp(suffix_lens=[1, 2, S + 1, 0])
+
+
+def test_chunk_rejects_head_dim():
+    with pytest.raises(ValueError, match="head dim"):
+        ca(k_chunks=r(NC, HKV, C, D + 1), v_chunks=r(NC, HKV, C, D + 1))
+
+
+def test_merge_rejects_more():
+    with pytest.raises(TypeError, match="tensors"):
+        attn.merge_states("outs", "lses", backend="spy")
+    with pytest.raises(TypeError, match="floating"):
+        attn.merge_states(torch.ones(2, 3, D, dtype=torch.int32), r(2, 3), backend="spy")
+    with pytest.raises(ValueError, match="lses is on meta"):
+        attn.merge_states(r(2, 3, D), torch.empty(2, 3, device=META), backend="spy")
+    with pytest.raises(ValueError, match="at least one state"):
+        attn.merge_states(r(0, 3, D), r(0, 3), backend="spy")
