@@ -5,7 +5,10 @@ units (items and pairs) on the persistent CTAs by their costs in the plan's unit
 (``ATTN_TK_PLAN_COSTS``). ``bench/tk_timeline.py`` fits the units' measured times as
 ``fixed + per_tile * tiles`` for row-split items, lone kv-split items and pairs. This plans each
 workload under each set of costs and prices every CTA's units with those fitted times: the
-largest and the median CTA time in us. An estimate to choose what to measure, not a measurement.
+largest and the median CTA time in us. An estimate to choose what to measure, not a measurement:
+for costs that change a plan's splits it has been wrong (session 18 priced gqa-8b's largest CTA
+130.6 -> 125.6 us under the fitted costs; on the H200 the op became 3.9 % slower, runs 0124 /
+0125), since the fit prices every row-split tile alike however many prefix items a CTA runs.
 
     PYTHONPATH=. python bench/tk_plan_estimate.py --costs 1.75,1.0,1.7 1.75,1.04,4.26,1.07,2.75 \\
         --rows 5.47,1.034 --kv 2.52,0.618 --pairs 1.63,0.634
