@@ -215,6 +215,15 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 // an earlier form of n = 1, which spilled 8 bytes, -0.2 / -0.3 % in runs 0129 / 0132 vs 0130);
 // n = 2 -0.3 % (spills 24 bytes at 32 registers), n = 2 at 6 blocks of 256 (40 registers)
 // -0.5 % (runs 0135, 0136). tests/test_tk.py passed on n = 1 and n = 2 (301 each).
+#ifndef ATTN_TK_MERGE_PREFETCH
+#define ATTN_TK_MERGE_PREFETCH 1
+#endif
+constexpr int MERGE_PREFETCH = ATTN_TK_MERGE_PREFETCH;
+// ATTN_TK_MERGE_COMPACT=1: after the early passes, a pass reads the next states that have keys
+// instead of the next slots (not yet run on a GPU: off).
+#ifndef ATTN_TK_MERGE_COMPACT
+#define ATTN_TK_MERGE_COMPACT 0
+#endif
 // ATTN_TK_MERGE_WIDE=k (k > 0): rows of k or more states (gqa-8b-long: 17 slots, of which about
 // 16 have keys, on 2048 rows, i.e. ~16 warps per SM, where occupancy cannot hide one latency per
 // pass) take the WIDE kernel, 8 states a pass at D = 128 instead of 2. Not yet run on a GPU: 0.
@@ -222,15 +231,6 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 #define ATTN_TK_MERGE_WIDE 0
 #endif
 constexpr int MERGE_WIDE = ATTN_TK_MERGE_WIDE;
-// ATTN_TK_MERGE_COMPACT=1: after the early passes, a pass reads the next states that have keys
-// instead of the next slots (not yet run on a GPU: off).
-#ifndef ATTN_TK_MERGE_COMPACT
-#define ATTN_TK_MERGE_COMPACT 0
-#endif
-#ifndef ATTN_TK_MERGE_PREFETCH
-#define ATTN_TK_MERGE_PREFETCH 1
-#endif
-constexpr int MERGE_PREFETCH = ATTN_TK_MERGE_PREFETCH;
 template<typename TI> constexpr int merge_v8_blocks() {
 #ifdef MERGE_V8_BLOCKS
     return MERGE_V8_BLOCKS;
