@@ -88,3 +88,31 @@ def test_plot_script_on_a_stored_run(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (d / "history-gqa-8b-torch-bf16-chunk.png").exists()
+
+
+def test_compare_refuses_unknown_names(tmp_path, capsys):
+    """A typo in --workload or --backend exits 2 naming what exists, before anything runs."""
+    assert main(["--cpu", "--workload", "gqa-9b", "--out", str(tmp_path)]) == 2
+    assert "no workload matches ['gqa-9b']" in capsys.readouterr().err
+    assert main(["--cpu", "--workload", "no-share", "--backend", "trition", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backend(s) ['trition']" in err and "triton" in err
+    assert not (tmp_path / "compare.json").exists()
+
+
+def test_compare_keeps_a_crashing_backend_as_a_failed_row(tmp_path, capsys, monkeypatch):
+    """A backend that raises is a failed row of the table (exit 1), and the others still run."""
+    from attn import torch_backend
+
+    def crash(self, p):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(torch_backend.TorchBackend, "run_shared_prefix", crash)
+    rc = main(["--cpu", "--workload", "no-share", "--backend", "torch", "--backend", "sdpa", "--dtype", "fp16",
+               "--rounds", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 1 and "RuntimeError: boom" in out and "second line" not in out
+    doc = json.loads((tmp_path / "compare.json").read_text())
+    rows = {(r["backend"], r["op"]): r for r in doc["records"]}
+    assert rows[("torch", "shared_prefix")]["ok"] is False and "boom" in rows[("torch", "shared_prefix")]["error"]
+    assert rows[("torch", "chunk")]["ok"] and rows[("sdpa", "materialized")]["ok"]
