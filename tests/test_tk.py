@@ -502,6 +502,133 @@ PLAN_CASES = [c for c in CASES if not c.gpu_only] + [
 ]
 
 
+class EmulatedExt:
+    """The extension's entry points on the CPU: each launch's items emulated in float64
+    (:func:`_emulate_items`), so that the backend's own marshalling (argument order, the
+    item table and CTA heads it passes, the buffers it allocates, the merge it calls) runs
+    end to end without a GPU. Launch arguments are checked as the bindings check them."""
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def _check_launch(q, items, ctas, po, pl, out, lse, heads):
+        b, hq, d = q.shape
+        assert q.is_contiguous() and items.dtype == torch.int32 and items.shape[1] == plan.ITEM_INTS
+        assert ctas.dtype == torch.int32 and ctas.dim() == 1 and int(ctas[-1]) == items.shape[0]
+        assert heads.numel() == 0 or tuple(heads.shape) == (ctas.numel() - 1, schedule.HEAD_INTS)
+        assert out.shape == (b * hq, d) and out.dtype == q.dtype and lse.shape == (b * hq,)
+        assert lse.dtype == pl.dtype == torch.float32
+        assert po.numel() == 0 or po.dtype == tkb.partial_dtype(q.dtype)  # none for a direct plan
+
+    def _write(self, q, items, r, keys_of, scale, po, pl, out, lse):
+        global q_rows
+        q_rows = q.double()
+        b, hq, d = q.shape
+        items = items.numpy()
+        direct = po.numel() == 0
+        nslot = int(items[:, plan.F_SLOT].max()) + plan.NWG if direct else po.shape[0]
+        covered = bool(torch.isnan(pl).all()) if not direct else False  # _poisoned_buffers
+        po64, pl64 = _emulate_items(items, nslot, b * hq, hq, r, d, keys_of, scale, covered)
+        if direct:  # each row's one state is its result
+            o, l = merge(po64, pl64)
+            out.copy_(o)
+            lse.copy_(l)
+        else:
+            po.copy_(po64)
+            pl.copy_(pl64)
+
+    def shared_prefix_partials(self, q, ks, vs, suffix_lens, items, ctas, scale, po, pl, out, lse, heads):
+        self.calls.append("shared_prefix_partials")
+        self._check_launch(q, items, ctas, po, pl, out, lse, heads)
+        lens = suffix_lens.tolist() if suffix_lens is not None else None
+
+        def keys_of(it, t):
+            _, src, gidx, h = it[:4]
+            kl = it[plan.F_KEYLEN] if it[plan.F_KEYLEN] >= 0 else lens[gidx]
+            if t is None:
+                return max(0, min(it[plan.F_TILE1], math.ceil(kl / plan.TILE)) - it[plan.F_TILE0])
+            k, v = ks[src], vs[src]
+            if k.dim() == 3:  # a one-group level as the op was given it: [P, Hkv, D]
+                k, v = k[None], v[None]
+            lo = (it[plan.F_TILE0] + t) * plan.TILE
+            return k[gidx, lo:lo + plan.TILE, h].double(), v[gidx, lo:lo + plan.TILE, h].double(), kl - lo
+
+        self._write(q, items, q.shape[1] // ks[0].shape[-2], keys_of, scale, po, pl, out, lse)
+
+    def chunk_partials(self, q, k_chunks, v_chunks, clist, chunk_lens, items, ctas, scale, po, pl, out, lse, heads):
+        self.calls.append("chunk_partials")
+        self._check_launch(q, items, ctas, po, pl, out, lse, heads)
+        tpc = math.ceil(k_chunks.shape[2] / plan.TILE)
+        lens = chunk_lens.tolist()
+
+        def keys_of(it, tt):
+            if tt is None:
+                return it[plan.F_TILE1] - it[plan.F_TILE0]
+            g = it[plan.F_TILE0] + tt
+            c = int(clist[it[plan.F_GIDX] + g // tpc])
+            lo = (g % tpc) * plan.TILE
+            h = it[plan.F_HEAD]
+            return k_chunks[c, h, lo:lo + plan.TILE].double(), v_chunks[c, h, lo:lo + plan.TILE].double(), lens[c] - lo
+
+        self._write(q, items, q.shape[1] // k_chunks.shape[1], keys_of, scale, po, pl, out, lse)
+
+    def merge(self, po, pl, out, lse):
+        self.calls.append("merge")
+        assert po.shape[:2] == pl.shape and out.shape == po.shape[1:] and lse.shape == pl.shape[1:]
+        o, l = merge(po, pl)
+        out.copy_(o)
+        lse.copy_(l)
+
+
+@pytest.fixture
+def emulated_tk(monkeypatch):
+    """A TKBackend on 3 CTAs whose extension is :class:`EmulatedExt`, and whose buffers that a
+    covered plan leaves to the items start as NaN (so a (slot, row) no item writes shows)."""
+    tk = tkb.TKBackend()
+    ext = EmulatedExt()
+    monkeypatch.setattr(tk, "_ext", lambda: ext)
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
+    real = tkb.TKBackend._buffers
+
+    def poisoned(nslot, direct, covered, shape, dtype, device):
+        po, pl, out, lse = real(nslot, direct, covered, shape, dtype, device)
+        for t in (out, lse) + ((po, pl) if covered and not tkb.lse_fill() else ()):
+            t.fill_(float("nan"))
+        return po, pl, out, lse
+
+    monkeypatch.setattr(tkb.TKBackend, "_buffers", staticmethod(poisoned))
+    return tk, ext
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
+def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtype, emulated_tk):
+    """The tk backend's ops on the CPU with the kernels emulated: the flash-attention
+    criterion against the float64 oracle, as on the GPU, and the launches the backend makes
+    (a merge unless the plan is direct)."""
+    case = case.values[0] if isinstance(case, type(pytest.param(0))) else case
+    tk, ext = emulated_tk
+    p = case.problem(case.inputs(dtype, "cpu"))
+    out, lse = (tk.run_shared_prefix if case.op == "shared_prefix" else tk.run_chunk)(p)
+    verdict = Oracle(p).judge(out, lse)
+    assert verdict.ok, verdict
+    assert ext.calls[0] == ("shared_prefix_partials" if case.op == "shared_prefix" else "chunk_partials")
+    assert ext.calls[1:] in ([], ["merge"])
+
+
+def test_backend_merge_states_on_an_emulated_extension(emulated_tk):
+    tk, ext = emulated_tk
+    from attn.problems import merge_problem
+
+    outs, lses = torch.randn(3, 2, 5, 16), torch.randn(3, 2, 5)
+    lses[1, 0, 2] = float("-inf")
+    out, lse = tk.run_merge(merge_problem(outs, lses))
+    want_out, want_lse = merge(outs.double(), lses.double())
+    assert ext.calls == ["merge"] and out.shape == (2, 5, 16) and lse.shape == (2, 5)
+    assert torch.allclose(out.double(), want_out, atol=1e-6) and torch.allclose(lse.double(), want_lse, atol=1e-6)
+
+
 # Skewed tile costs (ATTN_TK_PLAN_COSTS) split rows200-split's prefix differently
 # (test_skewed_costs_change_a_plan).
 SKEWED_COSTS = (8.0, 0.5, 0.0)
