@@ -617,6 +617,37 @@ def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtyp
     assert ext.calls[1:] in ([], ["merge"])
 
 
+@pytest.mark.parametrize("switch", ["ATTN_TK_PARTIALS=float32", "ATTN_TK_LSE_FILL=1", "ATTN_TK_HEADS=0"])
+def test_backend_switches_on_an_emulated_extension(switch, emulated_tk, monkeypatch):
+    """The call-time switches change what the backend hands to the launch (float32 partial
+    outs, lses filled with -inf, no CTA heads) and the results stay right."""
+    name, value = switch.split("=")
+    tk, ext = emulated_tk
+    seen = []
+    real = ext._check_launch
+
+    def check(q, items, ctas, po, pl, out, lse, heads):
+        real(q, items, ctas, po, pl, out, lse, heads)
+        seen.append((po.dtype, bool(torch.isneginf(pl).all()), heads.numel()))
+
+    monkeypatch.setattr(ext, "_check_launch", check)
+    for env in (None, value):  # the default first: the switch must change what the launch gets
+        if env is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, env)
+        for case in [c.values[0] for c in PLAN_CASES if isinstance(c, type(pytest.param(0)))]:  # rows200-split, chunk128-rows
+            p = case.problem(case.inputs(torch.bfloat16, "cpu"))
+            out, lse = (tk.run_shared_prefix if case.op == "shared_prefix" else tk.run_chunk)(p)
+            verdict = Oracle(p).judge(out, lse)
+            assert verdict.ok, (case.id, env, verdict)
+    default, switched = seen[:2], seen[2:]
+    assert len(switched) == 2
+    field = {"ATTN_TK_PARTIALS": 0, "ATTN_TK_LSE_FILL": 1, "ATTN_TK_HEADS": 2}[name]
+    want = {"ATTN_TK_PARTIALS": torch.float32, "ATTN_TK_LSE_FILL": True, "ATTN_TK_HEADS": 0}[name]
+    assert all(s[field] == want for s in switched) and any(s[field] != want for s in default)
+
+
 def test_backend_merge_states_on_an_emulated_extension(emulated_tk):
     tk, ext = emulated_tk
     from attn.problems import merge_problem
