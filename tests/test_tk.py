@@ -451,7 +451,15 @@ def _run_level_emulation(p):
     srcs = list(zip(p.prefix_k, p.prefix_v))
     if p.suffix_capacity:
         srcs.append((p.suffix_k, p.suffix_v))
-    lens = p.suffix_lens.tolist() if p.suffix_lens is not None else None
+    keys_of = _level_keys(srcs, p.suffix_lens)
+    b, hq, d = p.q.shape
+    return _emulate_items(items, nslot, b * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
+
+
+def _level_keys(srcs, suffix_lens):
+    """``keys_of`` of level-mode items: ``srcs`` the (k, v) of each source, ``[G, P, Hkv, D]``
+    (``[B, S, Hkv, D]`` for the suffix; a one-group level may come as ``[P, Hkv, D]``)."""
+    lens = suffix_lens.tolist() if suffix_lens is not None else None
 
     def keys_of(it, t):
         _, src, gidx, h = it[:4]
@@ -459,11 +467,29 @@ def _run_level_emulation(p):
         if t is None:
             return max(0, min(it[plan.F_TILE1], math.ceil(kl / plan.TILE)) - it[plan.F_TILE0])
         k, v = srcs[src]
+        if k.dim() == 3:
+            k, v = k[None], v[None]
         lo = (it[plan.F_TILE0] + t) * plan.TILE
         return k[gidx, lo:lo + plan.TILE, h].double(), v[gidx, lo:lo + plan.TILE, h].double(), kl - lo
 
-    b, hq, d = p.q.shape
-    return _emulate_items(items, nslot, b * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
+    return keys_of
+
+
+def _chunk_keys(k_chunks, v_chunks, clist, chunk_lens):
+    """``keys_of`` of chunk-mode items over the pool ``[N, Hkv, C, D]`` and the items' chunk list."""
+    tpc = math.ceil(k_chunks.shape[2] / plan.TILE)
+    lens = [int(x) for x in chunk_lens]
+
+    def keys_of(it, tt):
+        if tt is None:
+            return it[plan.F_TILE1] - it[plan.F_TILE0]
+        g = it[plan.F_TILE0] + tt
+        c = int(clist[it[plan.F_GIDX] + g // tpc])
+        lo = (g % tpc) * plan.TILE
+        h = it[plan.F_HEAD]
+        return k_chunks[c, h, lo:lo + plan.TILE].double(), v_chunks[c, h, lo:lo + plan.TILE].double(), lens[c] - lo
+
+    return keys_of
 
 
 def _run_chunk_emulation(p):
@@ -475,18 +501,7 @@ def _run_chunk_emulation(p):
     items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, t.num_seqs,
                                           p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
     items, _ = schedule.assign_ctas(items, 3)
-    tpc = math.ceil(p.chunk_size / plan.TILE)
-    lens = t.host["chunk_lens"]
-
-    def keys_of(it, tt):
-        if tt is None:
-            return it[plan.F_TILE1] - it[plan.F_TILE0]
-        g = it[plan.F_TILE0] + tt
-        c = int(clist[it[plan.F_GIDX] + g // tpc])
-        lo = (g % tpc) * plan.TILE
-        h = it[plan.F_HEAD]
-        return p.k_chunks[c, h, lo:lo + plan.TILE].double(), p.v_chunks[c, h, lo:lo + plan.TILE].double(), int(lens[c]) - lo
-
+    keys_of = _chunk_keys(p.k_chunks, p.v_chunks, clist, t.host["chunk_lens"])
     n, hq, d = p.q.shape
     return _emulate_items(items, nslot, n * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
 
@@ -541,36 +556,13 @@ class EmulatedExt:
     def shared_prefix_partials(self, q, ks, vs, suffix_lens, items, ctas, scale, po, pl, out, lse, heads):
         self.calls.append("shared_prefix_partials")
         self._check_launch(q, items, ctas, po, pl, out, lse, heads)
-        lens = suffix_lens.tolist() if suffix_lens is not None else None
-
-        def keys_of(it, t):
-            _, src, gidx, h = it[:4]
-            kl = it[plan.F_KEYLEN] if it[plan.F_KEYLEN] >= 0 else lens[gidx]
-            if t is None:
-                return max(0, min(it[plan.F_TILE1], math.ceil(kl / plan.TILE)) - it[plan.F_TILE0])
-            k, v = ks[src], vs[src]
-            if k.dim() == 3:  # a one-group level as the op was given it: [P, Hkv, D]
-                k, v = k[None], v[None]
-            lo = (it[plan.F_TILE0] + t) * plan.TILE
-            return k[gidx, lo:lo + plan.TILE, h].double(), v[gidx, lo:lo + plan.TILE, h].double(), kl - lo
-
+        keys_of = _level_keys(list(zip(ks, vs)), suffix_lens)
         self._write(q, items, q.shape[1] // ks[0].shape[-2], keys_of, scale, po, pl, out, lse)
 
     def chunk_partials(self, q, k_chunks, v_chunks, clist, chunk_lens, items, ctas, scale, po, pl, out, lse, heads):
         self.calls.append("chunk_partials")
         self._check_launch(q, items, ctas, po, pl, out, lse, heads)
-        tpc = math.ceil(k_chunks.shape[2] / plan.TILE)
-        lens = chunk_lens.tolist()
-
-        def keys_of(it, tt):
-            if tt is None:
-                return it[plan.F_TILE1] - it[plan.F_TILE0]
-            g = it[plan.F_TILE0] + tt
-            c = int(clist[it[plan.F_GIDX] + g // tpc])
-            lo = (g % tpc) * plan.TILE
-            h = it[plan.F_HEAD]
-            return k_chunks[c, h, lo:lo + plan.TILE].double(), v_chunks[c, h, lo:lo + plan.TILE].double(), lens[c] - lo
-
+        keys_of = _chunk_keys(k_chunks, v_chunks, clist, chunk_lens.tolist())
         self._write(q, items, q.shape[1] // k_chunks.shape[1], keys_of, scale, po, pl, out, lse)
 
     def merge(self, po, pl, out, lse):
