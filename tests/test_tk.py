@@ -543,7 +543,7 @@ class EmulatedExt:
         items = items.numpy()
         direct = po.numel() == 0
         nslot = int(items[:, plan.F_SLOT].max()) + plan.NWG if direct else po.shape[0]
-        covered = bool(torch.isnan(pl).all()) if not direct else False  # _poisoned_buffers
+        covered = bool(torch.isnan(pl).all()) if not direct else False  # emulated_tk poisons what a covered plan leaves
         po64, pl64 = _emulate_items(items, nslot, b * hq, hq, r, d, keys_of, scale, covered)
         if direct:  # each row's one state is its result
             o, l = merge(po64, pl64)
