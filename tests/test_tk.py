@@ -959,24 +959,33 @@ def test_gpu_tk_vs_triton(tk, case):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("src", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("impl", ["v8", "v4"])
-@pytest.mark.parametrize("d,k", [(128, 5), (64, 37), (128, 40)], ids=["d128", "d64-k37", "d128-k40"])
-def test_gpu_merge_states(tk, impl, d, k, monkeypatch):
+@pytest.mark.parametrize("d,k", [(128, 5), (128, 17), (64, 37), (128, 40)], ids=["d128", "d128-k17", "d64-k37", "d128-k40"])
+def test_gpu_merge_states(tk, impl, d, k, src, monkeypatch):
     """Both vector merges (ATTN_TK_MERGE: v8, several states of a row read side by side; v4,
     one at a time), over more than one 32-state chunk too, and the scalar one (an unaligned
-    view)."""
+    view). Rows of 12 or more states take v8's WIDE kernel (ATTN_TK_MERGE_WIDE), and a third of
+    the states have no keys, scattered, so that the compacted passes (ATTN_TK_MERGE_COMPACT)
+    skip some and not others."""
     monkeypatch.setenv("ATTN_TK_MERGE", impl)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    outs = torch.randn(k, 7, 4, d, generator=g).to("cuda", torch.bfloat16)
-    lses = torch.randn(k, 7, 4, generator=g).cuda() * 3
+    g = torch.Generator(device="cpu").manual_seed(k)
+    outs = torch.randn(k, 7, 4, d, generator=g).to("cuda", src)
+    lses = torch.randn(k, 7, 4, generator=g) * 3
+    lses[torch.rand(k, 7, 4, generator=g) < 0.35] = float("-inf")
     lses[:, 0, 0] = float("-inf")  # a row no state attends
     lses[2, 1, :] = float("-inf")
+    lses[:, 1, 1] = float("-inf")
+    lses[k - 1, 1, 1] = 0.5  # a row whose one state is its last
+    lses = lses.cuda()
+    outs[torch.isneginf(lses)] = float("nan")  # a state without keys is never read
     out, lse = attn.merge_states(outs, lses, backend="tk")
-    ref_out, ref_lse = merge(outs.double(), lses.double())
+    ref_out, ref_lse = merge(outs.double().nan_to_num(), lses.double())
     assert torch.isneginf(lse[0, 0]) and (out[0, 0] == 0).all()
     fin = torch.isfinite(ref_lse)
     assert torch.allclose(lse[fin].double(), ref_lse[fin], atol=1e-4)
     assert torch.allclose(out.double()[fin], ref_out[fin], atol=2 * 2.0**-8)
+    assert torch.allclose(out[1, 1].double(), outs[k - 1, 1, 1].double(), atol=2.0**-8)
     # A view that starts one element into its storage takes the scalar (unaligned) path.
     flat = torch.empty(outs.numel() + 1, dtype=outs.dtype, device="cuda")
     shifted = flat[1:].view_as(outs).copy_(outs)

@@ -219,16 +219,22 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 #define ATTN_TK_MERGE_PREFETCH 1
 #endif
 constexpr int MERGE_PREFETCH = ATTN_TK_MERGE_PREFETCH;
-// ATTN_TK_MERGE_COMPACT=1: after the early passes, a pass reads the next states that have keys
-// instead of the next slots (not yet run on a GPU: off).
+// ATTN_TK_MERGE_COMPACT: after the early passes, a pass reads the next states that have keys
+// instead of the next slots. 1 (default): in the narrow kernel only; 2: in the WIDE one too; 0:
+// never. Run 0139 vs 0138 (H200, one call): tree-3level 1.1-1.7 % faster (9 slots, 6 with keys:
+// 3 passes -> 2), chunkattn-mha 0.5-0.8 % (6 slots, 3 with keys: 2 -> 1), the rest within 0.4 %.
+// In the WIDE kernel (gqa-8b-long, 16 of 17 slots with keys) it saves no pass and its ballot
+// and lane shuffles cost: COMPACT=2 with WIDE=12 took 0.7 % of WIDE's gain on gqa-8b-long
+// (run 0137 against 0140).
 #ifndef ATTN_TK_MERGE_COMPACT
-#define ATTN_TK_MERGE_COMPACT 0
+#define ATTN_TK_MERGE_COMPACT 1
 #endif
-// ATTN_TK_MERGE_WIDE=k (k > 0): rows of k or more states (gqa-8b-long: 17 slots, of which about
-// 16 have keys, on 2048 rows, i.e. ~16 warps per SM, where occupancy cannot hide one latency per
-// pass) take the WIDE kernel, 8 states a pass at D = 128 instead of 2. Not yet run on a GPU: 0.
+// ATTN_TK_MERGE_WIDE=k (k > 0, default 12): rows of k or more states take the WIDE kernel, 8
+// states a pass at D = 128 instead of 2. gqa-8b-long's rows have 17 slots, 16 with keys, on
+// only 2048 rows (~16 warps per SM), so occupancy cannot hide a latency per pass: 7.3 passes ->
+// 2, and run 0140 vs 0138 (H200) 1.4-1.7 % faster on gqa-8b-long, the rest within 0.3 %. 0: off.
 #ifndef ATTN_TK_MERGE_WIDE
-#define ATTN_TK_MERGE_WIDE 0
+#define ATTN_TK_MERGE_WIDE 12
 #endif
 constexpr int MERGE_WIDE = ATTN_TK_MERGE_WIDE;
 template<typename TI> constexpr int merge_v8_blocks() {
@@ -250,6 +256,7 @@ merge_v8_kernel(const TI *__restrict__ outs, const float *__restrict__ lses, TO 
     static_assert(32 % (SP * GROUP) == 0, "a pass stays inside one 32-state chunk");
     constexpr int PASS = SP * GROUP, PF = MERGE_PREFETCH;  // states per pass; passes loaded early
     static_assert(PF * PASS <= 32, "the early passes stay inside one 32-state chunk");
+    constexpr bool COMPACT = ATTN_TK_MERGE_COMPACT == 2 || (ATTN_TK_MERGE_COMPACT == 1 && !WIDE);
     long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= R) return;
@@ -289,49 +296,49 @@ merge_v8_kernel(const TI *__restrict__ outs, const float *__restrict__ lses, TO 
                 if (wk != 0.f) add8<TI>(acc, wk, pre[p][j]);
             }
         }
-#if ATTN_TK_MERGE_COMPACT
-        // The states past the early passes that have keys, PASS at a time: a pass then holds
-        // only states that are read (a paired or row-split item leaves slot + 1 at -inf, so
-        // about half of a decode-heavy row's slots are empty), and a row costs one latency per
-        // PASS states it has, not per PASS slots. Lane sub takes the pass's sub + SP j-th state.
-        constexpr unsigned EARLY = PF * PASS >= 32 ? 0xffffffffu : (1u << (PF * PASS)) - 1u;  // read above
-        for (unsigned rest = __ballot_sync(0xffffffffu, w != 0.f) & ~EARLY; rest;) {
-            raw8<TI> v[GROUP];
-            float wk[GROUP];
-            int ks[PASS];
-            #pragma unroll
-            for (int t = 0; t < PASS; t++) {  // the pass's states, in order (-1: none)
-                ks[t] = rest ? __ffs(rest) - 1 : -1;
-                rest &= rest - 1;
-            }
-            #pragma unroll
-            for (int j = 0; j < GROUP; j++) {
-                int k = -1;
+        if constexpr (COMPACT) {
+            // The states past the early passes that have keys, PASS at a time: a pass then holds
+            // only states that are read (a paired or row-split item leaves slot + 1 at -inf, so
+            // about half of a decode-heavy row's slots are empty), and a row costs one latency per
+            // PASS states it has, not per PASS slots. Lane sub takes the pass's sub + SP j-th state.
+            constexpr unsigned EARLY = PF * PASS >= 32 ? 0xffffffffu : (1u << (PF * PASS)) - 1u;  // read above
+            for (unsigned rest = __ballot_sync(0xffffffffu, w != 0.f) & ~EARLY; rest;) {
+                raw8<TI> v[GROUP];
+                float wk[GROUP];
+                int ks[PASS];
                 #pragma unroll
-                for (int t = 0; t < PASS; t++) k = t == sub + SP * j ? ks[t] : k;
-                wk[j] = __shfl_sync(0xffffffffu, w, k < 0 ? 0 : k);
-                if (k < 0) wk[j] = 0.f;
-                v[j] = {};
-                if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);
+                for (int t = 0; t < PASS; t++) {  // the pass's states, in order (-1: none)
+                    ks[t] = rest ? __ffs(rest) - 1 : -1;
+                    rest &= rest - 1;
+                }
+                #pragma unroll
+                for (int j = 0; j < GROUP; j++) {
+                    int k = -1;
+                    #pragma unroll
+                    for (int t = 0; t < PASS; t++) k = t == sub + SP * j ? ks[t] : k;
+                    wk[j] = __shfl_sync(0xffffffffu, w, k < 0 ? 0 : k);
+                    if (k < 0) wk[j] = 0.f;
+                    v[j] = {};
+                    if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);
+                }
+                #pragma unroll
+                for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
             }
-            #pragma unroll
-            for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
-        }
-#else
-        for (int kb = PF * PASS; kb < kn; kb += PASS) {
-            raw8<TI> v[GROUP];
-            float wk[GROUP];
-            #pragma unroll
-            for (int j = 0; j < GROUP; j++) {
-                const int k = kb + sub + SP * j;
-                wk[j] = __shfl_sync(0xffffffffu, w, k);
-                v[j] = {};
-                if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);  // -inf states: never read
+        } else {
+            for (int kb = PF * PASS; kb < kn; kb += PASS) {
+                raw8<TI> v[GROUP];
+                float wk[GROUP];
+                #pragma unroll
+                for (int j = 0; j < GROUP; j++) {
+                    const int k = kb + sub + SP * j;
+                    wk[j] = __shfl_sync(0xffffffffu, w, k);
+                    v[j] = {};
+                    if (wk[j] != 0.f && mine) v[j] = load_raw8<TI>(src + (long)k * R * D);  // -inf states: never read
+                }
+                #pragma unroll
+                for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
             }
-            #pragma unroll
-            for (int j = 0; j < GROUP; j++) add8<TI>(acc, wk[j], v[j]);
         }
-#endif
     }
     #pragma unroll
     for (int o = LPS; o < 32; o <<= 1) {
