@@ -237,6 +237,14 @@ constexpr int MERGE_PREFETCH = ATTN_TK_MERGE_PREFETCH;
 #define ATTN_TK_MERGE_WIDE 12
 #endif
 constexpr int MERGE_WIDE = ATTN_TK_MERGE_WIDE;
+// ATTN_TK_MERGE_WIDE_ROWS=r (r > 0, default 2048; 0: off): merges of r rows or fewer whose rows
+// hold more than one narrow pass of states take the WIDE kernel too, whatever their state
+// count: with few warps per SM nothing hides a pass's latency. chunkattn-mha (1024 rows of 6
+// states) 0.3-0.6 % faster, run 0150 vs 0149 (H200), as with WIDE=6 in run 0146 vs 0143, which
+// also sent tree-3level's 4096 rows of 9 to it and slowed them 1.7-2.1 %; the rest within 0.4 %.
+#ifndef ATTN_TK_MERGE_WIDE_ROWS
+#define ATTN_TK_MERGE_WIDE_ROWS 2048
+#endif
 template<typename TI> constexpr int merge_v8_blocks() {
 #ifdef MERGE_V8_BLOCKS
     return MERGE_V8_BLOCKS;
@@ -374,7 +382,8 @@ static void launch(const at::Tensor &outs, const at::Tensor &lses, at::Tensor &o
     if (merge_v8() && D % 8 == 0 && D <= 128 && base % 16 == 0) {
         auto kern = D > 64 ? merge_v8_kernel<TI, TO, 16> : merge_v8_kernel<TI, TO, 8>;
         if constexpr (MERGE_WIDE > 0) {
-            if (K >= MERGE_WIDE) kern = D > 64 ? merge_v8_kernel<TI, TO, 16, true> : merge_v8_kernel<TI, TO, 8, true>;
+            const bool few_rows = ATTN_TK_MERGE_WIDE_ROWS > 0 && R <= ATTN_TK_MERGE_WIDE_ROWS && K > 32 / (D > 64 ? 16 : 8);
+            if (K >= MERGE_WIDE || few_rows) kern = D > 64 ? merge_v8_kernel<TI, TO, 16, true> : merge_v8_kernel<TI, TO, 8, true>;
         }
         kern<<<grid, ROWS * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
             reinterpret_cast<const TI *>(outs.data_ptr()), lses.data_ptr<float>(),
