@@ -15,7 +15,7 @@ python3 -m attn build --verbose > "$out/build.log" 2>&1; echo "build rc=$? in $(
 grep -E "registers|spill" "$out/build.log" | sort | uniq -c >> "$out/summary.log"
 python3 -m attn info > "$out/info.log" 2>&1
 if [ "$what" != bench ]; then
-  timeout -k 20 -s INT "${TEST_TIMEOUT:-240}" python3 -m pytest tests/test_tk.py -q -x -p no:cacheprovider -rs 2>&1 | tail -40 > "$out/test_tk.log"
+  timeout -k 20 -s INT "${TEST_TIMEOUT:-240}" python3 -m pytest tests/test_tk_*.py -q -x -p no:cacheprovider -rs 2>&1 | tail -40 > "$out/test_tk.log"
   tail -3 "$out/test_tk.log" | tee -a "$out/summary.log"
   timeout -k 20 -s INT "${AGREE_TIMEOUT:-150}" python3 -m pytest tests/test_agreement.py --backend tk -q -p no:cacheprovider 2>&1 | tail -15 > "$out/test_agreement.log"
   tail -2 "$out/test_agreement.log" | tee -a "$out/summary.log"

@@ -2,7 +2,7 @@
 # tk build variants side by side, in one GPU call. Each variant is a string of extra nvcc flags
 # (ATTN_TK_NVCC_FLAGS; "default" = none), csrc=DIR and / or NAME=VALUE, with its own cache entry; all
 # build at once. Then:
-# tests/test_tk.py on the first variant (its flags and environment), the tk benchmark (bf16, both ops, every workload) of
+# the tk tests (tests/test_tk_*.py) on the first variant (its flags and environment), the tk benchmark (bf16, both ops, every workload) of
 # each variant saved as run NAME-v<i>, the gate of each against the first, and Nsight Compute
 # stall samples per SASS instruction (bench/ncu_stalls.py) of the first variant on NCU_CASES.
 #   NCU_CASES="gqa-8b-long:shared_prefix" bash bench/tk_variants.sh NAME default "-DATTN_TK_QBUFS=2"
@@ -26,7 +26,7 @@ export ATTN_TK_NVCC_FLAGS="$(variant_flags "${variants[0]}")" ATTN_TK_CSRC="$(va
 if [ -z "${SKIP_TESTS:-}" ]; then
   # Through run_variant: a variant's NAME=VALUE words (plan switches) apply to its tests too.
   run_variant "${variants[0]}" timeout -k 20 -s INT "${TEST_TIMEOUT:-200}" \
-    python3 -m pytest tests/test_tk.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
+    python3 -m pytest tests/test_tk_*.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
 fi
 for i in "${!variants[@]}"; do
   echo "## bench v$i: ${variants[$i]}" | tee -a "$log"

@@ -100,7 +100,7 @@ def test_variants_script_tests_and_times_each_variant_with_its_words(stand_ins):
     subprocess.run(["bash", "bench/tk_variants.sh", "t", "ATTN_TK_FILL=1", "-DA=1 csrc=/x"], cwd=ROOT, env=env,
                    check=True, capture_output=True)
     calls = stand_ins["calls"].read_text().splitlines()
-    tests = [c for c in calls if "tests/test_tk.py" in c]
+    tests = [c for c in calls if "tests/test_tk_gpu.py" in c]
     benches = [c for c in calls if "pytest bench/" in c]
     assert tests == [tests[0]] and tests[0].startswith("flags=[] csrc=[] fill=[1] ")
     assert [b.split(" args=")[0] for b in benches] == ["flags=[] csrc=[] fill=[1]", "flags=[-DA=1] csrc=[/x] fill=[]"]

@@ -214,7 +214,7 @@ template<> __device__ inline void store8<float>(float *p, const float (&v)[8]) {
 // gqa-8b 0.3-1.2, hydragen-mqa 0.6-0.8), no-share (no merge) within 0.1 % (runs 0133 vs 0134;
 // an earlier form of n = 1, which spilled 8 bytes, -0.2 / -0.3 % in runs 0129 / 0132 vs 0130);
 // n = 2 -0.3 % (spills 24 bytes at 32 registers), n = 2 at 6 blocks of 256 (40 registers)
-// -0.5 % (runs 0135, 0136). tests/test_tk.py passed on n = 1 and n = 2 (301 each).
+// -0.5 % (runs 0135, 0136). The tk tests (then tests/test_tk.py) passed on n = 1 and n = 2 (301 each).
 #ifndef ATTN_TK_MERGE_PREFETCH
 #define ATTN_TK_MERGE_PREFETCH 1
 #endif

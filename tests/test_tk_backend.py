@@ -1,0 +1,151 @@
+"""The tk backend's Python side on the CPU: what it supports, how it marshals arguments, and
+its ops end to end on an emulated extension (:class:`tk_emulation.EmulatedExt`), with its
+tuning switches checked before any launch."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attn.problems import shared_prefix_problem
+from attn.testing import Oracle
+from attn.tk_ext import backend as tkb
+from attn.torch_backend import merge
+from attn.workloads import Workload, make_inputs
+from tk_emulation import PLAN_CASES, EmulatedExt
+
+W = Workload
+
+
+def test_not_supported_reasons():
+    b = tkb.TKBackend()
+    inp = make_inputs(W("", 2, 4, 2, ((1, 8),), 4, 96), torch.float32)
+    reasons = " ".join(b.not_supported_reasons(shared_prefix_problem(*inp.args())))
+    assert "dtype float32" in reasons and "head dim 96" in reasons
+    lv = tuple((1, 8) for _ in range(6))
+    inp = make_inputs(W("", 2, 4, 2, lv, 4, 64), torch.bfloat16)
+    assert any("K/V sources" in r for r in b.not_supported_reasons(shared_prefix_problem(*inp.args())))
+    inp = make_inputs(W("", 2, 34, 2, ((1, 8),), 4, 64), torch.bfloat16)
+    assert any("Hq/Hkv = 17" in r for r in b.not_supported_reasons(shared_prefix_problem(*inp.args())))
+
+
+def test_prep_kv_and_q():
+    x = torch.randn(4, 8, 2, 64).to(torch.bfloat16)
+    assert tkb.prep_kv(x) is x
+    t = x.transpose(1, 2)
+    assert tkb.prep_kv(t).is_contiguous() and torch.equal(tkb.prep_kv(t), t)
+    flat = torch.randn(4 * 8 * 2 * 64 + 1).to(torch.bfloat16)
+    mis = flat[1:].view(4, 8, 2, 64)  # contiguous, 2 bytes off alignment
+    assert mis.data_ptr() % 16 != 0
+    fixed = tkb.prep_kv(mis)
+    assert fixed.data_ptr() % 16 == 0 and torch.equal(fixed, mis)
+    q = torch.randn(3, 4, 64).to(torch.bfloat16)
+    assert tkb.prep_q(q) is q
+    qs = torch.randn(3, 4, 72).to(torch.bfloat16)[..., :64]  # row stride 72: a multiple of 8
+    assert tkb.prep_q(qs) is qs
+    qo = torch.randn(3, 4, 65).to(torch.bfloat16)[..., :64]
+    assert tkb.prep_q(qo).is_contiguous() and torch.equal(tkb.prep_q(qo), qo)
+
+
+@pytest.fixture
+def emulated_tk(monkeypatch):
+    """A TKBackend on 3 CTAs whose extension is :class:`EmulatedExt`, and whose buffers that a
+    covered plan leaves to the items start as NaN (so a (slot, row) no item writes shows)."""
+    tk = tkb.TKBackend()
+    ext = EmulatedExt()
+    monkeypatch.setattr(tk, "_ext", lambda: ext)
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
+    real = tkb.TKBackend._buffers
+
+    def poisoned(nslot, direct, covered, shape, dtype, device):
+        po, pl, out, lse = real(nslot, direct, covered, shape, dtype, device)
+        for t in (out, lse) + ((po, pl) if covered and not tkb.lse_fill() else ()):
+            t.fill_(float("nan"))
+        return po, pl, out, lse
+
+    monkeypatch.setattr(tkb.TKBackend, "_buffers", staticmethod(poisoned))
+    return tk, ext
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
+def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtype, emulated_tk):
+    """The tk backend's ops on the CPU with the kernels emulated: the flash-attention
+    criterion against the float64 oracle, as on the GPU, and the launches the backend makes
+    (a merge unless the plan is direct)."""
+    case = case.values[0] if isinstance(case, type(pytest.param(0))) else case
+    tk, ext = emulated_tk
+    p = case.problem(case.inputs(dtype, "cpu"))
+    out, lse = (tk.run_shared_prefix if case.op == "shared_prefix" else tk.run_chunk)(p)
+    verdict = Oracle(p).judge(out, lse)
+    assert verdict.ok, verdict
+    assert ext.calls[0] == ("shared_prefix_partials" if case.op == "shared_prefix" else "chunk_partials")
+    assert ext.calls[1:] in ([], ["merge"])
+
+
+@pytest.mark.parametrize("switch", ["ATTN_TK_PARTIALS=float32", "ATTN_TK_LSE_FILL=1", "ATTN_TK_HEADS=0"])
+def test_backend_switches_on_an_emulated_extension(switch, emulated_tk, monkeypatch):
+    """The call-time switches change what the backend hands to the launch (float32 partial
+    outs, lses filled with -inf, no CTA heads) and the results stay right."""
+    name, value = switch.split("=")
+    tk, ext = emulated_tk
+    seen = []
+    real = ext._check_launch
+
+    def check(q, items, ctas, po, pl, out, lse, heads):
+        real(q, items, ctas, po, pl, out, lse, heads)
+        seen.append((po.dtype, bool(torch.isneginf(pl).all()), heads.numel()))
+
+    monkeypatch.setattr(ext, "_check_launch", check)
+    for env in (None, value):  # the default first: the switch must change what the launch gets
+        if env is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, env)
+        for case in [c.values[0] for c in PLAN_CASES if isinstance(c, type(pytest.param(0)))]:  # rows200-split, chunk128-rows
+            p = case.problem(case.inputs(torch.bfloat16, "cpu"))
+            out, lse = (tk.run_shared_prefix if case.op == "shared_prefix" else tk.run_chunk)(p)
+            verdict = Oracle(p).judge(out, lse)
+            assert verdict.ok, (case.id, env, verdict)
+    default, switched = seen[:2], seen[2:]
+    assert len(switched) == 2
+    field = {"ATTN_TK_PARTIALS": 0, "ATTN_TK_LSE_FILL": 1, "ATTN_TK_HEADS": 2}[name]
+    want = {"ATTN_TK_PARTIALS": torch.float32, "ATTN_TK_LSE_FILL": True, "ATTN_TK_HEADS": 0}[name]
+    assert all(s[field] == want for s in switched) and any(s[field] != want for s in default)
+
+
+def test_backend_merge_states_on_an_emulated_extension(emulated_tk):
+    tk, ext = emulated_tk
+    from attn.problems import merge_problem
+
+    outs, lses = torch.randn(3, 2, 5, 16), torch.randn(3, 2, 5)
+    lses[1, 0, 2] = float("-inf")
+    out, lse = tk.run_merge(merge_problem(outs, lses))
+    want_out, want_lse = merge(outs.double(), lses.double())
+    assert ext.calls == ["merge"] and out.shape == (2, 5, 16) and lse.shape == (2, 5)
+    assert torch.allclose(out.double(), want_out, atol=1e-6) and torch.allclose(lse.double(), want_lse, atol=1e-6)
+
+
+def test_partial_dtype_is_the_ops_unless_float32_is_asked(monkeypatch):
+    monkeypatch.delenv("ATTN_TK_PARTIALS", raising=False)
+    assert tkb.partial_dtype(torch.bfloat16) == torch.bfloat16 and tkb.partial_dtype(torch.float16) == torch.float16
+    monkeypatch.setenv("ATTN_TK_PARTIALS", "float32")
+    assert tkb.partial_dtype(torch.bfloat16) == torch.float32
+
+
+def test_switch_typos_are_refused_before_any_launch(monkeypatch):
+    for name in tkb.SWITCH_VALUES:
+        monkeypatch.delenv(name, raising=False)
+    tkb.check_switches()
+    for name, values in tkb.SWITCH_VALUES.items():
+        for v in values:
+            monkeypatch.setenv(name, v)
+            tkb.check_switches()
+        monkeypatch.setenv(name, values[0].upper() + "x")
+        with pytest.raises(ValueError, match=name):
+            tkb.check_switches()
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ATTN_TK_MERGE", "V4")
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_ext", lambda: pytest.fail("the extension was reached"))
+    with pytest.raises(ValueError, match="ATTN_TK_MERGE"):
+        tk.run_merge(None)

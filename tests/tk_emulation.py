@@ -1,0 +1,201 @@
+"""A float64 emulation of the tk kernels' items, for the CPU tests of the tk backend.
+
+:func:`emulate_items` executes a plan's work items (each item's rows, tiles and slot, as the
+kernels split them) with exact softmax attention, so that a plan is checked by the results it
+produces; :class:`EmulatedExt` puts it behind the extension's entry points, so that the
+backend's marshalling runs end to end without a GPU.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attn.tk_ext import backend as tkb
+from attn.tk_ext import plan, schedule
+from attn.torch_backend import merge
+from attn.workloads import Workload, make_inputs, to_chunk_form
+from cases import CASES
+
+W = Workload
+
+
+def emulate_items(q, items, nslot, rows_total, hq, r, d, keys_of, scale, covered):
+    """Partial states of ``items`` for queries ``q`` [B, Hq, D]; ``keys_of(item, t)`` gives tile
+    ``t``'s (k, v, valid).
+    A covered plan's lses start as NaN, as the kernel finds them (no ``-inf`` fill): a
+    (slot, row) that no item writes poisons the merge."""
+    q64 = q.double()
+    po = torch.zeros(nslot, rows_total, d, dtype=torch.float64)
+    pl = torch.full((nslot, rows_total), float("nan") if covered else float("-inf"), dtype=torch.float64)
+    written = set()
+    owner = {}  # row -> item (a direct plan: exactly one item per row)
+    for n_it, it in enumerate(items.tolist()):
+        flags, _, _, h, seq0, nrows, row0, t0, t1 = it[:9]
+        kv = flags & plan.FLAG_KV_SPLIT
+        paired = flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED)
+        slot = it[plan.F_SLOT]
+        ntiles = keys_of(it, None)
+        for w in range(plan.NWG):
+            if paired:  # one warpgroup, every tile, one slot
+                if w:
+                    continue
+                rows, tiles, sl = range(row0, min(row0 + plan.TILE, nrows)), range(ntiles), slot
+            elif kv:
+                rows, tiles, sl = range(row0, min(row0 + plan.TILE, nrows)), range(w, ntiles, plan.NWG), slot + w
+            else:
+                lo = row0 + w * plan.TILE
+                rows, tiles, sl = range(lo, min(lo + plan.TILE, nrows)), range(ntiles), slot
+            ks, vs = [], []
+            for t in tiles:
+                k, v, valid = keys_of(it, t)
+                if valid > 0:
+                    ks.append(k[:valid])
+                    vs.append(v[:valid])
+            for j in rows:
+                b, hh = seq0 + j // r, h * r + j % r
+                g = b * hq + hh
+                assert (sl, g) not in written, "two items write one (slot, row)"
+                written.add((sl, g))
+                if it[plan.F_FLAGS] & plan.FLAG_DIRECT:
+                    assert owner.setdefault(g, n_it) == n_it, "a direct plan with two items on one row"
+                pl[sl, g] = float("-inf")  # an item with no keys writes -inf
+                if flags & plan.FLAG_CLEAR_NEXT:
+                    assert (sl + 1, g) not in written, "FLAG_CLEAR_NEXT on a (slot, row) an item writes"
+                    written.add((sl + 1, g))
+                    pl[sl + 1, g] = float("-inf")
+                if ks:
+                    s = torch.cat(ks) @ q64[b, hh] * scale
+                    pl[sl, g] = torch.logsumexp(s, 0)
+                    po[sl, g] = torch.softmax(s, 0) @ torch.cat(vs)
+    return po, pl
+
+
+def run_level_emulation(p):
+    levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
+    items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
+                                   p.suffix_lens is not None, num_sms=3)
+    items, _ = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, p.batch,
+                                          p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, _ = schedule.assign_ctas(items, 3)
+    srcs = list(zip(p.prefix_k, p.prefix_v))
+    if p.suffix_capacity:
+        srcs.append((p.suffix_k, p.suffix_v))
+    keys_of = level_keys(srcs, p.suffix_lens)
+    b, hq, d = p.q.shape
+    return emulate_items(p.q, items, nslot, b * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
+
+
+def level_keys(srcs, suffix_lens):
+    """``keys_of`` of level-mode items: ``srcs`` the (k, v) of each source, ``[G, P, Hkv, D]``
+    (``[B, S, Hkv, D]`` for the suffix; a one-group level may come as ``[P, Hkv, D]``)."""
+    lens = suffix_lens.tolist() if suffix_lens is not None else None
+
+    def keys_of(it, t):
+        _, src, gidx, h = it[:4]
+        kl = it[plan.F_KEYLEN] if it[plan.F_KEYLEN] >= 0 else lens[gidx]
+        if t is None:
+            return max(0, min(it[plan.F_TILE1], math.ceil(kl / plan.TILE)) - it[plan.F_TILE0])
+        k, v = srcs[src]
+        if k.dim() == 3:
+            k, v = k[None], v[None]
+        lo = (it[plan.F_TILE0] + t) * plan.TILE
+        return k[gidx, lo:lo + plan.TILE, h].double(), v[gidx, lo:lo + plan.TILE, h].double(), kl - lo
+
+    return keys_of
+
+
+def chunk_keys(k_chunks, v_chunks, clist, chunk_lens):
+    """``keys_of`` of chunk-mode items over the pool ``[N, Hkv, C, D]`` and the items' chunk list."""
+    tpc = math.ceil(k_chunks.shape[2] / plan.TILE)
+    lens = [int(x) for x in chunk_lens]
+
+    def keys_of(it, tt):
+        if tt is None:
+            return it[plan.F_TILE1] - it[plan.F_TILE0]
+        g = it[plan.F_TILE0] + tt
+        c = int(clist[it[plan.F_GIDX] + g // tpc])
+        lo = (g % tpc) * plan.TILE
+        h = it[plan.F_HEAD]
+        return k_chunks[c, h, lo:lo + plan.TILE].double(), v_chunks[c, h, lo:lo + plan.TILE].double(), lens[c] - lo
+
+    return keys_of
+
+
+def run_chunk_emulation(p):
+    t = p.table
+    items, clist, nslot = plan.chunk_plan(t.host, t.num_seqs, p.num_q_heads, p.num_kv_heads, p.chunk_size, num_sms=3)
+    items, _ = plan.mark_direct(items, t.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, t.num_seqs,
+                                          p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
+    items, _ = schedule.assign_ctas(items, 3)
+    keys_of = chunk_keys(p.k_chunks, p.v_chunks, clist, t.host["chunk_lens"])
+    n, hq, d = p.q.shape
+    return emulate_items(p.q, items, nslot, n * hq, hq, hq // p.num_kv_heads, d, keys_of, p.scale, covered)
+
+
+PLAN_CASES = [c for c in CASES if not c.gpu_only] + [
+    # Forces row-split blocks (> 64 stacked rows), a partial last block, and split-K.
+    pytest.param(type(CASES[0])("rows200-split", "shared_prefix",
+                                lambda dt, dev: make_inputs(W("", 50, 8, 2, ((1, 700), (5, 130)), 150, 64, ragged=True),
+                                                            dt, dev, seed=3))),
+    pytest.param(type(CASES[0])("chunk128-rows", "chunk",
+                                lambda dt, dev: to_chunk_form(make_inputs(W("", 40, 8, 2, ((1, 600), (4, 200)), 90, 64,
+                                                                            ragged=True), dt, dev, seed=4), 128, shuffle=True))),
+]
+
+
+class EmulatedExt:
+    """The extension's entry points on the CPU: each launch's items emulated in float64
+    (:func:`emulate_items`), so that the backend's own marshalling (argument order, the
+    item table and CTA heads it passes, the buffers it allocates, the merge it calls) runs
+    end to end without a GPU. Launch arguments are checked as the bindings check them."""
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def _check_launch(q, items, ctas, po, pl, out, lse, heads):
+        b, hq, d = q.shape
+        assert q.is_contiguous() and items.dtype == torch.int32 and items.shape[1] == plan.ITEM_INTS
+        assert ctas.dtype == torch.int32 and ctas.dim() == 1 and int(ctas[-1]) == items.shape[0]
+        assert heads.numel() == 0 or tuple(heads.shape) == (ctas.numel() - 1, schedule.HEAD_INTS)
+        assert out.shape == (b * hq, d) and out.dtype == q.dtype and lse.shape == (b * hq,)
+        assert lse.dtype == pl.dtype == torch.float32
+        assert po.numel() == 0 or po.dtype == tkb.partial_dtype(q.dtype)  # none for a direct plan
+
+    def _write(self, q, items, r, keys_of, scale, po, pl, out, lse):
+        b, hq, d = q.shape
+        items = items.numpy()
+        direct = po.numel() == 0
+        nslot = int(items[:, plan.F_SLOT].max()) + plan.NWG if direct else po.shape[0]
+        covered = bool(torch.isnan(pl).all()) if not direct else False  # emulated_tk poisons what a covered plan leaves
+        po64, pl64 = emulate_items(q, items, nslot, b * hq, hq, r, d, keys_of, scale, covered)
+        if direct:  # each row's one state is its result
+            o, l = merge(po64, pl64)
+            out.copy_(o)
+            lse.copy_(l)
+        else:
+            po.copy_(po64)
+            pl.copy_(pl64)
+
+    def shared_prefix_partials(self, q, ks, vs, suffix_lens, items, ctas, scale, po, pl, out, lse, heads):
+        self.calls.append("shared_prefix_partials")
+        self._check_launch(q, items, ctas, po, pl, out, lse, heads)
+        keys_of = level_keys(list(zip(ks, vs)), suffix_lens)
+        self._write(q, items, q.shape[1] // ks[0].shape[-2], keys_of, scale, po, pl, out, lse)
+
+    def chunk_partials(self, q, k_chunks, v_chunks, clist, chunk_lens, items, ctas, scale, po, pl, out, lse, heads):
+        self.calls.append("chunk_partials")
+        self._check_launch(q, items, ctas, po, pl, out, lse, heads)
+        keys_of = chunk_keys(k_chunks, v_chunks, clist, chunk_lens.tolist())
+        self._write(q, items, q.shape[1] // k_chunks.shape[1], keys_of, scale, po, pl, out, lse)
+
+    def merge(self, po, pl, out, lse):
+        self.calls.append("merge")
+        assert po.shape[:2] == pl.shape and out.shape == po.shape[1:] and lse.shape == pl.shape[1:]
+        o, l = merge(po, pl)
+        out.copy_(o)
+        lse.copy_(l)
