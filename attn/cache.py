@@ -6,7 +6,7 @@ so a request that fails leaves the cache exactly as it was.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -176,7 +176,6 @@ class PrefixKVCache:
         for i, (s, new) in enumerate(zip(seq_ids, needs)):
             path = self._seqs[s]
             if new:
-                parent = path[-1] if path else -1
                 path.append(self._alloc())
             tail = path[-1]
             self._write(tail, int(self._len[tail]), tokens[i:i + 1], k[i:i + 1], v[i:i + 1])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 
 from .dispatch import select
 from .problems import chunk_problem, merge_problem, shared_prefix_problem

@@ -22,7 +22,6 @@ On the CPU the clock is a plain host timer: that path exists for smoke runs only
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass, field

@@ -73,7 +73,7 @@ def selected_backends(config) -> list:
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
-    from attn.cases import case_id, ops_of, small_workloads, spec_variants
+    from attn.cases import ops_of, small_workloads, spec_variants
 
     config = metafunc.config
     workloads = small_workloads() if is_smoke(config) else spec_variants()

@@ -12,7 +12,6 @@ import attn
 from attn import dispatch
 from attn.backend import Backend
 from attn.errors import BackendUnavailableError, NoBackendError
-from attn.problems import shared_prefix_problem
 
 
 class Fake(Backend):

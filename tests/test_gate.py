@@ -44,7 +44,7 @@ def test_slowed_run_is_flagged(tmp_path, capsys):
     write_run(d, 2, "2026-01-02T00:00:00", slowed)
     assert main(["--results", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "SLOWER" in out and "+25.0%" in out and f"FAIL: 1 of 3" in out and NAMES[0] in out.split("FAIL")[1]
+    assert "SLOWER" in out and "+25.0%" in out and "FAIL: 1 of 3" in out and NAMES[0] in out.split("FAIL")[1]
     # a looser threshold lets it pass; a chosen earlier run is honoured
     assert main(["--results", str(tmp_path), "--threshold", "0.3"]) == 0
     assert main(["--results", str(tmp_path), "--run", "0001", "--against", "0002"]) == 0  # old vs slower: faster
