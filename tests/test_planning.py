@@ -297,6 +297,7 @@ def test_plan_constants_match_the_kernel_headers():
     assert flags == {n: getattr(plan, n) for n in flags} and set(flags) >= {"FLAG_KV_SPLIT", "FLAG_CLEAR_NEXT"}
     assert const("ITEM_INTS") == plan.ITEM_INTS and const("TILE") == plan.TILE and const("NWG") == plan.NWG
     assert const("DIRECT_ROWS") == plan.DIRECT_KV_ROWS and const("MAX_SRC") == tkb.MAX_SOURCES
+    assert const("DEC_ROWS") == plan.DEC_ROWS and "FLAG_SOLO" in flags
     # cta_heads: per CTA its range (2 ints) and its first two items, as schedule.cta_heads packs them.
     assert re.search(r"int range\[HEAD_CTAS\]\[2\];", src) and re.search(r"int item\[HEAD_CTAS\]\[2\]\[ITEM_INTS\];", src)
     assert schedule.HEAD_INTS == 2 + 2 * const("ITEM_INTS")

@@ -68,11 +68,14 @@ def emulated_tk(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
-def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtype, emulated_tk):
+@pytest.mark.parametrize("build_flags", ["", "-DATTN_TK_DECODE_WG=1"], ids=["default", "decode-wg"])
+def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtype, build_flags, emulated_tk, monkeypatch):
     """The tk backend's ops on the CPU with the kernels emulated: the flash-attention
     criterion against the float64 oracle, as on the GPU, and the launches the backend makes
-    (a merge unless the plan is direct)."""
+    (a merge unless the plan is direct). A decode-warpgroup build's plans (two lists a CTA,
+    solo items: attn.tk_ext.decode_streams) too; the emulation checks their lists."""
     case = case.values[0] if isinstance(case, type(pytest.param(0))) else case
+    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", build_flags)
     tk, ext = emulated_tk
     p = case.problem(case.inputs(dtype, "cpu"))
     out, lse = (tk.run_shared_prefix if case.op == "shared_prefix" else tk.run_chunk)(p)

@@ -34,7 +34,7 @@ def emulate_items(q, items, nslot, rows_total, hq, r, d, keys_of, scale, covered
     for n_it, it in enumerate(items.tolist()):
         flags, _, _, h, seq0, nrows, row0, t0, t1 = it[:9]
         kv = flags & plan.FLAG_KV_SPLIT
-        paired = flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED)
+        paired = flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED | plan.FLAG_SOLO)  # one warpgroup, one slot
         slot = it[plan.F_SLOT]
         ntiles = keys_of(it, None)
         for w in range(plan.NWG):
@@ -161,6 +161,15 @@ class EmulatedExt:
         b, hq, d = q.shape
         assert q.is_contiguous() and items.dtype == torch.int32 and items.shape[1] == plan.ITEM_INTS
         assert ctas.dtype == torch.int32 and ctas.dim() == 1 and int(ctas[-1]) == items.shape[0]
+        if tkb.decode_wg():  # two lists a CTA: its decode list holds exactly its solo items
+            o = ctas.tolist()
+            assert len(o) % 2 == 1 and o == sorted(o) and heads.numel() == 0
+            flags = items[:, plan.F_FLAGS]
+            for c in range(len(o) // 2):
+                assert not (flags[o[2 * c]:o[2 * c + 1]] & plan.FLAG_SOLO).any()
+                dec = items[o[2 * c + 1]:o[2 * c + 2]]
+                assert (dec[:, plan.F_FLAGS] & plan.FLAG_SOLO).all()
+                assert (dec[:, plan.F_NROWS] - dec[:, plan.F_ROW0] <= plan.DEC_ROWS).all()
         assert heads.numel() == 0 or tuple(heads.shape) == (ctas.numel() - 1, schedule.HEAD_INTS)
         assert out.shape == (b * hq, d) and out.dtype == q.dtype and lse.shape == (b * hq,)
         assert lse.dtype == pl.dtype == torch.float32

@@ -16,7 +16,7 @@ import torch
 
 from ..backend import Backend
 from ..problems import ChunkProblem, MergeProblem, SharedPrefixProblem
-from . import build, plan, schedule
+from . import build, decode_streams, plan, schedule
 
 # A launch without CTA heads (use_heads): the kernel reads its tables.
 _NO_HEADS = torch.zeros(0, schedule.HEAD_INTS, dtype=torch.int32)
@@ -90,7 +90,7 @@ def pair_caps() -> tuple[int, int]:
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
-                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS")
+                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_SOLO_COSTS")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
@@ -113,6 +113,13 @@ def split_factors() -> tuple:
     if os.environ.get("ATTN_TK_SPLIT_FACTOR"):
         return (plan.SPLIT_FACTOR,)
     return plan.AUTO_SPLIT_FACTORS
+
+
+def decode_wg() -> bool:
+    """Whether the build has the decode warpgroup (``-DATTN_TK_DECODE_WG=1`` in
+    ``ATTN_TK_NVCC_FLAGS``; not yet run on a GPU): its plans have two item lists a CTA
+    (:mod:`attn.tk_ext.decode_streams`) and its launches take no CTA heads."""
+    return "-DATTN_TK_DECODE_WG=1" in build.nvcc_flags()
 
 
 def use_heads() -> bool:
@@ -210,7 +217,8 @@ class TKBackend(Backend):
     def _schedule_key() -> tuple:
         """The environment's part of a plan's cache key (what :meth:`_place` and
         :meth:`_best_split` read)."""
-        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail())
+        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), decode_wg(),
+                os.environ.get("ATTN_TK_SOLO_COSTS"))
 
     def _best_split(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan (:meth:`_place`) of the best of :func:`split_factors`.
@@ -236,7 +244,7 @@ class TKBackend(Backend):
             cands.append((self._max_load(placed), 0 if placed[2] else nslot, pref, placed + (nslot, extra), items))
         low = min(c[0] for c in cands)
         best = min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))
-        if not unpair_tail() or rebalance() or best[3][2]:
+        if not unpair_tail() or rebalance() or best[3][2] or decode_wg():
             return best[3]
         # The chosen splits with their last pairs as lone items: kept where that lowers the
         # largest planned CTA load (LPT's, before any other step) by more than the tolerance.
@@ -254,7 +262,10 @@ class TKBackend(Backend):
 
     @staticmethod
     def _max_load(placed) -> float:
-        loads = schedule.planned_loads(placed[0], placed[1])
+        if decode_wg():
+            loads = decode_streams.planned_loads(placed[0], placed[1])
+        else:
+            loads = schedule.planned_loads(placed[0], placed[1])
         return float(loads.max()) if loads.size else 0.0
 
     def _place(self, items, nslot: int, num_seqs: int, hkv: int, r: int, device, unpair: int = 0):
@@ -262,9 +273,15 @@ class TKBackend(Backend):
         paired (but for the last ``unpair`` pairs), made to write every partial lse where they
         can (``covered``: no ``-inf`` fill needed), and scheduled on ``device``'s SMs."""
         items, direct = plan.mark_direct(items, num_seqs, hkv, r)
+        if decode_wg() and not direct:  # the decode warpgroup's solo items, no pairs
+            items, ctas, _ = decode_streams.assign_streams(items, self._num_sms(device))
+            items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
+            return items, ctas, direct, covered
         items = schedule.unpair_last(schedule.pair_kv_items(items, *pair_caps()), unpair)
         items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
         items, ctas = schedule.assign_ctas(items, self._num_sms(device), mixed_order(), rebalance())
+        if decode_wg():
+            ctas = decode_streams.one_list(ctas)
         return items, ctas, direct, covered
 
     def placed_level_plan(self, batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, device):
@@ -307,7 +324,7 @@ class TKBackend(Backend):
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
         ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse,
-                                   heads if use_heads() else _NO_HEADS)
+                                   heads if use_heads() and not decode_wg() else _NO_HEADS)
         return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
@@ -340,7 +357,7 @@ class TKBackend(Backend):
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
         ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
-                           items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS)
+                           items, ctas, p.scale, po, pl, out, lse, heads if use_heads() and not decode_wg() else _NO_HEADS)
         return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 
     @staticmethod

@@ -40,6 +40,10 @@ FLAG_KV_SPLIT, FLAG_DIRECT, FLAG_PAIR, FLAG_PAIRED = 1, 2, 4, 8
 # FLAG_CLEAR_NEXT: an item that writes one slot also writes lse = -inf into slot + 1 for its
 # rows (clear_unwritten), so that every (slot, row) is written and no -inf fill is needed.
 FLAG_CLEAR_NEXT = 16
+# FLAG_SOLO: a kv-split item of at most DEC_ROWS rows that one warpgroup runs whole, writing
+# one slot: the decode warpgroup of an ATTN_TK_DECODE_WG build (schedule.assign_streams).
+FLAG_SOLO = 32
+DEC_ROWS = 16
 # A direct kv-split item's two warpgroups combine their states through a shared-memory buffer
 # of this many rows (stacked.cuh: one warp's 16 rows), so only items this small go direct.
 DIRECT_KV_ROWS = 16
@@ -305,7 +309,7 @@ def clear_unwritten(items: np.ndarray, nslot: int, num_seqs: int, hkv: int, r: i
     whether every ``(slot, row)`` of the partial lses is then written by the launch.
 
     A split of a phase with kv-split items owns two slots; a lone kv-split item's warpgroups
-    write both, but a paired one and a row-split one write only the first. Each such item
+    write both, but a paired, solo or row-split one writes only the first. Each such item
     whose rows' ``slot + 1`` no item writes writes ``-inf`` there itself (4 bytes a row). When
     every ``(slot, row)`` is then written, the op allocates the partial lses without the
     ``-inf`` fill (a kernel launch, ~2 us on an H200); otherwise (a chunk table whose
@@ -321,7 +325,7 @@ def clear_unwritten(items: np.ndarray, nslot: int, num_seqs: int, hkv: int, r: i
     item, rows = _item_rows(items, hkv, r)
     slot = items[:, F_SLOT].astype(np.int64)
     flags = items[:, F_FLAGS]
-    both = ((flags & FLAG_KV_SPLIT) != 0) & ((flags & (FLAG_PAIR | FLAG_PAIRED)) == 0)  # a lone kv-split item
+    both = ((flags & FLAG_KV_SPLIT) != 0) & ((flags & (FLAG_PAIR | FLAG_PAIRED | FLAG_SOLO)) == 0)  # a lone kv-split item
     written = np.zeros(nslot * rows_total, dtype=bool)
     written[slot[item] * rows_total + rows] = True
     nxt = (slot[item] + 1) * rows_total + rows  # each row's place in its item's slot + 1

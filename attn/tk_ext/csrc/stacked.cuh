@@ -34,6 +34,7 @@
 #include "query_gather.cuh"
 #include "ring_producer.cuh"
 #include "stacked_epilogue.cuh"
+#include "decode_wg.cuh"
 
 namespace attn_tk {
 
@@ -55,6 +56,17 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QSLOTS], q_empty[QSLOTS];
+#if ATTN_TK_DECODE_WG
+    // The decode warpgroup's ring and buffer (decode_wg.cuh).
+    constexpr int DS = TL::DEC_STAGES;
+    static_assert(sizeof(dec_buf<T, D>) == TL::DEC_BUF, "tiles<T, D>::DEC_BUF is the decode buffer's size");
+    kv_tile *kd_smem = &al.allocate<kv_tile, DS>()[0];
+    kv_tile *vd_smem = &al.allocate<kv_tile, DS>()[0];
+    dec_buf<T, D> *dbuf = &al.allocate<dec_buf<T, D>, 1>()[0];
+    __shared__ semaphore kd_full[DS], vd_full[DS], d_done[DS];
+    __shared__ int d_valid[DS];
+    __shared__ dec_red dred;
+#endif
     // ATTN_TK_Q_FIRST: completed once, by the query warp, when the first unit's queries have
     // landed. The producer cannot wait on q_full for that: a slot's consumers free it as soon as
     // they hold its rows, so the query warp can refill it (q_full's next phase, the same parity)
@@ -90,18 +102,54 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             init_semaphore(q_empty[b], NWG * 4, 0);
         }
         if (ATTN_TK_Q_FIRST) init_semaphore(q_first, 1, 0);
+#if ATTN_TK_DECODE_WG
+        for (int s = 0; s < DS; s++) {
+            init_semaphore(kd_full[s], 0, 1);
+            init_semaphore(vd_full[s], 0, 1);
+            init_semaphore(d_done[s], 4, 0);  // the decode warpgroup's four warps
+        }
+#endif
     }
     {
         // load_q writes only the valid rows of an item: the others must hold finite values.
         constexpr int N16 = (int)(sizeof(q_tile) * QSLOTS / 16);
         int4 *z = reinterpret_cast<int4 *>(&q_smem[0]);
         for (int k = threadIdx.x; k < N16; k += NTHREADS) z[k] = make_int4(0, 0, 0, 0);
+#if ATTN_TK_DECODE_WG
+        int4 *zd = reinterpret_cast<int4 *>(dbuf->raw);  // the decode query tiles: the same
+        for (int k = threadIdx.x; k < (int)sizeof(dbuf->raw) / 16; k += NTHREADS) zd[k] = make_int4(0, 0, 0, 0);
+#endif
     }
     __syncthreads();
 
     // Persistent: this CTA runs items [first, last) of the (host-balanced) table, and the
     // tile ring runs on across items, so the producer streams the next item's K/V while the
     // consumers finish the current one.
+#if ATTN_TK_DECODE_WG
+    // Two lists a CTA: the prefix warpgroups' [first, last) and the decode warpgroup's
+    // [last, dlast) (cta_items[2 c .. 2 c + 2]; no heads: the host passes none). Read after each
+    // role's register change, so that no value lives across one (ptxas spills those).
+    const int *head = nullptr;
+    auto list_end = [&](int k) { return a.cta_items[2 * (int)blockIdx.x + k]; };  // k = 0: first, 1: last, 2: dlast
+    const int wg = threadIdx.x / 128;
+    if (wg == NWG + 1) {
+        warpgroup::decrease_registers<PRODUCER_REGS>();
+        const int first = list_end(0), last = list_end(1);
+        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty, &q_first);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
+        if (threadIdx.x % 128 == 64)  // warp 2: the decode ring
+            stream_tiles<DS>(a, src, last, list_end(2), nullptr, kd_smem, vd_smem, kd_full, vd_full, d_done, d_valid, &q_first);
+        return;
+    }
+    if (wg == NWG) {
+        warpgroup::decrease_registers<DECODE_REGS>();
+        const auto dring = hold_ring(kd_smem, vd_smem, &kd_full[0], &vd_full[0], &d_done[0], &d_valid[0]);
+        decode_items<T, D, DS>(a, src, list_end(1), list_end(2), dring, *dbuf, dred);
+        return;
+    }
+    warpgroup::increase_registers<CONSUMER_REGS>();
+    const int first = list_end(0), last = list_end(1);
+#else
     const int *head = cta_head(a);
     const int first = head ? a.heads.range[blockIdx.x][0] : a.cta_items[blockIdx.x];
     const int last = head ? a.heads.range[blockIdx.x][1] : a.cta_items[blockIdx.x + 1];
@@ -113,6 +161,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();
+#endif
     const auto ring = hold_ring(&k_smem[0], &v_smem[0], &k_full[0], &v_full[0], &done[0], &stage_valid[0]);
 
     const int lane = threadIdx.x % 32;
@@ -388,6 +437,8 @@ void launch_stacked(const common_args &a, const SRC &src, int num_ctas, cudaStre
         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (dev < 64) configured[dev] = true;
     }
+    // DECODE_WG: cta_items holds two entries a CTA (num_ctas here counts entries past the first)
+    if (DECODE_WG) num_ctas /= 2;
     if (num_ctas > 0) kern<<<num_ctas, NTHREADS, smem, stream>>>(a, src);
 }
 

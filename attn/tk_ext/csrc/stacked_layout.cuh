@@ -78,8 +78,20 @@ using namespace kittens;
 #define ATTN_TK_PREFETCH 1
 #endif
 
-constexpr int NWG = 2;               // consumer warpgroups
-constexpr int NTHREADS = (NWG + 1) * 128;
+// 1: a third consumer warpgroup runs the CTA's solo decode items (FLAG_SOLO) from its own ring
+// while the other two run its prefix items (decode_wg.cuh says why). The plan then gives each CTA
+// two item lists (cta_items has 2 entries a CTA: schedule.assign_streams). 0: off. Not yet run
+// on a GPU (session 20).
+#ifndef ATTN_TK_DECODE_WG
+#define ATTN_TK_DECODE_WG 0
+#endif
+constexpr int DECODE_WG = ATTN_TK_DECODE_WG;
+#if ATTN_TK_DECODE_WG && defined(ATTN_TK_TRACE)
+#error "ATTN_TK_TRACE builds record 12 warps a CTA (bench/tk_trace.py), not ATTN_TK_DECODE_WG's 16"
+#endif
+constexpr int NWG = 2;               // consumer warpgroups of the prefix items (and, without DECODE_WG, of all)
+constexpr int NTHREADS = (NWG + 1 + DECODE_WG) * 128;
+constexpr int DEC_ROWS = 16;         // rows of a solo decode item (the N of its swapped wgmmas)
 constexpr int ITEM_INTS = 12;
 // setmaxnreg budgets: the producer warps only compute addresses and issue copies (under 56 its
 // unrolled cp.async loop spills at D = 64), the consumers hold o (D / 2 floats per thread), a
@@ -87,13 +99,21 @@ constexpr int ITEM_INTS = 12;
 // across two wgmma groups. 128 * PRODUCER + NWG * 128 * CONSUMER must fit the 168 per thread
 // of the launch. The serial fallback keeps the budgets it was verified with.
 #ifndef ATTN_TK_PRODUCER_REGS
-#define ATTN_TK_PRODUCER_REGS 56
+#define ATTN_TK_PRODUCER_REGS (ATTN_TK_DECODE_WG ? 48 : 56)
 #endif
+// DECODE_WG: 512 threads leave 128 a thread; the pipelined consumers compile without spills at
+// 184 (176 spills; H200 run 0141: 184 instead of 224 costs 0.3 % without the decode warpgroup),
+// which leaves 512 - 2 x 184 = 144 to the producer warps and the decode warpgroup: 48 and 96
+// compile without spills at D = 64 and 128 (nvcc 13.0; 56 and 88 spill 8 bytes in the decode loop).
 #ifndef ATTN_TK_CONSUMER_REGS
-#define ATTN_TK_CONSUMER_REGS (ATTN_TK_PIPELINE ? 224 : 160)
+#define ATTN_TK_CONSUMER_REGS (ATTN_TK_DECODE_WG ? 184 : ATTN_TK_PIPELINE ? 224 : 160)
+#endif
+#ifndef ATTN_TK_DECODE_REGS
+#define ATTN_TK_DECODE_REGS 96
 #endif
 constexpr int PRODUCER_REGS = ATTN_TK_PRODUCER_REGS;
 constexpr int CONSUMER_REGS = ATTN_TK_CONSUMER_REGS;
+constexpr int DECODE_REGS = ATTN_TK_DECODE_REGS;
 // ATTN_TK_MAXNREG=n: the kernel is launched with n registers per thread (__maxnreg__) instead of
 // the 168 that one CTA of NTHREADS per SM allows, so that another kernel's CTA can share the
 // SM's register file (an experiment: bench/tk_coresident.py).
@@ -101,10 +121,11 @@ constexpr int CONSUMER_REGS = ATTN_TK_CONSUMER_REGS;
 constexpr int LAUNCH_REGS = ATTN_TK_MAXNREG;
 #define ATTN_TK_KERNEL_BOUNDS __maxnreg__(ATTN_TK_MAXNREG)
 #else
-constexpr int LAUNCH_REGS = 168;
+constexpr int LAUNCH_REGS = DECODE_WG ? 128 : 168;  // 65536 / NTHREADS, in steps of 8
 #define ATTN_TK_KERNEL_BOUNDS __launch_bounds__(NTHREADS, 1)
 #endif
-static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS <= LAUNCH_REGS * NTHREADS, "register budget");
+static_assert(128 * PRODUCER_REGS + NWG * 128 * CONSUMER_REGS + DECODE_WG * 128 * DECODE_REGS <= LAUNCH_REGS * NTHREADS,
+              "register budget");
 
 // Fields of one work item (int32, ITEM_INTS per item).
 enum ItemField {
@@ -127,7 +148,9 @@ enum ItemField {
 // (paired, or row-split beside kv-split blocks) whose slot + 1 no item writes: it writes that
 // lse as -inf itself, so the partial lses need no -inf fill before the launch
 // (plan.clear_unwritten).
-enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4, FLAG_CLEAR_NEXT = 16 };
+// FLAG_SOLO (DECODE_WG builds) marks the items of a CTA's decode list, which the decode
+// warpgroup runs whole, writing one slot (the kernel knows them by their list, not the flag).
+enum ItemFlag { FLAG_KV_SPLIT = 1, FLAG_DIRECT = 2, FLAG_PAIR = 4, FLAG_CLEAR_NEXT = 16, FLAG_SOLO = 32 };
 
 template<typename T> struct dt {};
 template<> struct dt<bf16> { template<int R, int C> using st_t = st_bf<R, C>; template<int R, int C> using rt_t = rt_bf<R, C>; };
@@ -156,14 +179,19 @@ static_assert(QBUFS == 1 || QBUFS == 2, "one or two query buffers");
 // buy a fifth stage at D = 128 within 192 KB; with ATTN_TK_SMEM_KB=216 they do, and that was
 // 0.7 % slower (run 0109).
 #ifndef ATTN_TK_QSLOTS
-#define ATTN_TK_QSLOTS 3
+#define ATTN_TK_QSLOTS (ATTN_TK_DECODE_WG ? 2 : 3)  // DECODE_WG: the decode ring needs the bytes
 #endif
 constexpr int QSLOTS = ATTN_TK_QSLOTS > 0 ? ATTN_TK_QSLOTS : QBUFS * NWG;
 static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer warpgroup");
 // Shared memory of the query slots and the ring together (KB); the rest of the SM's 227 KB
 // holds the barriers, the direct items' exchange buffer (8.5 KB at D = 128) and the alignment pad.
 #ifndef ATTN_TK_SMEM_KB
-#define ATTN_TK_SMEM_KB 192
+#define ATTN_TK_SMEM_KB (ATTN_TK_DECODE_WG ? 208 : 192)  // DECODE_WG: with the decode ring and buffer
+#endif
+// DECODE_WG: stages of the decode warpgroup's own ring (2 at D = 128: 64 KB; the prefix ring
+// gets the rest, 3 stages).
+#ifndef ATTN_TK_DEC_STAGES
+#define ATTN_TK_DEC_STAGES 2
 #endif
 // 1: each lane of the query warp signals q_full with cp.async.mbarrier.arrive, which fires
 // when its copies have landed, so the warp goes on to gather the next item at once; 0: it
@@ -180,8 +208,14 @@ template<typename T, int D> struct tiles {
     // Deep rings: decode items are memory-bound and the ring must cover item switches. The
     // query slots and the ring share ATTN_TK_SMEM_KB (+ the barriers and the direct items'
     // exchange buffer, within the 227 KB of an SM): 4 stages at D = 128, 10 at D = 64.
-    static constexpr int STAGES = (ATTN_TK_SMEM_KB * 1024 - (int)sizeof(q_tile) * QSLOTS) / (2 * (int)sizeof(kv_tile));
-    static constexpr size_t smem = sizeof(q_tile) * QSLOTS + 2 * sizeof(kv_tile) * STAGES + 2048;
+    // DECODE_WG: the decode ring (DEC_STAGES) and the decode buffer (decode_wg.cuh dec_buf:
+    // two 16-row query tiles and P^T / the transposition, 13 KB at D = 128) come first.
+    static constexpr int DEC_STAGES = DECODE_WG ? ATTN_TK_DEC_STAGES : 0;
+    static constexpr int DEC_BUF = DECODE_WG ? (2 * (int)sizeof(typename dt<T>::template st_t<DEC_ROWS, D>) +
+                                                (int)(DEC_ROWS * 68 * 4) + 1023) / 1024 * 1024 : 0;
+    static constexpr int STAGES = (ATTN_TK_SMEM_KB * 1024 - (int)sizeof(q_tile) * QSLOTS - DEC_BUF -
+                                   2 * (int)sizeof(kv_tile) * DEC_STAGES) / (2 * (int)sizeof(kv_tile));
+    static constexpr size_t smem = sizeof(q_tile) * QSLOTS + 2 * sizeof(kv_tile) * (STAGES + DEC_STAGES) + DEC_BUF + 2048;
 };
 
 // Each CTA's item range and first unit (an item, or a pair's two items), in the kernel's

@@ -1,0 +1,117 @@
+"""Two item lists per CTA for ``ATTN_TK_DECODE_WG`` builds of the tk kernels.
+
+Such a build has a third consumer warpgroup (``csrc/decode_wg.cuh``) that runs a CTA's *solo*
+decode items from its own K/V ring while the other two run the CTA's other items, so a CTA's
+time is about the larger of its two lists' loads, not their sum. :func:`assign_streams`
+builds both lists; :func:`one_list` puts a plan without solo items (a direct plan) into the
+same two-entries-a-CTA format. Neither has run on a GPU yet (session 20): the solo costs are
+estimates, to be fitted with the timeline of a ``DECODE_WG`` build.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import plan, schedule
+from .plan import DEC_ROWS, F_FLAGS, F_NROWS, F_ROW0, F_TILE0, F_TILE1, FLAG_DIRECT, FLAG_KV_SPLIT, FLAG_SOLO
+
+# A solo item's cost in the plan's units (kv-split tiles of a CTA's time): per tile and per
+# item. One warpgroup runs the tiles that two share in a lone kv-split item, with two more
+# named barriers a tile (the cross-warp max, P^T), so a tile is guessed at 1.4 and an item at
+# 2.0 (session 15's narrow decode, notes/tk.md); ATTN_TK_SOLO_COSTS=tile,item overrides them.
+SOLO_COSTS = (1.4, 2.0)
+
+
+def solo_costs_from_env(value: str | None) -> tuple[float, float]:
+    """``ATTN_TK_SOLO_COSTS`` (``tile,item``, non-negative), or :data:`SOLO_COSTS`."""
+    if not value:
+        return SOLO_COSTS
+    try:
+        costs = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        costs = ()
+    if len(costs) != 2 or min(costs) < 0:
+        raise ValueError(f"ATTN_TK_SOLO_COSTS={value!r}: want two non-negative numbers, tile,item")
+    return costs
+
+
+def solo_candidates(items: np.ndarray) -> np.ndarray:
+    """Which items the decode warpgroup can run: lone kv-split items (not paired, not direct)
+    of at most :data:`plan.DEC_ROWS` rows."""
+    flags = items[:, F_FLAGS]
+    lone = ((flags & FLAG_KV_SPLIT) != 0) & ((flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED | FLAG_DIRECT)) == 0)
+    return lone & (items[:, F_NROWS] - items[:, F_ROW0] <= DEC_ROWS)
+
+
+def one_list(cta_items: np.ndarray) -> np.ndarray:
+    """A one-list schedule's ``cta_items`` (``[ctas + 1]``) as two lists a CTA with empty
+    decode lists: ``[2 ctas + 1]``, CTA ``c``'s lists ``[o[2c], o[2c+1])`` and
+    ``[o[2c+1], o[2c+2])``."""
+    c = np.asarray(cta_items, dtype=np.int32)
+    return np.concatenate([c[:1], np.repeat(c[1:], 2)]).astype(np.int32)
+
+
+def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] | None = None):
+    """Both lists of every CTA, balanced by the plan's costs.
+
+    The items that are not solo candidates (:func:`solo_candidates`) go to the prefix
+    warpgroups' lists longest first, each to the least loaded CTA (LPT, as
+    :func:`schedule.assign_ctas`). Then each candidate, longest first, goes where the CTA it
+    lands on ends earliest: to a CTA's decode list as a solo item (``FLAG_SOLO``, costed with
+    ``solo``) or, when that ends later, to a CTA's prefix list as a lone kv-split item, so that
+    decode-heavy plans keep both kinds of warpgroups busy.
+
+    Returns
+    -------
+    items : the same rows, each CTA's prefix list then its decode list, solo items flagged.
+    cta_items : int32 ``[2 ctas + 1]`` (see :func:`one_list`).
+    loads : float ``[ctas, 2]``: each CTA's planned prefix and decode loads.
+    """
+    tile_cost, item_cost = solo if solo is not None else solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
+    cand = solo_candidates(items)
+    rest = np.flatnonzero(~cand)
+    ctas = max(1, num_ctas)
+    starts, ends, cost = schedule.unit_costs(items[rest])
+    lists: list = [[[], []] for _ in range(ctas)]  # per CTA: prefix and decode rows of items
+    load = np.zeros((ctas, 2))
+    for u in np.argsort(-cost, kind="stable").tolist():  # LPT, ties to the lower CTA
+        c = int(np.argmin(load[:, 0]))
+        lists[c][0].extend(rest[starts[u]:ends[u]].tolist())
+        load[c, 0] += cost[u]
+    dec = np.flatnonzero(cand)
+    tiles = (items[dec, F_TILE1] - items[dec, F_TILE0]).astype(np.float64)
+    as_solo = tiles * tile_cost + item_cost
+    as_lone = tiles * plan.KV_TILE_COST + plan.ITEM_OVERHEAD
+    solo_rows = []
+    for k in np.argsort(-as_solo, kind="stable").tolist():
+        end_s = np.maximum(load[:, 0], load[:, 1] + as_solo[k])
+        end_p = np.maximum(load[:, 0] + as_lone[k], load[:, 1])
+        cs, cp = int(np.lexsort((load[:, 1], end_s))[0]), int(np.lexsort((load[:, 0], end_p))[0])
+        if end_s[cs] <= end_p[cp]:
+            lists[cs][1].append(int(dec[k]))
+            load[cs, 1] += as_solo[k]
+            solo_rows.append(int(dec[k]))
+        else:
+            lists[cp][0].append(int(dec[k]))
+            load[cp, 0] += as_lone[k]
+    out = items.copy()
+    out[solo_rows, F_FLAGS] |= FLAG_SOLO
+    order = [r for lst in lists for part in lst for r in part]
+    sizes = np.array([[len(p), len(d)] for p, d in lists], dtype=np.int64).reshape(-1)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    return np.ascontiguousarray(out[order]), offsets, load
+
+
+def planned_loads(items: np.ndarray, cta_items: np.ndarray, solo: tuple[float, float] | None = None) -> np.ndarray:
+    """Each CTA's planned time under a two-list schedule: the larger of its prefix list's load
+    (:func:`schedule.unit_costs`) and its decode list's (solo costs), float ``[ctas]``."""
+    tile_cost, item_cost = solo if solo is not None else solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
+    o = np.asarray(cta_items, dtype=np.int64)
+    ctas = (len(o) - 1) // 2
+    starts, _, cost = schedule.unit_costs(items)
+    which = np.searchsorted(o, starts, side="right") - 1  # list 2 c: CTA c's prefix, 2 c + 1: its decode list
+    solo_cost = (items[starts, F_TILE1] - items[starts, F_TILE0]) * tile_cost + item_cost
+    cost = np.where(which % 2 == 1, solo_cost, cost)
+    loads = np.bincount(which, weights=cost, minlength=2 * ctas)[:2 * ctas].reshape(ctas, 2)
+    return loads.max(axis=1) if ctas else np.zeros(0)
