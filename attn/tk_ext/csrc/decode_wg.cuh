@@ -101,12 +101,19 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
         const int row0 = it[F_ROW0], slot = it[F_SLOT], ntiles = src.ntiles(it);
         const bool direct = flags & FLAG_DIRECT, clear_next = flags & FLAG_CLEAR_NEXT;
         typename NB::qs_t &qs = nb.qs(b);
+        // Timeline builds: the item's clocks at [i, 0] (a solo item has no second warpgroup).
+        timeline(a, i, 0, TL_START);
+        long long kwait = 0, vwait = 0;
+        (void)kwait;
+        (void)vwait;
         if (w == 0) {
             asm volatile("cp.async.wait_all;\n" ::: "memory");  // this item's rows (the next's are not issued yet)
             dec_proxy_fence();
         }
         dec_sync();  // qs holds the item's rows; the previous item's stores have read xp
         if (w == 0 && i + 1 < last) dec_gather<T, D>(a, i + 1, nb.qs(b ^ 1));  // lands during this item
+        timeline(a, i, 0, TL_QREADY);
+        timeline(a, i, 0, TL_LOOP);
 
         acc_t st;            // S^T: this warp's keys x 16 rows
         acc_t ot[HALVES];    // O^T: columns 64 j + 16 w .. of D x 16 rows
@@ -121,7 +128,7 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
         bool any = false;
         for (int t = 0; t < ntiles; t++, g++) {
             const int s = g % STAGES, ph = (g / STAGES) & 1;
-            ring.wait_k(s, ph);
+            TL_WAIT(kwait, ring.wait_k(s, ph));
             const int valid = ring.keys(s);
             if (valid <= 0) {  // past a dynamic length: nobody reads this V, but it must land before reuse
                 ring.wait_v(s, ph);
@@ -185,7 +192,7 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             }
             dec_proxy_fence();
             dec_sync();  // P^T complete; the four warps' maxes are read (red.m is free)
-            ring.wait_v(s, ph);
+            TL_WAIT(vwait, ring.wait_v(s, ph));
             #pragma unroll
             for (int j = 0; j < HALVES; j++) reg_fence(ot[j]);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -200,6 +207,7 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             ring.release(s);
         }
 
+        timeline(a, i, 0, TL_TAIL);
         // Row sums: over the lanes of a row's keys, then over the four warps.
         #pragma unroll
         for (int k = 0; k < 4; k++) {
@@ -232,6 +240,7 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
         }
         // O^T -> rows, 64 columns of D at a time through xp[row][column] (XS floats a row), then
         // each thread stores 8 consecutive columns of one row.
+        timeline(a, i, 0, TL_EPI);
         float *xp = nb.xp();
         constexpr int XS = NB::XS;
         const int sr = tid / 8, sc = (tid % 8) * 8;  // the row and first column this thread stores
@@ -263,6 +272,10 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             }
             if (j + 1 < HALVES) dec_sync();  // xp read: the next block may overwrite it
         }
+        timeline(a, i, 0, TL_STORED);
+        timeline(a, i, 0, TL_KWAIT, kwait);
+        timeline(a, i, 0, TL_VWAIT, vwait);
+        timeline(a, i, 0, TL_END);
         // (The next item's first dec_sync orders these reads of xp before its writes of ps.)
     }
 }
