@@ -40,12 +40,14 @@ import numpy as np
 NWG = 2
 F_FLAGS, F_SRC, F_NROWS, F_TILE0, F_TILE1 = 0, 1, 5, 7, 8
 FLAG_PAIR, FLAG_PAIRED = 4, 8  # a pair's first item runs on warpgroup 0 only, its second on 1
+FLAG_SOLO = 32  # ATTN_TK_DECODE_WG builds: the decode warpgroup's items, recorded at warpgroup 0
 (TL_START, TL_QREADY, TL_END, TL_TIMER, TL_KWAIT, TL_VWAIT, TL_LOOP, TL_TAIL, TL_EPI, TL_STORED,
  TL_QGATHER, TL_QISSUED, TL_FIELDS) = range(13)
 
 
 def kind(item) -> str:
-    split = ("kv2" if item[F_FLAGS] & (FLAG_PAIR | FLAG_PAIRED) else "kv") if item[F_FLAGS] & 1 else "rows"
+    split = ("kv2" if item[F_FLAGS] & (FLAG_PAIR | FLAG_PAIRED) else "solo" if item[F_FLAGS] & FLAG_SOLO else "kv") \
+        if item[F_FLAGS] & 1 else "rows"
     return f"src{item[F_SRC]} {split} {item[F_NROWS]}r {item[F_TILE1] - item[F_TILE0]}t"
 
 
@@ -64,16 +66,27 @@ def units(items: np.ndarray):
     while i < n:
         fl = int(items[i, F_FLAGS])
         j = i + 2 if fl & FLAG_PAIR else i + 1
-        cat = "pair" if fl & FLAG_PAIR else ("kv" if fl & 1 else "rows")
+        cat = "pair" if fl & FLAG_PAIR else "solo" if fl & FLAG_SOLO else ("kv" if fl & 1 else "rows")
         out.append((i, j, cat, int((items[i:j, F_TILE1] - items[i:j, F_TILE0]).sum())))
         i = j
     return out
+
+
+def solo_costs() -> tuple:
+    """A solo item's cost per tile and per item (``attn/tk_ext/decode_streams.py``, after any
+    ``ATTN_TK_SOLO_COSTS``)."""
+    from attn.tk_ext import decode_streams
+
+    return decode_streams.solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
 
 
 def planned_cost(cat: str, tiles: int, costs=None) -> float:
     row, kv, item, pair_tile, pair_item = costs or plan_costs()
     if cat == "pair":
         return pair_item + pair_tile * tiles
+    if cat == "solo":
+        tile, per_item = solo_costs()
+        return per_item + tile * tiles
     return item + (kv if cat == "kv" else row) * tiles
 
 
@@ -81,7 +94,7 @@ def fit_costs(samples) -> str:
     """The schedule costs that ``(category, tiles, us)`` samples fit: per category a least-squares
     line ``us = a + b * tiles``, in units where a row-split tile costs the plan's 1.75."""
     lines, fits, costs = [], {}, plan_costs()
-    for cat in ("rows", "kv", "pair"):
+    for cat in ("rows", "kv", "pair", "solo"):
         pts = np.asarray([(t, us) for c, t, us in samples if c == cat], dtype=np.float64)
         if len(pts) == 0:
             continue
@@ -102,6 +115,8 @@ def fit_costs(samples) -> str:
             c[3], c[4] = fits["pair"][1] / unit, fits["pair"][0] / unit
         lines.append(f"  in the plan's units ({unit:.3f} us each; measured where fitted, else the "
                      f"plan's): ATTN_TK_PLAN_COSTS={','.join(f'{x:.2f}' for x in c)}")
+        if "solo" in fits:
+            lines.append(f"  ATTN_TK_SOLO_COSTS={fits['solo'][1] / unit:.2f},{fits['solo'][0] / unit:.2f}")
     return "\n".join(["schedule costs the units' times fit:"] + lines)
 
 
@@ -116,7 +131,8 @@ def ns_per_cycle(tl: np.ndarray, ctas: np.ndarray) -> float:
     return float(np.median(ratios)) if ratios else 1.0
 
 
-def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 40, samples=None) -> str:
+def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 40, samples=None,
+              two_lists: bool = False) -> str:
     """The report of one launch.
 
     Parameters
@@ -128,12 +144,21 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
         loop's start and end, and when the epilogue's stores start and have been issued.
     samples : a list that gets ``(category, tiles, us)`` of each schedule unit (for
         :func:`fit_costs`): its first start to its last end.
+    two_lists : ``ctas`` is an ``ATTN_TK_DECODE_WG`` schedule, ``[2 num_ctas + 1]``: CTA ``c``'s
+        prefix list ``[ctas[2c], ctas[2c+1])`` and its decode list ``[ctas[2c+1], ctas[2c+2])``,
+        which run at the same time (a CTA's planned time is the larger list's).
     """
+    lists = np.asarray(ctas, dtype=np.int64)
+    if two_lists:
+        ctas = lists[0::2]  # each CTA's items, both lists'
+    else:
+        lists = np.repeat(np.asarray(ctas, dtype=np.int64), 2)[1:]  # one list, an empty second one
     # A paired item has fields from its one warpgroup: the other's copy them (for the clocks
     # of item starts and ends) and are left out of every sum and mean.
     own = np.ones((len(items), NWG), dtype=bool)
     own[(items[:, F_FLAGS] & FLAG_PAIR) != 0, 1] = False
     own[(items[:, F_FLAGS] & FLAG_PAIRED) != 0, 0] = False
+    own[(items[:, F_FLAGS] & FLAG_SOLO) != 0, 1] = False
     tl = tl.astype(np.float64)
     for w in range(NWG):
         tl[~own[:, w], w] = tl[~own[:, w], NWG - 1 - w]
@@ -160,7 +185,8 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
     tail = field(tl[:, :, TL_END] - tl[:, :, TL_TAIL])
     merge = field(tl[:, :, TL_EPI] - tl[:, :, TL_TAIL])      # states merged in the CTA
     stores = field(tl[:, :, TL_STORED] - tl[:, :, TL_EPI])   # the epilogue's stores issued
-    ends = np.asarray([max(at(int(ctas[c + 1]) - 1, w, TL_END) for w in range(NWG)) for c in range(ncta)])
+    ends = np.asarray([max(at(int(lists[2 * c + k]) - 1, w, TL_END) for w in range(NWG) for k in (1, 2)
+                           if lists[2 * c + k] > lists[2 * c + k - 1]) for c in range(ncta)])
     span = ends.max()
     lines = [f"{len(items)} items on {ncta} CTAs; kernel (first item start to last end) {span:.1f} us; "
              f"{scale * 1000:.3f} ns per cycle"]
@@ -208,13 +234,15 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
                  f"end: min {ends.min():.1f}, median {np.median(ends):.1f}, max {ends.max():.1f}; "
                  f"time between items per CTA: median {np.median(gaps):.2f} us")
     # Each unit's time (its first warpgroup start to its last end) and the plan's cost of it.
-    cta_cost, costs = np.zeros(ncta), plan_costs()
+    cta_cost, costs = np.zeros((ncta, 2)), plan_costs()
+    list_of = np.searchsorted(lists, np.arange(len(items)), side="right") - 1  # 2 c: a prefix list, 2 c + 1: a decode list
     for i, j, cat, tiles in units(items):
         t_start = min(at(k, w, TL_START) for k in range(i, j) for w in range(NWG) if own[k, w])
         t_end = max(at(k, w, TL_END) for k in range(i, j) for w in range(NWG) if own[k, w])
         if samples is not None:
             samples.append((cat, tiles, t_end - t_start))
-        cta_cost[cta_of[i]] += planned_cost(cat, tiles, costs)
+        cta_cost[cta_of[i], list_of[i] % 2] += planned_cost(cat, tiles, costs)
+    cta_cost = cta_cost.max(axis=1)
     order = np.argsort(ends)
     corr = float(np.corrcoef(cta_cost, ends)[0, 1]) if ncta > 2 and cta_cost.std() > 0 and ends.std() > 0 else float("nan")
     late, early = order[::-1][:3], order[:3]
@@ -253,7 +281,10 @@ def _run(case: str, show: int, samples=None) -> str:
     op(*args, backend="tk")
     torch.cuda.synchronize()
     os.environ.pop("ATTN_TK_TIMELINE_PTR")
-    return f"## {case}\n" + summarize(items, ctas, tl.cpu().numpy().view(np.uint64), show, samples)
+    from attn.tk_ext.backend import decode_wg
+
+    return f"## {case}\n" + summarize(items, ctas, tl.cpu().numpy().view(np.uint64), show, samples,
+                                      two_lists=decode_wg())
 
 
 def main(argv=None) -> int:

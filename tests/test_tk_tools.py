@@ -122,6 +122,34 @@ def test_timeline_report_of_a_pair():
     assert "query wait (us, mean over warpgroups): kv-split first 0.30 (n 2)" in out
 
 
+def test_timeline_report_of_a_decode_warpgroup_launch():
+    """Two lists a CTA (ATTN_TK_DECODE_WG): a solo item has fields from warpgroup 0 only, the
+    CTA ends with the later of its lists, and its planned load is the larger list's."""
+    mod = _bench_module("tk_timeline")
+    items = np.zeros((3, plan.ITEM_INTS), dtype=np.int32)
+    items[0, [plan.F_FLAGS, plan.F_SRC, plan.F_NROWS, plan.F_TILE1]] = [0, 0, 512, 8]  # prefix list
+    items[1:, plan.F_FLAGS] = plan.FLAG_KV_SPLIT | plan.FLAG_SOLO                       # decode list
+    items[1:, plan.F_SRC], items[1:, plan.F_NROWS], items[1:, plan.F_TILE1] = 1, 4, 4
+    ctas = np.array([0, 1, 3], dtype=np.int32)
+    tl = np.zeros((3, 2, mod.TL_FIELDS), dtype=np.uint64)
+    # 1 ns per cycle: the row-split item 1.0-5.0 us, the solo items 1.0-3.0 and 3.0-6.0 us
+    tl[0, :, :10] = [1000, 1100, 5000, 10_000, 0, 0, 1100, 4900, 4900, 5000]
+    tl[1, 0, :10] = [1000, 1200, 3000, 10_000, 0, 0, 1200, 2900, 2900, 3000]
+    tl[2, 0, :10] = [3000, 3000, 6000, 12_000, 0, 0, 3000, 5900, 5900, 6000]
+    samples = []
+    out = mod.summarize(items, ctas, tl, samples=samples, two_lists=True)
+    assert "3 items on 1 CTAs; kernel (first item start to last end) 5.0 us; 1.000 ns per cycle" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("src")]
+    assert rows[0][:6] == ["src0", "rows", "512r", "8t", "1", "4.00"]
+    assert rows[1][:6] == ["src1", "solo", "4r", "4t", "2", "2.50"]  # warpgroup 0's fields only
+    assert "end: min 5.0, median 5.0, max 5.0" in out
+    assert sorted(c for c, _, _ in samples) == ["rows", "solo", "solo"]
+    tile, item = mod.solo_costs()
+    solo_load = 2 * (item + 4 * tile)
+    row_load = mod.planned_cost("rows", 8)
+    assert f"CTA 0 {max(solo_load, row_load):.1f} units at 5.0 us" in out
+
+
 def test_coresident_reads_triton_kernel_resources_and_needs_a_gpu(monkeypatch, capsys):
     """bench/tk_coresident.py: registers and shared memory of each compiled Triton variant, from
     either cache layout; without CUDA it refuses to time and says so."""
