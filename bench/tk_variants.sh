@@ -23,12 +23,19 @@ log=$out/variants.log
 echo "# tk sources $(cat attn/tk_ext/csrc/* | sha1sum | cut -c1-12), variants: ${variants[*]}" | tee "$log"
 build_variants "$out" "$log" "${variants[@]}"
 export ATTN_TK_NVCC_FLAGS="$(variant_flags "${variants[0]}")" ATTN_TK_CSRC="$(variant_csrc "${variants[0]}")"
+test_rc=0
 if [ -z "${SKIP_TESTS:-}" ]; then
   # Through run_variant: a variant's NAME=VALUE words (plan switches) apply to its tests too.
   run_variant "${variants[0]}" timeout -k 20 -s INT "${TEST_TIMEOUT:-200}" \
     python3 -m pytest tests/test_tk_*.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
+  test_rc=${PIPESTATUS[0]}
 fi
 for i in "${!variants[@]}"; do
+  if [ "$i" = 0 ] && { [ "$test_rc" = 124 ] || [ "$test_rc" = 137 ]; }; then
+    # Its tests ran past TEST_TIMEOUT: a hang would take the benchmark's timeout too.
+    echo "## bench v0 skipped: its tests timed out (rc $test_rc; a hang?)" | tee -a "$log"
+    continue
+  fi
   echo "## bench v$i: ${variants[$i]}" | tee -a "$log"
   run_variant "${variants[$i]}" timeout -k 20 -s INT "${BENCH_TIMEOUT:-150}" \
     python3 -m pytest bench/ -p no:cacheprovider -q --backend tk --bench-dtype bf16 \
@@ -36,11 +43,17 @@ for i in "${!variants[@]}"; do
       --benchmark-columns=median,rounds --benchmark-sort=name 2>&1 | tail -30 | tee -a "$log"
   cp "$(ls -t "$store"/*/*.json | head -1)" "$out/"
 done
-runs=($(ls -t "$store"/*/*"$name"-v*.json | tac | xargs -n1 basename | cut -d_ -f1))
+run_of() {  # the stored run number of variant $1 ("" if it was not benchmarked)
+  local f
+  f=$(ls -t "$store"/*/*_"$name"-v"$1".json 2>/dev/null | head -1)
+  [ -n "$f" ] && basename "$f" | cut -d_ -f1
+}
 base=${BASE:-0}  # the variant the others are gated against
-for i in "${!runs[@]}"; do
+against=$(run_of "$base")
+for i in "${!variants[@]}"; do
   [ "$i" = "$base" ] && continue
-  python3 bench/gate.py --results "$store" --run "${runs[$i]}" --against "${runs[$base]}" 2>&1 | tee -a "$log"
+  r=$(run_of "$i")
+  [ -n "$r" ] && [ -n "$against" ] && python3 bench/gate.py --results "$store" --run "$r" --against "$against" 2>&1 | tee -a "$log"
 done
 for c in ${NCU_CASES-gqa-8b-long:shared_prefix}; do
   n=${c%%:*}; op=${c##*:}

@@ -48,14 +48,17 @@ def test_run_variant_sets_them_and_explicit_words_win():
 @pytest.fixture
 def stand_ins(tmp_path):
     """A PATH whose ``python3`` records its environment and arguments (one line per call in
-    ``calls.txt``) and fails when ATTN_TK_NVCC_FLAGS holds -DFAIL; and an ``nvidia-smi``."""
+    ``calls.txt``), fails when ATTN_TK_NVCC_FLAGS holds -DFAIL and times out running tests when
+    it holds -DHANG; and an ``nvidia-smi``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.txt"
     (bin_dir / "python3").write_text(
         "#!/bin/sh\n"
         f'echo "flags=[$ATTN_TK_NVCC_FLAGS] csrc=[$ATTN_TK_CSRC] fill=[${{ATTN_TK_FILL:-}}] args=[$*]" >> {calls}\n'
-        'case "$ATTN_TK_NVCC_FLAGS" in *-DFAIL*) exit 3;; esac\n')
+        'case "$ATTN_TK_NVCC_FLAGS" in *-DFAIL*) exit 3;; esac\n'
+        # -DHANG: its tests run past their timeout (timeout's status)
+        'case "$ATTN_TK_NVCC_FLAGS $*" in *-DHANG*tests/*) exit 124;; esac\n')
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'name, clocks'\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -105,3 +108,15 @@ def test_variants_script_tests_and_times_each_variant_with_its_words(stand_ins):
     assert tests == [tests[0]] and tests[0].startswith("flags=[] csrc=[] fill=[1] ")
     assert [b.split(" args=")[0] for b in benches] == ["flags=[] csrc=[] fill=[1]", "flags=[-DA=1] csrc=[/x] fill=[]"]
     assert "--benchmark-save=t-v0" in benches[0] and "--benchmark-save=t-v1" in benches[1]
+
+
+def test_variants_script_skips_the_benchmark_of_a_variant_whose_tests_timed_out(stand_ins):
+    """A hang in the first variant's tests would hang its benchmark too: the script says so
+    and times the other variants."""
+    env = {**os.environ, "PATH": stand_ins["PATH"], "OUT": str(stand_ins["out"]), "NCU_CASES": ""}
+    done = subprocess.run(["bash", "bench/tk_variants.sh", "t", "-DHANG", "default"], cwd=ROOT, env=env,
+                          check=True, capture_output=True, text=True)
+    calls = stand_ins["calls"].read_text().splitlines()
+    benches = [c for c in calls if "pytest bench/" in c]
+    assert len(benches) == 1 and benches[0].startswith("flags=[] ") and "--benchmark-save=t-v1" in benches[0]
+    assert "## bench v0 skipped: its tests timed out (rc 124; a hang?)" in done.stdout
