@@ -11,6 +11,7 @@ from attn.testing import Oracle
 from attn.tk_ext import backend as tkb
 from attn.torch_backend import merge
 from attn.workloads import Workload, make_inputs
+from cases import CASES
 from tk_emulation import PLAN_CASES, EmulatedExt
 
 W = Workload
@@ -152,3 +153,23 @@ def test_switch_typos_are_refused_before_any_launch(monkeypatch):
     monkeypatch.setattr(tk, "_ext", lambda: pytest.fail("the extension was reached"))
     with pytest.raises(ValueError, match="ATTN_TK_MERGE"):
         tk.run_merge(None)
+
+
+def test_a_build_mode_the_environment_no_longer_names_is_refused_before_any_launch(emulated_tk, monkeypatch):
+    """The extension loads once a process: flags changed after that must not send a plan of
+    one format to kernels of the other."""
+    tk, ext = emulated_tk
+    case = next(c for c in CASES if c.id == "3level-mha-d128")
+    p = case.problem(case.inputs(torch.float32, "cpu"))
+    monkeypatch.setattr(ext, "decode_wg", lambda: False)
+    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", "-DATTN_TK_DECODE_WG=1")
+    with pytest.raises(RuntimeError, match="built without -DATTN_TK_DECODE_WG=1"):
+        tk.run_shared_prefix(p)
+    monkeypatch.setattr(ext, "decode_wg", lambda: True)
+    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", "")
+    with pytest.raises(RuntimeError, match="built with -DATTN_TK_DECODE_WG=1"):
+        tk.run_shared_prefix(p)
+    assert ext.calls == []
+    monkeypatch.setattr(ext, "decode_wg", lambda: False)
+    tk.run_shared_prefix(p)  # matching again: it runs
+    assert ext.calls[0] == "shared_prefix_partials"

@@ -122,6 +122,17 @@ def decode_wg() -> bool:
     return "-DATTN_TK_DECODE_WG=1" in build.nvcc_flags()
 
 
+def check_build_mode(ext) -> None:
+    """Raise ``RuntimeError`` before a launch whose plan format (:func:`decode_wg`, read from the
+    environment) is not the loaded extension's: a process that changed ``ATTN_TK_NVCC_FLAGS``
+    after the extension was loaded would otherwise launch one-list plans on two-list kernels."""
+    built = bool(getattr(ext, "decode_wg", lambda: False)())
+    if built != decode_wg():
+        raise RuntimeError(f"the loaded tk extension was built {'with' if built else 'without'} "
+                           f"-DATTN_TK_DECODE_WG=1, but ATTN_TK_NVCC_FLAGS now says otherwise: "
+                           "set it before the first tk call (the extension loads once a process)")
+
+
 def use_heads() -> bool:
     """Whether each launch passes the CTAs' heads (:func:`schedule.cta_heads`: item ranges and
     first units) in the kernel's parameters; ``ATTN_TK_HEADS=0`` has the kernel read them from
@@ -312,6 +323,7 @@ class TKBackend(Backend):
     def run_shared_prefix(self, p: SharedPrefixProblem):
         check_switches()
         ext = self._ext()
+        check_build_mode(ext)
         b, hq, d = p.q.shape
         ks = [prep_kv(k) for k in p.prefix_k]
         vs = [prep_kv(v) for v in p.prefix_v]
@@ -350,6 +362,7 @@ class TKBackend(Backend):
     def run_chunk(self, p: ChunkProblem):
         check_switches()
         ext = self._ext()
+        check_build_mode(ext)
         n, hq, d = p.q.shape
         items, ctas, clist, nslot, direct, covered, heads = self.chunk_items(p)
         if n == 0 or nslot == 0 or items.shape[0] == 0:

@@ -8,4 +8,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("chunk_partials", &tk_chunk_partials,
           "partial states of chunk_attention work items (chunk-first + sequence-first phases, one launch)");
     m.def("merge", &tk_merge, "LSE merge of partial states [K, R, D] -> [R, D]");
+    m.def("decode_wg", &tk_decode_wg, "whether the kernels were built with the decode warpgroup (two item lists a CTA)");
 }

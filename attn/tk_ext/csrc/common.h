@@ -29,3 +29,4 @@ void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, a
                        at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                        at::Tensor heads);
 void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse);
+bool tk_decode_wg();  // whether this build has the decode warpgroup (ATTN_TK_DECODE_WG)
