@@ -72,6 +72,10 @@ def _pair_of_floats(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
+    from attn.tk_ext.backend import decode_wg
+
+    if decode_wg():  # its CTAs run two lists at once: cta_times would add them up
+        raise SystemExit("tk_plan_estimate.py prices one-list plans; unset -DATTN_TK_DECODE_WG=1 in ATTN_TK_NVCC_FLAGS")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--costs", nargs="+", default=[",".join(map(str, plan.DEFAULT_COSTS))],
                     help="ATTN_TK_PLAN_COSTS values to compare")
