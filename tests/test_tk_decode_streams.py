@@ -85,7 +85,7 @@ def test_one_list_is_two_lists_with_empty_decode_lists():
 def test_solo_costs_from_the_environment(monkeypatch):
     assert ds.solo_costs_from_env(None) == ds.SOLO_COSTS and ds.solo_costs_from_env("") == ds.SOLO_COSTS
     assert ds.solo_costs_from_env("2,0.5") == (2.0, 0.5)
-    for bad in ("1", "1,2,3", "a,b", "-1,2"):
+    for bad in ("1", "1,2,3", "a,b", "-1,2", "inf,1"):
         with pytest.raises(ValueError, match="ATTN_TK_SOLO_COSTS"):
             ds.solo_costs_from_env(bad)
     items, _ = _spec_plan(256, 32, 8, [(1, 8192)], 256)

@@ -24,13 +24,10 @@ SOLO_COSTS = (1.4, 2.0)
 
 
 def solo_costs_from_env(value: str | None) -> tuple[float, float]:
-    """``ATTN_TK_SOLO_COSTS`` (``tile,item``, non-negative), or :data:`SOLO_COSTS`."""
+    """``ATTN_TK_SOLO_COSTS`` (``tile,item``, finite and non-negative), or :data:`SOLO_COSTS`."""
     if not value:
         return SOLO_COSTS
-    try:
-        costs = tuple(float(x) for x in value.split(","))
-    except ValueError:
-        costs = ()
+    costs = plan.env_floats(value)
     if len(costs) != 2 or min(costs) < 0:
         raise ValueError(f"ATTN_TK_SOLO_COSTS={value!r}: want two non-negative numbers, tile,item")
     return costs

@@ -359,6 +359,15 @@ ITEM_OVERHEAD = 1.7
 PAIR_TILE_COST, PAIR_OVERHEAD = KV_TILE_COST, ITEM_OVERHEAD
 
 
+def env_floats(value: str) -> tuple[float, ...]:
+    """The comma-separated numbers of a tuning variable, or ``()`` when one is not a finite number."""
+    try:
+        parts = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        return ()
+    return parts if all(math.isfinite(x) for x in parts) else ()
+
+
 def costs_from_env(value: str | None) -> tuple[float, ...]:
     """``(ROW_TILE_COST, KV_TILE_COST, ITEM_OVERHEAD, PAIR_TILE_COST, PAIR_OVERHEAD)`` from
     ``ATTN_TK_PLAN_COSTS="row,kv,item[,pair_tile,pair_item]"`` (with three numbers the pairs
@@ -369,13 +378,10 @@ def costs_from_env(value: str | None) -> tuple[float, ...]:
     """
     if not value:
         return DEFAULT_COSTS
-    try:
-        parts = tuple(float(x) for x in value.split(","))
-    except ValueError:
-        parts = ()
+    parts = env_floats(value)
     if len(parts) == 3:
         parts += (parts[1], parts[2])
-    if (len(parts) != 5 or not all(math.isfinite(x) and x > 0 for x in parts[:2] + parts[3:4])
+    if (len(parts) != 5 or not all(x > 0 for x in parts[:2] + parts[3:4])
             or not (parts[2] >= 0 and parts[4] >= 0)):
         raise ValueError(f"ATTN_TK_PLAN_COSTS={value!r}: expected 'row,kv,item' or "
                          "'row,kv,item,pair_tile,pair_item' costs, tile costs positive and item "
