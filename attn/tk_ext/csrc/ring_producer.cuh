@@ -33,7 +33,7 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
             const bool live = tt < (pair && (t & 1) ? nb : na);
             typename SRC::tile_ref ref{};
             if (ATTN_TK_PREFETCH && live) ref = src.prep(is, tt);  // its loads land while the stage is still in use
-            if (ATTN_TK_Q_FIRST && g == 1) wait(*q_first, 0);
+            if (ATTN_TK_Q_FIRST && q_first && g == 1) wait(*q_first, 0);  // (nullptr: the decode ring, DECODE_WG)
             if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
             if (live) {
                 stage_valid[s] = ATTN_TK_PREFETCH ? ref.valid : src.valid(is, tt);

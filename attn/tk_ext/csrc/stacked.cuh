@@ -138,7 +138,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty, &q_first);
         if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
         if (threadIdx.x % 128 == 64)  // warp 2: the decode ring
-            stream_tiles<DS>(a, src, last, list_end(2), nullptr, kd_smem, vd_smem, kd_full, vd_full, d_done, d_valid, &q_first);
+            stream_tiles<DS>(a, src, last, list_end(2), nullptr, kd_smem, vd_smem, kd_full, vd_full, d_done, d_valid, nullptr);
         return;
     }
     if (wg == NWG) {
