@@ -16,6 +16,7 @@ for costs that change a plan's splits it has been wrong (session 18 priced gqa-8
 from __future__ import annotations
 
 import argparse
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -47,8 +48,17 @@ def placed_plan(w: Workload, num_sms: int = NUM_SMS):
 
     tk = TKBackend()
     tk._num_sms = lambda device: num_sms
-    items, ctas, *_ = tk.placed_level_plan(w.batch, w.q_heads, w.kv_heads, w.levels, w.suffix, w.ragged,
-                                           torch.device("cpu"))
+    # One-list plans only: a decode-warpgroup CTA runs its two lists at once, cta_times would add them.
+    was = os.environ.get("ATTN_TK_DECODE_WG")
+    os.environ["ATTN_TK_DECODE_WG"] = "0"
+    try:
+        items, ctas, *_ = tk.placed_level_plan(w.batch, w.q_heads, w.kv_heads, w.levels, w.suffix, w.ragged,
+                                               torch.device("cpu"))
+    finally:
+        if was is None:
+            os.environ.pop("ATTN_TK_DECODE_WG")
+        else:
+            os.environ["ATTN_TK_DECODE_WG"] = was
     return items, ctas
 
 
@@ -72,10 +82,6 @@ def _pair_of_floats(text: str) -> tuple:
 
 
 def main(argv=None) -> int:
-    from attn.tk_ext.backend import decode_wg
-
-    if decode_wg():  # its CTAs run two lists at once: cta_times would add them up
-        raise SystemExit("tk_plan_estimate.py prices one-list plans; unset -DATTN_TK_DECODE_WG=1 in ATTN_TK_NVCC_FLAGS")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--costs", nargs="+", default=[",".join(map(str, plan.DEFAULT_COSTS))],
                     help="ATTN_TK_PLAN_COSTS values to compare")

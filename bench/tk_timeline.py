@@ -40,7 +40,7 @@ import numpy as np
 NWG = 2
 F_FLAGS, F_SRC, F_NROWS, F_TILE0, F_TILE1 = 0, 1, 5, 7, 8
 FLAG_PAIR, FLAG_PAIRED = 4, 8  # a pair's first item runs on warpgroup 0 only, its second on 1
-FLAG_SOLO = 32  # ATTN_TK_DECODE_WG builds: the decode warpgroup's items, recorded at warpgroup 0
+FLAG_SOLO = 32  # the decode-warpgroup kernels' solo items, recorded at warpgroup 0
 (TL_START, TL_QREADY, TL_END, TL_TIMER, TL_KWAIT, TL_VWAIT, TL_LOOP, TL_TAIL, TL_EPI, TL_STORED,
  TL_QGATHER, TL_QISSUED, TL_FIELDS) = range(13)
 
@@ -144,7 +144,7 @@ def summarize(items: np.ndarray, ctas: np.ndarray, tl: np.ndarray, show: int = 4
         loop's start and end, and when the epilogue's stores start and have been issued.
     samples : a list that gets ``(category, tiles, us)`` of each schedule unit (for
         :func:`fit_costs`): its first start to its last end.
-    two_lists : ``ctas`` is an ``ATTN_TK_DECODE_WG`` schedule, ``[2 num_ctas + 1]``: CTA ``c``'s
+    two_lists : ``ctas`` is a decode-warpgroup schedule, ``[2 num_ctas + 1]``: CTA ``c``'s
         prefix list ``[ctas[2c], ctas[2c+1])`` and its decode list ``[ctas[2c+1], ctas[2c+2])``,
         which run at the same time (a CTA's planned time is the larger list's).
     """
@@ -281,10 +281,9 @@ def _run(case: str, show: int, samples=None) -> str:
     op(*args, backend="tk")
     torch.cuda.synchronize()
     os.environ.pop("ATTN_TK_TIMELINE_PTR")
-    from attn.tk_ext.backend import decode_wg
-
+    two_lists = bool((items[:, F_FLAGS] & FLAG_SOLO).any())  # a plan for the decode-warpgroup kernels
     return f"## {case}\n" + summarize(items, ctas, tl.cpu().numpy().view(np.uint64), show, samples,
-                                      two_lists=decode_wg())
+                                      two_lists=two_lists)
 
 
 def main(argv=None) -> int:

@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not a.no_trace:
         os.environ["ATTN_TK_NVCC_FLAGS"] = (os.environ.get("ATTN_TK_NVCC_FLAGS", "") + " -DATTN_TK_TRACE").strip()
+        # The trace records 12 warps a CTA: trace builds have no decode-warpgroup kernels.
+        os.environ["ATTN_TK_DECODE_WG"] = "0"
     if a.child:
         return _child(a.cases[0], a.timeout, not a.no_trace)
     from attn.tk_ext import build

@@ -69,20 +69,24 @@ def emulated_tk(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("build_flags", ["", "-DATTN_TK_DECODE_WG=1"], ids=["default", "decode-wg"])
-def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtype, build_flags, emulated_tk, monkeypatch):
+@pytest.mark.parametrize("mode", ["0", "1"], ids=["one-list", "decode-wg"])
+def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtype, mode, emulated_tk, monkeypatch):
     """The tk backend's ops on the CPU with the kernels emulated: the flash-attention
     criterion against the float64 oracle, as on the GPU, and the launches the backend makes
-    (a merge unless the plan is direct). A decode-warpgroup build's plans (two lists a CTA,
-    solo items: attn.tk_ext.decode_streams) too; the emulation checks their lists."""
+    (a merge unless the plan is direct). The decode-warpgroup kernels' plans (two lists a CTA,
+    solo items: attn.tk_ext.decode_streams; ATTN_TK_DECODE_WG=1) too; the emulation checks
+    their lists and that solo items go to those kernels only."""
     case = case.values[0] if isinstance(case, type(pytest.param(0))) else case
-    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", build_flags)
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", mode)
     tk, ext = emulated_tk
     p = case.problem(case.inputs(dtype, "cpu"))
     out, lse = (tk.run_shared_prefix if case.op == "shared_prefix" else tk.run_chunk)(p)
     verdict = Oracle(p).judge(out, lse)
     assert verdict.ok, verdict
-    assert ext.calls[0] == ("shared_prefix_partials" if case.op == "shared_prefix" else "chunk_partials")
+    dwg = (tk.level_items(p) if case.op == "shared_prefix" else tk.chunk_items(p))[-1]
+    assert mode == "1" or not dwg  # and the emulation checks: two-list kernels iff solo items
+    base = "shared_prefix_partials" if case.op == "shared_prefix" else "chunk_partials"
+    assert ext.calls[0] == base + ("_dwg" if dwg else "")
     assert ext.calls[1:] in ([], ["merge"])
 
 
@@ -91,12 +95,13 @@ def test_backend_switches_on_an_emulated_extension(switch, emulated_tk, monkeypa
     """The call-time switches change what the backend hands to the launch (float32 partial
     outs, lses filled with -inf, no CTA heads) and the results stay right."""
     name, value = switch.split("=")
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "0")  # one-list plans (two-list ones never take heads)
     tk, ext = emulated_tk
     seen = []
     real = ext._check_launch
 
-    def check(q, items, ctas, po, pl, out, lse, heads):
-        real(q, items, ctas, po, pl, out, lse, heads)
+    def check(q, items, ctas, po, pl, out, lse, heads, dwg=False):
+        real(q, items, ctas, po, pl, out, lse, heads, dwg)
         seen.append((po.dtype, bool(torch.isneginf(pl).all()), heads.numel()))
 
     monkeypatch.setattr(ext, "_check_launch", check)
@@ -114,13 +119,7 @@ def test_backend_switches_on_an_emulated_extension(switch, emulated_tk, monkeypa
     assert len(switched) == 2
     field = {"ATTN_TK_PARTIALS": 0, "ATTN_TK_LSE_FILL": 1, "ATTN_TK_HEADS": 2}[name]
     want = {"ATTN_TK_PARTIALS": torch.float32, "ATTN_TK_LSE_FILL": True, "ATTN_TK_HEADS": 0}[name]
-    assert all(s[field] == want for s in switched)
-    if name == "ATTN_TK_HEADS" and tkb.decode_wg():
-        # Decode-warpgroup builds never take CTA heads (their cta_items has two lists a CTA):
-        # the switch has nothing to turn off, and the default must not pass any either.
-        assert all(s[field] == 0 for s in default)
-    else:
-        assert any(s[field] != want for s in default)
+    assert all(s[field] == want for s in switched) and any(s[field] != want for s in default)
 
 
 def test_backend_merge_states_on_an_emulated_extension(emulated_tk):
@@ -161,21 +160,25 @@ def test_switch_typos_are_refused_before_any_launch(monkeypatch):
         tk.run_merge(None)
 
 
-def test_a_build_mode_the_environment_no_longer_names_is_refused_before_any_launch(emulated_tk, monkeypatch):
-    """The extension loads once a process: flags changed after that must not send a plan of
-    one format to kernels of the other."""
+def test_the_kernel_form_follows_attn_tk_decode_wg(emulated_tk, monkeypatch):
+    """ATTN_TK_DECODE_WG: 1 sends a plan with solo items to the decode-warpgroup kernels (two
+    lists a CTA, no CTA heads), 0 never does, anything else is refused before any launch; each
+    mode has its own cached plan."""
     tk, ext = emulated_tk
     case = next(c for c in CASES if c.id == "3level-mha-d128")
     p = case.problem(case.inputs(torch.float32, "cpu"))
-    monkeypatch.setattr(ext, "decode_wg", lambda: False)
-    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", "-DATTN_TK_DECODE_WG=1")
-    with pytest.raises(RuntimeError, match="built without -DATTN_TK_DECODE_WG=1"):
-        tk.run_shared_prefix(p)
-    monkeypatch.setattr(ext, "decode_wg", lambda: True)
-    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", "")
-    with pytest.raises(RuntimeError, match="built with -DATTN_TK_DECODE_WG=1"):
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "yes")
+    with pytest.raises(ValueError, match="ATTN_TK_DECODE_WG"):
         tk.run_shared_prefix(p)
     assert ext.calls == []
-    monkeypatch.setattr(ext, "decode_wg", lambda: False)
-    tk.run_shared_prefix(p)  # matching again: it runs
-    assert ext.calls[0] == "shared_prefix_partials"
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "1")
+    items, ctas, _, _, _, heads, dwg = tk.level_items(p)
+    assert dwg and heads.numel() == 0 and len(ctas) == 2 * 3 + 1
+    assert (items[:, tkb.plan.F_FLAGS] & tkb.plan.FLAG_SOLO).any()
+    assert Oracle(p).judge(*tk.run_shared_prefix(p)).ok and ext.calls[0] == "shared_prefix_partials_dwg"
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "0")
+    items0, ctas0, _, _, _, heads0, dwg0 = tk.level_items(p)
+    assert not dwg0 and len(ctas0) == 3 + 1 and heads0.numel() > 0
+    assert not (items0[:, tkb.plan.F_FLAGS] & tkb.plan.FLAG_SOLO).any()
+    n = len(ext.calls)
+    assert Oracle(p).judge(*tk.run_shared_prefix(p)).ok and ext.calls[n] == "shared_prefix_partials"

@@ -152,7 +152,7 @@ def test_build_args_flags(tmp_path):
     assert "-lcuda" in args["extra_ldflags"]
     assert str(root / "include") in args["extra_include_paths"]
     assert sorted(os.path.basename(s) for s in args["sources"]) == [
-        "bindings.cpp", "chunk_attn.cu", "merge.cu", "shared_prefix.cu"]
+        "bindings.cpp", "chunk_attn.cu", "chunk_attn_dwg.cu", "merge.cu", "shared_prefix.cu", "shared_prefix_dwg.cu"]
 
 
 def test_import_does_not_build():

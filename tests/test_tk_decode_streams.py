@@ -1,4 +1,4 @@
-"""The two item lists a CTA of ``ATTN_TK_DECODE_WG`` builds (attn/tk_ext/decode_streams.py): every
+"""The two item lists a CTA of the decode-warpgroup kernels (attn/tk_ext/decode_streams.py): every
 item once, solo items exactly in the decode lists, the planned loads, and where decode-heavy plans
 put their decode items. (The backend's ops on such plans run end to end on the emulated extension
 in tests/test_tk_backend.py.)"""
@@ -94,19 +94,50 @@ def test_solo_costs_from_the_environment(monkeypatch):
     assert not (out[:, plan.F_FLAGS] & plan.FLAG_SOLO).any()
 
 
-def test_the_build_flag_selects_two_lists_and_no_heads(monkeypatch):
-    monkeypatch.delenv("ATTN_TK_NVCC_FLAGS", raising=False)
-    assert not tkb.decode_wg()
+def test_the_mode_selects_two_lists_and_auto_picks_them_where_they_were_measured_faster(monkeypatch):
+    """ATTN_TK_DECODE_WG on the spec workloads' plans (132 SMs, the CPU): ``1`` gives gqa-8b two
+    lists a CTA with solo items and no pairs among them; ``auto`` picks that form for gqa-8b
+    only (H200 runs 0153 / 0154: it was 5.6-9.3 % faster there and slower or even elsewhere);
+    a direct plan (no-share) never takes it; plans are cached per mode."""
+    from attn.workloads import spec_workload
+
+    for name in ("ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN"):
+        monkeypatch.delenv(name, raising=False)
     key = tkb.TKBackend._schedule_key()
-    monkeypatch.setenv("ATTN_TK_NVCC_FLAGS", "-DATTN_TK_DECODE_WG=1")
-    assert tkb.decode_wg() and tkb.TKBackend._schedule_key() != key  # plans are cached per mode
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "1")
+    assert tkb.TKBackend._schedule_key() != key
     tk = tkb.TKBackend()
     monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
-    items, ctas, direct, covered, nslot, _ = tk.placed_level_plan(256, 32, 8, [(1, 8192)], 256, False, "cpu")
-    assert len(ctas) == 2 * 132 + 1 and not direct and covered
+
+    def placed(w):
+        return tk.placed_level_plan(w.batch, w.q_heads, w.kv_heads, w.levels, w.suffix, w.ragged, "cpu")
+
+    items, ctas, direct, covered, nslot, _, dwg = placed(spec_workload("gqa-8b"))
+    assert dwg and len(ctas) == 2 * 132 + 1 and not direct and covered
     assert (items[:, plan.F_FLAGS] & plan.FLAG_SOLO).any()
     assert not (items[:, plan.F_FLAGS] & (plan.FLAG_PAIR | plan.FLAG_PAIRED)).any()
-    # A direct plan (no-share) keeps its pairs, in the two-list format with empty decode lists.
-    items, ctas, direct, _, _, _ = tk.placed_level_plan(64, 32, 8, [], 1024, False, "cpu")
-    assert direct and len(ctas) == 2 * 132 + 1 and not (items[:, plan.F_FLAGS] & plan.FLAG_SOLO).any()
-    assert all(len(dec) == 0 for _, dec in _lists(ctas))
+    items, ctas, direct, _, _, _, dwg = placed(spec_workload("no-share"))
+    assert direct and not dwg and len(ctas) == 132 + 1
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "auto")
+    picked = {n: placed(spec_workload(n))[-1] for n in
+              ("gqa-8b", "hydragen-mqa", "tree-3level", "chunkattn-mha", "gqa-8b-long", "no-share")}
+    assert picked == {"gqa-8b": True, "hydragen-mqa": False, "tree-3level": False, "chunkattn-mha": False,
+                      "gqa-8b-long": False, "no-share": False}
+    # Without the slowdown the prediction would take it for hydragen-mqa too (0.77 of one list).
+    monkeypatch.setenv("ATTN_TK_DWG_SLOWDOWN", "1")
+    assert placed(spec_workload("hydragen-mqa"))[-1]
+
+
+def test_contended_loads_slow_only_the_prefix_lists_beside_a_decode_list():
+    items, _ = _spec_plan(256, 32, 8, [(1, 8192)], 256)
+    out, offsets, load = ds.assign_streams(items, 132)
+    two = ds.list_loads(out, offsets)
+    np.testing.assert_allclose(two, load)
+    np.testing.assert_allclose(ds.planned_loads(out, offsets), load.max(axis=1))
+    slow = ds.contended_loads(out, offsets, slowdown=1.5)
+    want = np.maximum(np.where(load[:, 1] > 0, 1.5 * load[:, 0], load[:, 0]), load[:, 1])
+    np.testing.assert_allclose(slow, want)
+    assert ds.slowdown_from_env(None) == ds.DWG_SLOWDOWN and ds.slowdown_from_env("1.2") == 1.2
+    for bad in ("0.9", "1,2", "x", "nan"):
+        with pytest.raises(ValueError, match="ATTN_TK_DWG_SLOWDOWN"):
+            ds.slowdown_from_env(bad)

@@ -133,6 +133,7 @@ def test_gpu_cta_heads_or_tables_agree(tk, case, heads, monkeypatch):
     """The CTAs' first units read from the plan's tables (ATTN_TK_HEADS=0), and a grid of 200
     CTAs, of which those past HEAD_CTAS (160) read the tables, pass the oracle as the default
     (every CTA's head in the kernel's parameters) does."""
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "0")  # CTA heads go with one-list plans only
     if heads == "0":
         monkeypatch.setenv("ATTN_TK_HEADS", "0")
     else:
@@ -160,6 +161,25 @@ def test_gpu_float32_partials_agree(tk, case, monkeypatch):
     assert jh.ok and jf.ok, f"half partials: {jh}; float32 partials: {jf}"
     keep = ~oracle.empty.to(half_out.device)
     assert float((half_out.float() - f32_out.float()).abs()[keep].max()) <= jh.out_bound + jf.out_bound
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["0", "1"], ids=["one-list", "decode-wg"])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if not c.id.startswith("spec-") or c.id in (
+    "spec-hydragen-mqa-ragged-level", "spec-tree-3level-ragged-chunk", "spec-chunkattn-mha-level",
+    "spec-gqa-8b-long-chunk")], ids=lambda c: c.id)
+def test_gpu_both_kernel_forms_agree(tk, case, mode, monkeypatch):
+    """Every plan on the one-list kernels (ATTN_TK_DECODE_WG=0) and, where it has solo items,
+    on the decode-warpgroup kernels (=1: a third warpgroup runs them from its own ring) passes
+    the oracle, whichever form ``auto`` would pick."""
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", mode)
+    inp = case.inputs(torch.bfloat16, "cuda")
+    p = case.problem(inp)
+    verdict = Oracle(p).judge(*_call(case.op, inp, "tk"))
+    assert verdict.ok, str(verdict)
+    hit = tk.level_items(p) if case.op == "shared_prefix" else tk.chunk_items(p)
+    solo = bool((hit[0][:, tkb.plan.F_FLAGS] & tkb.plan.FLAG_SOLO).any())
+    assert hit[-1] == solo and (mode == "1" or not solo)
 
 
 @pytest.mark.gpu

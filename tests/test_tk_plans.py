@@ -152,7 +152,7 @@ def test_backend_plans_are_paired_scheduled_and_cached(monkeypatch):
     """level_items / chunk_items on the CPU (an SM count stood in): the plan's items, paired
     and scheduled, cached per shape and per environment (ATTN_TK_PAIR_TILES here)."""
     monkeypatch.delenv("ATTN_TK_PAIR_TILES", raising=False)
-    monkeypatch.delenv("ATTN_TK_NVCC_FLAGS", raising=False)  # one-list plans (decode-wg ones: test_tk_decode_streams)
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "0")  # one-list plans (two-list ones: test_tk_decode_streams)
     tk = tkb.TKBackend()
     monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
     inp = make_inputs(W("", 12, 8, 2, ((1, 300),), 130, 64, ragged=True), torch.float32, "cpu", seed=5)

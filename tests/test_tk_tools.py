@@ -174,7 +174,7 @@ def test_plan_estimate_prices_the_backends_plans_with_unit_times(capsys, monkeyp
     """bench/tk_plan_estimate.py: priced with the plan's own costs its CTA times are the plan's
     loads; other costs change the schedule only while they are set; the CLI prints every
     workload."""
-    monkeypatch.delenv("ATTN_TK_NVCC_FLAGS", raising=False)  # the tool prices one-list plans only
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "1")  # the tool prices one-list plans whatever the mode
     mod = _bench_module("tk_plan_estimate")
     from attn.tk_ext import schedule
     from attn.workloads import spec_workload

@@ -157,11 +157,13 @@ class EmulatedExt:
         self.calls = []
 
     @staticmethod
-    def _check_launch(q, items, ctas, po, pl, out, lse, heads):
+    def _check_launch(q, items, ctas, po, pl, out, lse, heads, dwg=False):
         b, hq, d = q.shape
         assert q.is_contiguous() and items.dtype == torch.int32 and items.shape[1] == plan.ITEM_INTS
         assert ctas.dtype == torch.int32 and ctas.dim() == 1 and int(ctas[-1]) == items.shape[0]
-        if tkb.decode_wg():  # two lists a CTA: its decode list holds exactly its solo items
+        solo = bool((items[:, plan.F_FLAGS] & plan.FLAG_SOLO).any())
+        assert solo == dwg  # solo items only ever go to the decode-warpgroup kernels, and they always get some
+        if dwg:  # two lists a CTA: its decode list holds exactly its solo items
             o = ctas.tolist()
             assert len(o) % 2 == 1 and o == sorted(o) and heads.numel() == 0
             flags = items[:, plan.F_FLAGS]
@@ -190,21 +192,25 @@ class EmulatedExt:
             po.copy_(po64)
             pl.copy_(pl64)
 
-    def shared_prefix_partials(self, q, ks, vs, suffix_lens, items, ctas, scale, po, pl, out, lse, heads):
-        self.calls.append("shared_prefix_partials")
-        self._check_launch(q, items, ctas, po, pl, out, lse, heads)
+    def shared_prefix_partials(self, q, ks, vs, suffix_lens, items, ctas, scale, po, pl, out, lse, heads, dwg=False):
+        self.calls.append("shared_prefix_partials" + ("_dwg" if dwg else ""))
+        self._check_launch(q, items, ctas, po, pl, out, lse, heads, dwg)
         keys_of = level_keys(list(zip(ks, vs)), suffix_lens)
         self._write(q, items, q.shape[1] // ks[0].shape[-2], keys_of, scale, po, pl, out, lse)
 
-    def chunk_partials(self, q, k_chunks, v_chunks, clist, chunk_lens, items, ctas, scale, po, pl, out, lse, heads):
-        self.calls.append("chunk_partials")
-        self._check_launch(q, items, ctas, po, pl, out, lse, heads)
+    def chunk_partials(self, q, k_chunks, v_chunks, clist, chunk_lens, items, ctas, scale, po, pl, out, lse, heads,
+                       dwg=False):
+        self.calls.append("chunk_partials" + ("_dwg" if dwg else ""))
+        self._check_launch(q, items, ctas, po, pl, out, lse, heads, dwg)
         keys_of = chunk_keys(k_chunks, v_chunks, clist, chunk_lens.tolist())
         self._write(q, items, q.shape[1] // k_chunks.shape[1], keys_of, scale, po, pl, out, lse)
 
-    @staticmethod
-    def decode_wg():  # built as the environment says (a mismatch is tested on its own)
-        return tkb.decode_wg()
+    # The decode-warpgroup kernels (csrc/*_dwg.cu): the same states from two-list plans.
+    def shared_prefix_partials_dwg(self, *args):
+        self.shared_prefix_partials(*args, dwg=True)
+
+    def chunk_partials_dwg(self, *args):
+        self.chunk_partials(*args, dwg=True)
 
     def merge(self, po, pl, out, lse):
         self.calls.append("merge")

@@ -90,12 +90,13 @@ def pair_caps() -> tuple[int, int]:
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
-                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_SOLO_COSTS")
+                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
                  "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
-                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_HEADS": ("0", "1")}
+                 "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_HEADS": ("0", "1"),
+                 "ATTN_TK_DECODE_WG": ("auto", "0", "1")}
 
 
 def check_switches() -> None:
@@ -115,22 +116,16 @@ def split_factors() -> tuple:
     return plan.AUTO_SPLIT_FACTORS
 
 
-def decode_wg() -> bool:
-    """Whether the build has the decode warpgroup (``-DATTN_TK_DECODE_WG=1`` in
-    ``ATTN_TK_NVCC_FLAGS``; not yet run on a GPU): its plans have two item lists a CTA
-    (:mod:`attn.tk_ext.decode_streams`) and its launches take no CTA heads."""
-    return "-DATTN_TK_DECODE_WG=1" in build.nvcc_flags()
-
-
-def check_build_mode(ext) -> None:
-    """Raise ``RuntimeError`` before a launch whose plan format (:func:`decode_wg`, read from the
-    environment) is not the loaded extension's: a process that changed ``ATTN_TK_NVCC_FLAGS``
-    after the extension was loaded would otherwise launch one-list plans on two-list kernels."""
-    built = bool(getattr(ext, "decode_wg", lambda: False)())
-    if built != decode_wg():
-        raise RuntimeError(f"the loaded tk extension was built {'with' if built else 'without'} "
-                           f"-DATTN_TK_DECODE_WG=1, but ATTN_TK_NVCC_FLAGS now says otherwise: "
-                           "set it before the first tk call (the extension loads once a process)")
+def decode_wg_mode() -> str:
+    """Which kernel form a plan launches on (``ATTN_TK_DECODE_WG``, read when a plan is built and
+    part of its cache key). ``auto`` (default): the form with the decode warpgroup (its CTAs
+    run their solo decode items on a third warpgroup beside the prefix items:
+    :mod:`attn.tk_ext.decode_streams`) where its predicted time
+    (:func:`decode_streams.contended_loads`) beats the one-list plan's by
+    :data:`decode_streams.DWG_MARGIN`; ``1``: that form wherever a plan has solo items;
+    ``0``: never. H200 (runs 0153 / 0154): gqa-8b 5.6-9.3 % faster with it, tree-3level up
+    to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b only."""
+    return os.environ.get("ATTN_TK_DECODE_WG", "auto")
 
 
 def use_heads() -> bool:
@@ -228,10 +223,27 @@ class TKBackend(Backend):
     def _schedule_key() -> tuple:
         """The environment's part of a plan's cache key (what :meth:`_place` and
         :meth:`_best_split` read)."""
-        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), decode_wg(),
-                os.environ.get("ATTN_TK_SOLO_COSTS"))
+        return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), decode_wg_mode(),
+                os.environ.get("ATTN_TK_SOLO_COSTS"), os.environ.get("ATTN_TK_DWG_SLOWDOWN"))
 
-    def _best_split(self, make, num_seqs: int, hkv: int, r: int, device):
+    def _best_form(self, make, num_seqs: int, hkv: int, r: int, device):
+        """The placed plan of :meth:`_best_split` in the kernel form :func:`decode_wg_mode`
+        picks: ``(items, ctas, direct, covered, nslot, extra, dwg)``, ``dwg`` whether it is a
+        two-list plan for the decode-warpgroup kernels (only ever one with solo items)."""
+        mode = decode_wg_mode()
+        one = self._best_split(make, num_seqs, hkv, r, device)
+        if mode == "0" or one[2]:  # a direct plan has no split decode items to take apart
+            return one + (False,)
+        two = self._best_split(make, num_seqs, hkv, r, device, dwg=True)
+        if two[2] or not (two[0][:, plan.F_FLAGS] & plan.FLAG_SOLO).any():
+            return one + (False,)
+        if mode == "1":
+            return two + (True,)
+        with_dwg = float(decode_streams.contended_loads(two[0], two[1]).max())
+        without = self._max_load(one)
+        return two + (True,) if with_dwg < without * (1 - decode_streams.DWG_MARGIN) else one + (False,)
+
+    def _best_split(self, make, num_seqs: int, hkv: int, r: int, device, dwg: bool = False):
         """The placed plan (:meth:`_place`) of the best of :func:`split_factors`.
 
         ``make(factor)`` gives ``(items, nslot, extra)``. Each candidate is placed and its
@@ -242,6 +254,9 @@ class TKBackend(Backend):
         (:data:`schedule.UNPAIR_FRACTIONS` of the CTA count), and the placement with the
         smallest largest load is kept if it beats the paired one by more than the tolerance.
 
+        ``dwg``: placed as two lists a CTA (:func:`decode_streams.assign_streams`), priced by
+        :func:`decode_streams.planned_loads`.
+
         Returns ``(items, ctas, direct, covered, nslot, extra)``.
         """
         cands, seen = [], set()
@@ -251,11 +266,11 @@ class TKBackend(Backend):
             if key in seen:  # the same splits as an earlier factor: the same placed plan
                 continue
             seen.add(key)
-            placed = self._place(items, nslot, num_seqs, hkv, r, device)
-            cands.append((self._max_load(placed), 0 if placed[2] else nslot, pref, placed + (nslot, extra), items))
+            placed = self._place(items, nslot, num_seqs, hkv, r, device, dwg=dwg)
+            cands.append((self._max_load(placed, dwg), 0 if placed[2] else nslot, pref, placed + (nslot, extra), items))
         low = min(c[0] for c in cands)
         best = min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))
-        if not unpair_tail() or rebalance() or best[3][2] or decode_wg():
+        if not unpair_tail() or rebalance() or best[3][2] or dwg:
             return best[3]
         # The chosen splits with their last pairs as lone items: kept where that lowers the
         # largest planned CTA load (LPT's, before any other step) by more than the tolerance.
@@ -272,58 +287,59 @@ class TKBackend(Backend):
         return self._place(best[4], best[3][4], num_seqs, hkv, r, device, unpair=pick) + best[3][4:]
 
     @staticmethod
-    def _max_load(placed) -> float:
-        if decode_wg():
+    def _max_load(placed, dwg: bool = False) -> float:
+        if dwg and not placed[2]:
             loads = decode_streams.planned_loads(placed[0], placed[1])
         else:
             loads = schedule.planned_loads(placed[0], placed[1])
         return float(loads.max()) if loads.size else 0.0
 
-    def _place(self, items, nslot: int, num_seqs: int, hkv: int, r: int, device, unpair: int = 0):
+    def _place(self, items, nslot: int, num_seqs: int, hkv: int, r: int, device, unpair: int = 0,
+               dwg: bool = False):
         """``(items, ctas, direct, covered)``: a plan's items marked direct where they can be,
         paired (but for the last ``unpair`` pairs), made to write every partial lse where they
-        can (``covered``: no ``-inf`` fill needed), and scheduled on ``device``'s SMs."""
+        can (``covered``: no ``-inf`` fill needed), and scheduled on ``device``'s SMs; with
+        ``dwg`` (and not direct) in two lists a CTA, solo items unpaired."""
         items, direct = plan.mark_direct(items, num_seqs, hkv, r)
-        if decode_wg() and not direct:  # the decode warpgroup's solo items, no pairs
+        if dwg and not direct:  # the decode warpgroup's solo items, no pairs
             items, ctas, _ = decode_streams.assign_streams(items, self._num_sms(device))
             items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
             return items, ctas, direct, covered
         items = schedule.unpair_last(schedule.pair_kv_items(items, *pair_caps()), unpair)
         items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
         items, ctas = schedule.assign_ctas(items, self._num_sms(device), mixed_order(), rebalance())
-        if decode_wg():
-            ctas = decode_streams.one_list(ctas)
         return items, ctas, direct, covered
 
     def placed_level_plan(self, batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, device):
         """The host plan of a shared-prefix shape (:func:`plan.level_plan` at the best split,
-        placed on ``device``'s SMs): ``(items, ctas, direct, covered, nslot, None)`` as numpy.
+        placed on ``device``'s SMs, in the kernel form :meth:`_best_form` picks):
+        ``(items, ctas, direct, covered, nslot, None, dwg)`` as numpy.
         ``levels``: ``(groups, tokens)`` of each prefix level; ``ragged``: suffix lengths given."""
         def make(f):
             return plan.level_plan(batch, hq, hkv, list(levels), suffix, ragged, self._num_sms(device), f) + (None,)
 
-        return self._best_split(make, batch, hkv, hq // hkv, device)
+        return self._best_form(make, batch, hkv, hq // hkv, device)
 
     def level_items(self, p: SharedPrefixProblem):
         """The cached device item table, CTA ranges, slot count, directness, coverage
-        (every partial lse written: :func:`plan.clear_unwritten`) and CPU CTA heads
-        (:func:`schedule.cta_heads`) of ``p``'s shape."""
+        (every partial lse written: :func:`plan.clear_unwritten`), CPU CTA heads
+        (:func:`schedule.cta_heads`; none for a two-list plan) and kernel form (``dwg``) of
+        ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                p.suffix_lens is not None, str(p.device)) + self._schedule_key()
         hit = self._plans.get(key)
         if hit is None:
-            items, ctas, direct, covered, nslot, _ = self.placed_level_plan(
+            items, ctas, direct, covered, nslot, _, dwg = self.placed_level_plan(
                 p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity, p.suffix_lens is not None, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered,
-                   torch.as_tensor(schedule.cta_heads(items, ctas)))
+                   _NO_HEADS if dwg else torch.as_tensor(schedule.cta_heads(items, ctas)), dwg)
             self._plans[key] = hit
         return hit
 
     def run_shared_prefix(self, p: SharedPrefixProblem):
         check_switches()
         ext = self._ext()
-        check_build_mode(ext)
         b, hq, d = p.q.shape
         ks = [prep_kv(k) for k in p.prefix_k]
         vs = [prep_kv(v) for v in p.prefix_v]
@@ -332,16 +348,16 @@ class TKBackend(Backend):
             vs.append(prep_kv(p.suffix_v))
         if not ks or b == 0:
             return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
-        items, ctas, nslot, direct, covered, heads = self.level_items(p)
+        items, ctas, nslot, direct, covered, heads, dwg = self.level_items(p)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
-        ext.shared_prefix_partials(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse,
-                                   heads if use_heads() and not decode_wg() else _NO_HEADS)
+        launch = ext.shared_prefix_partials_dwg if dwg else ext.shared_prefix_partials
+        launch(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS)
         return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
-        """The device item table, CTA ranges, chunk list, slot count, directness, coverage and
-        CPU CTA heads of ``p.table`` (cached on it)."""
+        """The device item table, CTA ranges, chunk list, slot count, directness, coverage,
+        CPU CTA heads and kernel form (``dwg``) of ``p.table`` (cached on it)."""
         cache = p.table.host.setdefault("tk", {})
         key = (p.num_q_heads, p.num_kv_heads, p.chunk_size, str(p.device)) + self._schedule_key()
         hit = cache.get(key)
@@ -351,26 +367,26 @@ class TKBackend(Backend):
                                                       p.num_kv_heads, p.chunk_size, self._num_sms(p.device), f)
                 return items, nslot, clist
 
-            items, ctas, direct, covered, nslot, clist = self._best_split(
+            items, ctas, direct, covered, nslot, clist, dwg = self._best_form(
                 make, p.table.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
                    torch.as_tensor(clist).to(p.device), nslot, direct, covered,
-                   torch.as_tensor(schedule.cta_heads(items, ctas)))
+                   _NO_HEADS if dwg else torch.as_tensor(schedule.cta_heads(items, ctas)), dwg)
             cache[key] = hit
         return hit
 
     def run_chunk(self, p: ChunkProblem):
         check_switches()
         ext = self._ext()
-        check_build_mode(ext)
         n, hq, d = p.q.shape
-        items, ctas, clist, nslot, direct, covered, heads = self.chunk_items(p)
+        items, ctas, clist, nslot, direct, covered, heads, dwg = self.chunk_items(p)
         if n == 0 or nslot == 0 or items.shape[0] == 0:
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
-        ext.chunk_partials(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
-                           items, ctas, p.scale, po, pl, out, lse, heads if use_heads() and not decode_wg() else _NO_HEADS)
+        launch = ext.chunk_partials_dwg if dwg else ext.chunk_partials
+        launch(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
+               items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS)
         return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 
     @staticmethod

@@ -1,11 +1,12 @@
-"""Two item lists per CTA for ``ATTN_TK_DECODE_WG`` builds of the tk kernels.
+"""Two item lists per CTA for the decode-warpgroup form of the tk kernels (``*_dwg.cu``).
 
-Such a build has a third consumer warpgroup (``csrc/decode_wg.cuh``) that runs a CTA's *solo*
+That form has a third consumer warpgroup (``csrc/decode_wg.cuh``) that runs a CTA's *solo*
 decode items from its own K/V ring while the other two run the CTA's other items, so a CTA's
 time is about the larger of its two lists' loads, not their sum. :func:`assign_streams`
-builds both lists; :func:`one_list` puts a plan without solo items (a direct plan) into the
-same two-entries-a-CTA format. Neither has run on a GPU yet (session 20): the solo costs are
-estimates, to be fitted with the timeline of a ``DECODE_WG`` build.
+builds both lists; :func:`contended_loads` predicts a CTA's time with the prefix items'
+slowdown beside the decode warpgroup, which is what the backend weighs against the one-list
+plan (``ATTN_TK_DECODE_WG=auto``); :func:`one_list` puts a one-list schedule into the same
+two-entries-a-CTA format.
 """
 from __future__ import annotations
 
@@ -17,10 +18,25 @@ from . import plan, schedule
 from .plan import DEC_ROWS, F_FLAGS, F_NROWS, F_ROW0, F_TILE0, F_TILE1, FLAG_DIRECT, FLAG_KV_SPLIT, FLAG_SOLO
 
 # A solo item's cost in the plan's units (kv-split tiles of a CTA's time): per tile and per
-# item. One warpgroup runs the tiles that two share in a lone kv-split item, with two more
-# named barriers a tile (the cross-warp max, P^T), so a tile is guessed at 1.4 and an item at
-# 2.0 (session 15's narrow decode, notes/tk.md); ATTN_TK_SOLO_COSTS=tile,item overrides them.
-SOLO_COSTS = (1.4, 2.0)
+# item; ATTN_TK_SOLO_COSTS=tile,item overrides them. Fitted by bench/tk_timeline.py on an H200
+# (gqa-8b, hydragen-mqa, tree-3level; logs/s21-tk-timeline-decode-wg.log): solo items took
+# 2.98 us + 1.38 a tile against 0.78 us a plan unit, i.e. 1.78 and 3.83 units (session 20
+# had guessed 1.4 and 2.0, which put 1972 of gqa-8b's 2048 decode items on the decode
+# warpgroup and made it the CTAs' longer list).
+SOLO_COSTS = (1.78, 3.83)
+
+# How much longer the prefix warpgroups' items take while the decode warpgroup runs beside
+# them (ATTN_TK_DWG_SLOWDOWN overrides it): H200 timeline of gqa-8b, row-split items of 64
+# tiles 70.5 us in the one-list kernel, 79.9 in the two-list one with no solo items (the
+# shallower ring: 3 stages, 2 query slots, 184 registers) and 94.3 beside solo items; the fit
+# over the three workloads: 1.02 -> 1.33 us a tile. The two lists' balance ignores it (the
+# measured plans were built so); only the choice of form (contended_loads) uses it.
+DWG_SLOWDOWN = 1.3
+# The decode-warpgroup form is picked when its contended prediction is this much below the
+# one-list plan's: at 1.3 the predictions were gqa-8b 0.91 (measured 0.91-0.95), hydragen-mqa
+# 1.00 (0.95-1.04), chunkattn-mha 1.07 (1.02-1.06), tree-3level 1.08 (1.09-1.15), gqa-8b-long
+# 1.22 (1.02-1.04); H200 runs 0153 / 0154.
+DWG_MARGIN = 0.05
 
 
 def solo_costs_from_env(value: str | None) -> tuple[float, float]:
@@ -31,6 +47,16 @@ def solo_costs_from_env(value: str | None) -> tuple[float, float]:
     if len(costs) != 2 or min(costs) < 0:
         raise ValueError(f"ATTN_TK_SOLO_COSTS={value!r}: want two non-negative numbers, tile,item")
     return costs
+
+
+def slowdown_from_env(value: str | None) -> float:
+    """``ATTN_TK_DWG_SLOWDOWN`` (one finite number >= 1), or :data:`DWG_SLOWDOWN`."""
+    if not value:
+        return DWG_SLOWDOWN
+    got = plan.env_floats(value)
+    if len(got) != 1 or got[0] < 1:
+        raise ValueError(f"ATTN_TK_DWG_SLOWDOWN={value!r}: want one number >= 1")
+    return got[0]
 
 
 def solo_candidates(items: np.ndarray) -> np.ndarray:
@@ -100,9 +126,9 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
     return np.ascontiguousarray(out[order]), offsets, load
 
 
-def planned_loads(items: np.ndarray, cta_items: np.ndarray, solo: tuple[float, float] | None = None) -> np.ndarray:
-    """Each CTA's planned time under a two-list schedule: the larger of its prefix list's load
-    (:func:`schedule.unit_costs`) and its decode list's (solo costs), float ``[ctas]``."""
+def list_loads(items: np.ndarray, cta_items: np.ndarray, solo: tuple[float, float] | None = None) -> np.ndarray:
+    """Each CTA's prefix list's load (:func:`schedule.unit_costs`) and decode list's (solo
+    costs) under a two-list schedule, float ``[ctas, 2]``."""
     tile_cost, item_cost = solo if solo is not None else solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
     o = np.asarray(cta_items, dtype=np.int64)
     ctas = (len(o) - 1) // 2
@@ -110,5 +136,23 @@ def planned_loads(items: np.ndarray, cta_items: np.ndarray, solo: tuple[float, f
     which = np.searchsorted(o, starts, side="right") - 1  # list 2 c: CTA c's prefix, 2 c + 1: its decode list
     solo_cost = (items[starts, F_TILE1] - items[starts, F_TILE0]) * tile_cost + item_cost
     cost = np.where(which % 2 == 1, solo_cost, cost)
-    loads = np.bincount(which, weights=cost, minlength=2 * ctas)[:2 * ctas].reshape(ctas, 2)
-    return loads.max(axis=1) if ctas else np.zeros(0)
+    return np.bincount(which, weights=cost, minlength=2 * ctas)[:2 * ctas].reshape(ctas, 2)
+
+
+def planned_loads(items: np.ndarray, cta_items: np.ndarray, solo: tuple[float, float] | None = None) -> np.ndarray:
+    """Each CTA's planned time under a two-list schedule: the larger of its two
+    :func:`list_loads`, float ``[ctas]`` (what the lists were balanced by)."""
+    loads = list_loads(items, cta_items, solo)
+    return loads.max(axis=1) if len(loads) else np.zeros(0)
+
+
+def contended_loads(items: np.ndarray, cta_items: np.ndarray, solo: tuple[float, float] | None = None,
+                    slowdown: float | None = None) -> np.ndarray:
+    """Each CTA's predicted time under a two-list schedule, in the one-list plan's units: the
+    larger of its prefix list's load, times ``slowdown`` (:data:`DWG_SLOWDOWN`) where its
+    decode list is not empty, and its decode list's load; float ``[ctas]``."""
+    rho = slowdown if slowdown is not None else slowdown_from_env(os.environ.get("ATTN_TK_DWG_SLOWDOWN"))
+    loads = list_loads(items, cta_items, solo)
+    if not len(loads):
+        return np.zeros(0)
+    return np.maximum(np.where(loads[:, 1] > 0, rho * loads[:, 0], loads[:, 0]), loads[:, 1])

@@ -8,5 +8,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("chunk_partials", &tk_chunk_partials,
           "partial states of chunk_attention work items (chunk-first + sequence-first phases, one launch)");
     m.def("merge", &tk_merge, "LSE merge of partial states [K, R, D] -> [R, D]");
-    m.def("decode_wg", &tk_decode_wg, "whether the kernels were built with the decode warpgroup (two item lists a CTA)");
+    m.def("shared_prefix_partials_dwg", &tk_shared_prefix_partials_dwg,
+          "shared_prefix_partials with the decode warpgroup (two item lists a CTA: attn/tk_ext/decode_streams.py)");
+    m.def("chunk_partials_dwg", &tk_chunk_partials_dwg,
+          "chunk_partials with the decode warpgroup (two item lists a CTA)");
 }

@@ -29,4 +29,12 @@ void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, a
                        at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                        at::Tensor heads);
 void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse);
-bool tk_decode_wg();  // whether this build has the decode warpgroup (ATTN_TK_DECODE_WG)
+// The same entry points for two-list plans (the *_dwg.cu units: the kernels with the decode warpgroup).
+void tk_shared_prefix_partials_dwg(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
+                                   c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
+                                   at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
+                                   at::Tensor heads);
+void tk_chunk_partials_dwg(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
+                           at::Tensor chunk_lens, at::Tensor items, at::Tensor cta_items, double scale,
+                           at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
+                           at::Tensor heads);

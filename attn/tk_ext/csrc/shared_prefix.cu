@@ -113,4 +113,3 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-bool tk_decode_wg() { return attn_tk::DECODE_WG != 0; }

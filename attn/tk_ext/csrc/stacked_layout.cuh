@@ -80,8 +80,12 @@ using namespace kittens;
 
 // 1: a third consumer warpgroup runs the CTA's solo decode items (FLAG_SOLO) from its own ring
 // while the other two run its prefix items (decode_wg.cuh says why). The plan then gives each CTA
-// two item lists (cta_items has 2 entries a CTA: schedule.assign_streams). 0: off. Not yet run
-// on a GPU (session 20).
+// two item lists (cta_items has 2 entries a CTA: decode_streams.assign_streams). Only the *_dwg.cu
+// units set it: one extension holds both forms of each kernel and the host picks one per plan
+// (attn/tk_ext/backend.py, the ATTN_TK_DECODE_WG environment variable).
+#if defined(ATTN_TK_DECODE_WG) && !defined(ATTN_TK_DWG_UNIT)
+#error "ATTN_TK_DECODE_WG is set by the *_dwg.cu units only; pick the form per call with the ATTN_TK_DECODE_WG environment variable"
+#endif
 #ifndef ATTN_TK_DECODE_WG
 #define ATTN_TK_DECODE_WG 0
 #endif
