@@ -1,4 +1,4 @@
-// The decode warpgroup of ATTN_TK_DECODE_WG builds: a third consumer warpgroup that runs a CTA's
+// The decode warpgroup of the *_dwg.cu units (ATTN_TK_DECODE_WG): a third consumer warpgroup that runs a CTA's
 // solo decode items (FLAG_SOLO: kv-split items of at most DEC_ROWS query rows, every tile on
 // this one warpgroup) from its own K/V ring while the other two run the CTA's prefix items.
 //
@@ -18,7 +18,9 @@
 // shared memory at the item's end, from where all 128 threads store the rows (no 64-float o
 // per thread, which 96 registers could not hold). The queries of item i + 1 are gathered
 // (cp.async, warp 0) while item i runs, into the other of two query buffers.
-// Not yet run on a GPU (session 20: compiled, and its plans emulated on the CPU).
+// Measured on an H200 (session 21, notes/tk.md): beside it the prefix items run 1.3x slower, so
+// the host takes this form only where its decode work outweighs that (ATTN_TK_DECODE_WG=auto:
+// gqa-8b, 6-10 % faster).
 #pragma once
 
 #include "stacked_layout.cuh"
