@@ -74,14 +74,6 @@ def test_plans_without_candidates_or_ctas_to_spare():
     assert out.shape == (0, plan.ITEM_INTS) and offsets.tolist() == [0] * 9
 
 
-def test_one_list_is_two_lists_with_empty_decode_lists():
-    assert ds.one_list(np.array([0, 3, 5, 5, 9])).tolist() == [0, 3, 3, 5, 5, 5, 5, 9, 9]
-    items, _ = _spec_plan(8, 8, 2, [(1, 512)], 64)
-    placed, ctas = schedule.assign_ctas(items, 5)
-    two = ds.one_list(ctas)
-    assert np.allclose(ds.planned_loads(placed, two, solo=(1.0, 1.0)), schedule.planned_loads(placed, ctas))
-
-
 def test_solo_costs_from_the_environment(monkeypatch):
     assert ds.solo_costs_from_env(None) == ds.SOLO_COSTS and ds.solo_costs_from_env("") == ds.SOLO_COSTS
     assert ds.solo_costs_from_env("2,0.5") == (2.0, 0.5)

@@ -124,7 +124,8 @@ def decode_wg_mode() -> str:
     (:func:`decode_streams.contended_loads`) beats the one-list plan's by
     :data:`decode_streams.DWG_MARGIN`; ``1``: that form wherever a plan has solo items;
     ``0``: never. H200 (runs 0153 / 0154): gqa-8b 5.6-9.3 % faster with it, tree-3level up
-    to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b only."""
+    to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b only (runs 0155 / 0156:
+    gqa-8b 6.2-10.1 % faster than ``0``, the rest within 0.8 %)."""
     return os.environ.get("ATTN_TK_DECODE_WG", "auto")
 
 

@@ -5,8 +5,7 @@ decode items from its own K/V ring while the other two run the CTA's other items
 time is about the larger of its two lists' loads, not their sum. :func:`assign_streams`
 builds both lists; :func:`contended_loads` predicts a CTA's time with the prefix items'
 slowdown beside the decode warpgroup, which is what the backend weighs against the one-list
-plan (``ATTN_TK_DECODE_WG=auto``); :func:`one_list` puts a one-list schedule into the same
-two-entries-a-CTA format.
+plan (``ATTN_TK_DECODE_WG=auto``).
 """
 from __future__ import annotations
 
@@ -67,14 +66,6 @@ def solo_candidates(items: np.ndarray) -> np.ndarray:
     return lone & (items[:, F_NROWS] - items[:, F_ROW0] <= DEC_ROWS)
 
 
-def one_list(cta_items: np.ndarray) -> np.ndarray:
-    """A one-list schedule's ``cta_items`` (``[ctas + 1]``) as two lists a CTA with empty
-    decode lists: ``[2 ctas + 1]``, CTA ``c``'s lists ``[o[2c], o[2c+1])`` and
-    ``[o[2c+1], o[2c+2])``."""
-    c = np.asarray(cta_items, dtype=np.int32)
-    return np.concatenate([c[:1], np.repeat(c[1:], 2)]).astype(np.int32)
-
-
 def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] | None = None):
     """Both lists of every CTA, balanced by the plan's costs.
 
@@ -88,7 +79,8 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
     Returns
     -------
     items : the same rows, each CTA's prefix list then its decode list, solo items flagged.
-    cta_items : int32 ``[2 ctas + 1]`` (see :func:`one_list`).
+    cta_items : int32 ``[2 ctas + 1]``: CTA ``c``'s prefix list ``[o[2c], o[2c+1])``, its
+        decode list ``[o[2c+1], o[2c+2])``.
     loads : float ``[ctas, 2]``: each CTA's planned prefix and decode loads.
     """
     tile_cost, item_cost = solo if solo is not None else solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
