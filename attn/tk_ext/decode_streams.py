@@ -9,6 +9,7 @@ plan (``ATTN_TK_DECODE_WG=auto``).
 """
 from __future__ import annotations
 
+import heapq
 import os
 
 import numpy as np
@@ -89,27 +90,53 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
     ctas = max(1, num_ctas)
     starts, ends, cost = schedule.unit_costs(items[rest])
     lists: list = [[[], []] for _ in range(ctas)]  # per CTA: prefix and decode rows of items
-    load = np.zeros((ctas, 2))
+    # Heaps in place of a scan of every CTA per item: this runs once per decode item (2048 in
+    # gqa-8b) for every split factor tried, on every plan build (a new chunk table each
+    # decode step builds one). Their keys order the CTAs as the scan did: (load, CTA) for LPT.
+    l0, l1 = [0.0] * ctas, [0.0] * ctas
+    heap = [(0.0, c) for c in range(ctas)]
     for u in np.argsort(-cost, kind="stable").tolist():  # LPT, ties to the lower CTA
-        c = int(np.argmin(load[:, 0]))
+        _, c = heapq.heappop(heap)
         lists[c][0].extend(rest[starts[u]:ends[u]].tolist())
-        load[c, 0] += cost[u]
+        l0[c] += float(cost[u])
+        heapq.heappush(heap, (l0[c], c))
     dec = np.flatnonzero(cand)
     tiles = (items[dec, F_TILE1] - items[dec, F_TILE0]).astype(np.float64)
-    as_solo = tiles * tile_cost + item_cost
-    as_lone = tiles * plan.KV_TILE_COST + plan.ITEM_OVERHEAD
+    as_solo = (tiles * tile_cost + item_cost).tolist()
+    as_lone = (tiles * plan.KV_TILE_COST + plan.ITEM_OVERHEAD).tolist()
     solo_rows = []
-    for k in np.argsort(-as_solo, kind="stable").tolist():
-        end_s = np.maximum(load[:, 0], load[:, 1] + as_solo[k])
-        end_p = np.maximum(load[:, 0] + as_lone[k], load[:, 1])
-        cs, cp = int(np.lexsort((load[:, 1], end_s))[0]), int(np.lexsort((load[:, 0], end_p))[0])
-        if end_s[cs] <= end_p[cp]:
-            lists[cs][1].append(int(dec[k]))
-            load[cs, 1] += as_solo[k]
-            solo_rows.append(int(dec[k]))
-        else:
-            lists[cp][0].append(int(dec[k]))
-            load[cp, 0] += as_lone[k]
+    order = np.argsort(-np.asarray(as_solo), kind="stable").tolist()
+    i = 0
+    while i < len(order):
+        # A run of candidates of one cost: each CTA's end with the next of them solo (its
+        # decode list grows) or in its prefix list, keyed (end, that list's load, CTA): the
+        # earliest end, ties to the shorter list, then the lower CTA.
+        sc, lc = as_solo[order[i]], as_lone[order[i]]
+        j = i
+        while j < len(order) and as_solo[order[j]] == sc and as_lone[order[j]] == lc:
+            j += 1
+        hs = [(max(l0[c], l1[c] + sc), l1[c], c) for c in range(ctas)]
+        hp = [(max(l0[c] + lc, l1[c]), l0[c], c) for c in range(ctas)]
+        heapq.heapify(hs)
+        heapq.heapify(hp)
+        for k in order[i:j]:
+            while hs[0][1] != l1[hs[0][2]] or hs[0][0] != max(l0[hs[0][2]], l1[hs[0][2]] + sc):
+                heapq.heappop(hs)  # an entry from before its CTA's last change
+            while hp[0][1] != l0[hp[0][2]] or hp[0][0] != max(l0[hp[0][2]] + lc, l1[hp[0][2]]):
+                heapq.heappop(hp)
+            if hs[0][0] <= hp[0][0]:
+                c = hs[0][2]
+                lists[c][1].append(int(dec[k]))
+                l1[c] += sc
+                solo_rows.append(int(dec[k]))
+            else:
+                c = hp[0][2]
+                lists[c][0].append(int(dec[k]))
+                l0[c] += lc
+            heapq.heappush(hs, (max(l0[c], l1[c] + sc), l1[c], c))
+            heapq.heappush(hp, (max(l0[c] + lc, l1[c]), l0[c], c))
+        i = j
+    load = np.array([l0, l1], dtype=np.float64).T.copy()
     out = items.copy()
     out[solo_rows, F_FLAGS] |= FLAG_SOLO
     order = [r for lst in lists for part in lst for r in part]
