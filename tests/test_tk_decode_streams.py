@@ -133,3 +133,52 @@ def test_contended_loads_slow_only_the_prefix_lists_beside_a_decode_list():
     for bad in ("0.9", "1,2", "x", "nan"):
         with pytest.raises(ValueError, match="ATTN_TK_DWG_SLOWDOWN"):
             ds.slowdown_from_env(bad)
+
+
+def _scan_streams(items, num_ctas, solo):
+    """assign_streams as a plain scan of every CTA per item (its first form, session 20): the
+    oracle for the heaps that replaced it."""
+    cand = ds.solo_candidates(items)
+    rest = np.flatnonzero(~cand)
+    starts, ends, cost = schedule.unit_costs(items[rest])
+    lists = [[[], []] for _ in range(num_ctas)]
+    load = np.zeros((num_ctas, 2))
+    for u in np.argsort(-cost, kind="stable").tolist():
+        c = int(np.argmin(load[:, 0]))
+        lists[c][0].extend(rest[starts[u]:ends[u]].tolist())
+        load[c, 0] += cost[u]
+    dec = np.flatnonzero(cand)
+    tiles = (items[dec, plan.F_TILE1] - items[dec, plan.F_TILE0]).astype(np.float64)
+    as_solo, as_lone = tiles * solo[0] + solo[1], tiles * plan.KV_TILE_COST + plan.ITEM_OVERHEAD
+    for k in np.argsort(-as_solo, kind="stable").tolist():
+        end_s = np.maximum(load[:, 0], load[:, 1] + as_solo[k])
+        end_p = np.maximum(load[:, 0] + as_lone[k], load[:, 1])
+        cs, cp = int(np.lexsort((load[:, 1], end_s))[0]), int(np.lexsort((load[:, 0], end_p))[0])
+        if end_s[cs] <= end_p[cp]:
+            lists[cs][1].append(int(dec[k]))
+            load[cs, 1] += as_solo[k]
+        else:
+            lists[cp][0].append(int(dec[k]))
+            load[cp, 0] += as_lone[k]
+    return [[sorted(p), sorted(d)] for p, d in lists], load
+
+
+@pytest.mark.parametrize("shape", [(256, 32, 8, [(1, 8192)], 256), (128, 32, 32, [(1, 2048), (8, 512), (32, 128)], 64),
+                                   (1024, 8, 1, [(1, 2048)], 256)], ids=["gqa-8b", "tree-3level", "hydragen-mqa"])
+@pytest.mark.parametrize("ctas", [132, 7])
+@pytest.mark.parametrize("solo", [(1.78, 3.83), (1.4, 2.0), (0.0, 0.0)])
+def test_streams_place_every_item_where_a_scan_of_every_cta_would(shape, ctas, solo):
+    items, _ = _spec_plan(*shape)
+    out, offsets, load = ds.assign_streams(items, ctas, solo=solo)
+    want, want_load = _scan_streams(items, ctas, solo)
+    np.testing.assert_array_equal(load, want_load)
+    rows = {tuple(r): i for i, r in enumerate(items.tolist())}
+    assert len(rows) == len(items)  # an output row names its input row
+    strip = out.copy()
+    strip[:, plan.F_FLAGS] &= ~np.int32(plan.FLAG_SOLO)
+
+    def rows_of(a, b):
+        return sorted(rows[tuple(r)] for r in strip[a:b].tolist())
+
+    o = offsets.tolist()
+    assert [[rows_of(o[2 * c], o[2 * c + 1]), rows_of(o[2 * c + 1], o[2 * c + 2])] for c in range(ctas)] == want
