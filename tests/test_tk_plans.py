@@ -373,6 +373,7 @@ def test_backend_chooses_the_split_factor_per_shape(monkeypatch):
     import types
 
     monkeypatch.delenv("ATTN_TK_SPLIT_FACTOR", raising=False)
+    monkeypatch.delenv("ATTN_TK_DECODE_WG", raising=False)  # the default (auto), also under a forced form
     tk = tkb.TKBackend()
     monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
 
