@@ -267,10 +267,14 @@ class TKBackend(Backend):
             if key in seen:  # the same splits as an earlier factor: the same placed plan
                 continue
             seen.add(key)
-            placed = self._place(items, nslot, num_seqs, hkv, r, device, dwg=dwg)
+            placed = self._place(items, nslot, num_seqs, hkv, r, device, dwg=dwg, clear=False)
             cands.append((self._max_load(placed, dwg), 0 if placed[2] else nslot, pref, placed + (nslot, extra), items))
         low = min(c[0] for c in cands)
         best = min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))
+        # Only the winner's unwritten slots are cleared: the flag changes no cost.
+        b_items, b_ctas, b_direct, _ = best[3][:4]
+        b_items, b_covered = plan.clear_unwritten(b_items, best[3][4], num_seqs, hkv, r)
+        best = best[:3] + ((b_items, b_ctas, b_direct, b_covered) + best[3][4:], best[4])
         if not unpair_tail() or rebalance() or best[3][2] or dwg:
             return best[3]
         # The chosen splits with their last pairs as lone items: kept where that lowers the
@@ -296,19 +300,21 @@ class TKBackend(Backend):
         return float(loads.max()) if loads.size else 0.0
 
     def _place(self, items, nslot: int, num_seqs: int, hkv: int, r: int, device, unpair: int = 0,
-               dwg: bool = False):
+               dwg: bool = False, clear: bool = True):
         """``(items, ctas, direct, covered)``: a plan's items marked direct where they can be,
         paired (but for the last ``unpair`` pairs), made to write every partial lse where they
-        can (``covered``: no ``-inf`` fill needed), and scheduled on ``device``'s SMs; with
-        ``dwg`` (and not direct) in two lists a CTA, solo items unpaired."""
+        can (``covered``: no ``-inf`` fill needed; with ``clear=False`` that step is left out
+        and ``covered`` is None), and scheduled on ``device``'s SMs; with ``dwg`` (and not
+        direct) in two lists a CTA, solo items unpaired."""
         items, direct = plan.mark_direct(items, num_seqs, hkv, r)
         if dwg and not direct:  # the decode warpgroup's solo items, no pairs
             items, ctas, _ = decode_streams.assign_streams(items, self._num_sms(device))
+        else:
+            items = schedule.unpair_last(schedule.pair_kv_items(items, *pair_caps()), unpair)
+            items, ctas = schedule.assign_ctas(items, self._num_sms(device), mixed_order(), rebalance())
+        covered = None
+        if clear:
             items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
-            return items, ctas, direct, covered
-        items = schedule.unpair_last(schedule.pair_kv_items(items, *pair_caps()), unpair)
-        items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
-        items, ctas = schedule.assign_ctas(items, self._num_sms(device), mixed_order(), rebalance())
         return items, ctas, direct, covered
 
     def placed_level_plan(self, batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, device):
