@@ -101,10 +101,12 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
         l0[c] += float(cost[u])
         heapq.heappush(heap, (l0[c], c))
     dec = np.flatnonzero(cand)
+    dec_rows = dec.tolist()
     tiles = (items[dec, F_TILE1] - items[dec, F_TILE0]).astype(np.float64)
     as_solo = (tiles * tile_cost + item_cost).tolist()
     as_lone = (tiles * plan.KV_TILE_COST + plan.ITEM_OVERHEAD).tolist()
     solo_rows = []
+    ver = [0] * ctas
     order = np.argsort(-np.asarray(as_solo), kind="stable").tolist()
     i = 0
     while i < len(order):
@@ -115,26 +117,32 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
         j = i
         while j < len(order) and as_solo[order[j]] == sc and as_lone[order[j]] == lc:
             j += 1
-        hs = [(max(l0[c], l1[c] + sc), l1[c], c) for c in range(ctas)]
-        hp = [(max(l0[c] + lc, l1[c]), l0[c], c) for c in range(ctas)]
+        # Each entry carries its CTA's version: an entry older than its CTA's last change is stale
+        # (the CTA, unique in a heap, decides every comparison before the version is reached).
+        hs = [(max(l0[c], l1[c] + sc), l1[c], c, ver[c]) for c in range(ctas)]
+        hp = [(max(l0[c] + lc, l1[c]), l0[c], c, ver[c]) for c in range(ctas)]
         heapq.heapify(hs)
         heapq.heapify(hp)
         for k in order[i:j]:
-            while hs[0][1] != l1[hs[0][2]] or hs[0][0] != max(l0[hs[0][2]], l1[hs[0][2]] + sc):
-                heapq.heappop(hs)  # an entry from before its CTA's last change
-            while hp[0][1] != l0[hp[0][2]] or hp[0][0] != max(l0[hp[0][2]] + lc, l1[hp[0][2]]):
+            while hs[0][3] != ver[hs[0][2]]:
+                heapq.heappop(hs)
+            while hp[0][3] != ver[hp[0][2]]:
                 heapq.heappop(hp)
-            if hs[0][0] <= hp[0][0]:
+            solo = hs[0][0] <= hp[0][0]
+            if solo:
                 c = hs[0][2]
-                lists[c][1].append(int(dec[k]))
+                lists[c][1].append(dec_rows[k])
                 l1[c] += sc
-                solo_rows.append(int(dec[k]))
+                solo_rows.append(dec_rows[k])
             else:
                 c = hp[0][2]
-                lists[c][0].append(int(dec[k]))
+                lists[c][0].append(dec_rows[k])
                 l0[c] += lc
-            heapq.heappush(hs, (max(l0[c], l1[c] + sc), l1[c], c))
-            heapq.heappush(hp, (max(l0[c] + lc, l1[c]), l0[c], c))
+            ver[c] += 1
+            es, ep = (max(l0[c], l1[c] + sc), l1[c], c, ver[c]), (max(l0[c] + lc, l1[c]), l0[c], c, ver[c])
+            # The chosen heap's top is the CTA's own entry, now stale: replaced in one step.
+            (heapq.heapreplace if solo else heapq.heappush)(hs, es)
+            (heapq.heappush if solo else heapq.heapreplace)(hp, ep)
         i = j
     load = np.array([l0, l1], dtype=np.float64).T.copy()
     out = items.copy()
