@@ -43,6 +43,12 @@ template<typename T, int D> struct chunk_src {
         tma::load_async<2, cache_policy::NORMAL>(kt, k, r.c, kb);
         tma::load_async<2, cache_policy::NORMAL>(vt, v, r.c, vb);
     }
+    // The decode ring of the *_dwg units (ring_producer.cuh: stream_tiles_split): WHICH 1 = K, 2 = V.
+    template<int WHICH>
+    __device__ inline void load_part(const tile_ref &r, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
+        if constexpr (WHICH & 1) tma::load_async<2, cache_policy::NORMAL>(kt, k, r.c, kb);
+        if constexpr (WHICH & 2) tma::load_async<2, cache_policy::NORMAL>(vt, v, r.c, vb);
+    }
 };
 
 template<typename T, int D>

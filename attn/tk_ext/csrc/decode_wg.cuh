@@ -78,10 +78,11 @@ __device__ inline void dec_gather(const common_args &a, int i, QS &qs) {
     load_q<T, D, QS, DEC_ROWS>(qs, a, it[F_SEQ0], it[F_HEAD], it[F_ROW0], it[F_NROWS]);
 }
 
-// Items [first, last) of this CTA's decode list, from ring position 0 of the decode ring (tile
-// g in stage g % STAGES, phase (g / STAGES) & 1, every tile of an item this warpgroup's).
+// Items [first, last) of this CTA's decode list, from position 0 of the decode rings (tile g's K
+// in K stage g % KS, phase (g / KS) & 1, its V likewise in V stage g % VS; every tile of an item
+// this warpgroup's). K is released once S^T is done, V once O^T is: stream_tiles_split.
 // All four warps call it together.
-template<typename T, int D, int STAGES, typename RING, typename SRC>
+template<typename T, int D, int KS, int VS, typename RING, typename SRC>
 __device__ inline void decode_items(const common_args &a, const SRC &src, int first, int last, const RING &ring,
                                     dec_buf<T, D> &nb, dec_red &red) {
     using NB = dec_buf<T, D>;
@@ -129,19 +130,23 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
         }
         bool any = false;
         for (int t = 0; t < ntiles; t++, g++) {
-            const int s = g % STAGES, ph = (g / STAGES) & 1;
-            TL_WAIT(kwait, ring.wait_k(s, ph));
-            const int valid = ring.keys(s);
-            if (valid <= 0) {  // past a dynamic length: nobody reads this V, but it must land before reuse
-                ring.wait_v(s, ph);
-                ring.release(s);
+            // Opaque stage indices: with one stage they are constants, and nvcc then hoists every
+            // wgmma descriptor of the stage out of the loop, into registers that spill (at 96).
+            const int ks = (int)held_u32(g % KS), kph = (g / KS) & 1, vs = (int)held_u32(g % VS), vph = (g / VS) & 1;
+            TL_WAIT(kwait, ring.wait_k(ks, kph));
+            const int valid = ring.keys(ks);
+            if (valid <= 0) {  // past a chunk's length: nobody reads this V, but it must land before reuse
+                ring.release_k(ks);
+                ring.wait_v(vs, vph);
+                ring.release_v(vs);
                 continue;
             }
             any = true;
             wgmma_fence(st);
-            if constexpr (ABL_QK) warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st, ring.k[s], qs);
+            if constexpr (ABL_QK) warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st, ring.k[ks], qs);
             warpgroup::mma_async_wait();
             reg_fence(st);
+            ring.release_k(ks);  // the next tile's K loads during this one's softmax and P V
             float2 (&d)[4] = st.tiles[0][0].data;
             #pragma unroll
             for (int k = 0; k < 4; k++)
@@ -194,19 +199,19 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             }
             dec_proxy_fence();
             dec_sync();  // P^T complete; the four warps' maxes are read (red.m is free)
-            TL_WAIT(vwait, ring.wait_v(s, ph));
+            TL_WAIT(vwait, ring.wait_v(vs, vph));
             #pragma unroll
             for (int j = 0; j < HALVES; j++) reg_fence(ot[j]);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
             #pragma unroll
             for (int j = 0; j < HALVES; j++) {
-                const half_t &vj = reinterpret_cast<const half_t *>(&ring.v[s])[j];
+                const half_t &vj = reinterpret_cast<const half_t *>(&ring.v[vs])[j];
                 if constexpr (ABL_PV) warpgroup::mma_AtB<acc_t, half_t, typename NB::ps_t, 0, 1>(ot[j], vj, ps);
             }
             warpgroup::mma_async_wait();
             #pragma unroll
             for (int j = 0; j < HALVES; j++) reg_fence(ot[j]);
-            ring.release(s);
+            ring.release_v(vs);
         }
 
         timeline(a, i, 0, TL_TAIL);

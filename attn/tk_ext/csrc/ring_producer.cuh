@@ -53,4 +53,33 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
     trace(a, TR_EXIT, last, g, 0);
 }
 
+// The decode ring of the *_dwg units: the tiles of a decode list's items (solo, never pairs)
+// with K and V in rings of their own, KS and VS stages deep, each stage released on its own
+// (k_done after the tile's S^T wgmma, v_done after its O^T one: decode_wg.cuh). Why: shared
+// memory. A K+V stage is 32 KB at D = 128; with the decode ring two such stages deep the prefix
+// ring keeps 3 of its 4 stages and 2 of its 3 query slots. Released apart, tile t + 1's K loads
+// while tile t's softmax and P V run, and its V while its own S^T runs, so that one stage of
+// each is a pipeline. stage_valid is indexed by the K stage.
+template<int KS, int VS, typename SRC, typename KV>
+__device__ inline void stream_tiles_split(const common_args &a, const SRC &src, int first, int last,
+                                          KV *k_smem, KV *v_smem, semaphore *k_full, semaphore *v_full,
+                                          semaphore *k_done, semaphore *v_done, int *stage_valid) {
+    int g = 0;
+    for (int i = first; i < last; i++) {
+        const int *it = a.items + (long)i * ITEM_INTS;
+        const int n = src.ntiles(it);
+        for (int t = 0; t < n; t++, g++) {
+            const int ks = g % KS, vs = g % VS;
+            const typename SRC::tile_ref ref = src.prep(it, t);  // its loads land while the stages are in use
+            if (g >= KS) wait(k_done[ks], ((g / KS) - 1) & 1);
+            stage_valid[ks] = ref.valid;
+            tma::expect_bytes(k_full[ks], sizeof(KV));
+            src.template load_part<1>(ref, k_smem[ks], v_smem[vs], k_full[ks], v_full[vs]);
+            if (g >= VS) wait(v_done[vs], ((g / VS) - 1) & 1);
+            tma::expect_bytes(v_full[vs], sizeof(KV));
+            src.template load_part<2>(ref, k_smem[ks], v_smem[vs], k_full[ks], v_full[vs]);
+        }
+    }
+}
+
 }  // namespace attn_tk

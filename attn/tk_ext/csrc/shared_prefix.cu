@@ -44,15 +44,22 @@ template<typename T, int D> struct level_src {
     __device__ inline void load(const tile_ref &r, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
         load_at(r.src, r.c, k, v, kb, vb);
     }
+    // The decode ring of the *_dwg units loads a tile's K and V apart (ring_producer.cuh:
+    // stream_tiles_split): WHICH 1 = K only, 2 = V only, 3 = both.
+    template<int WHICH = 3>
     __device__ inline void load_at(int s, const coord<kv_tile> &c, kv_tile &k, kv_tile &v, semaphore &kb,
                                    semaphore &vb) const {
         switch (s) {
 #define ATTN_TK_SRC(i) case i: \
-            tma::load_async<1, cache_policy::NORMAL>(k, k##i, c, kb); \
-            tma::load_async<1, cache_policy::NORMAL>(v, v##i, c, vb); break;
+            if constexpr (WHICH & 1) tma::load_async<1, cache_policy::NORMAL>(k, k##i, c, kb); \
+            if constexpr (WHICH & 2) tma::load_async<1, cache_policy::NORMAL>(v, v##i, c, vb); break;
             ATTN_TK_SRC(0) ATTN_TK_SRC(1) ATTN_TK_SRC(2) ATTN_TK_SRC(3) ATTN_TK_SRC(4) ATTN_TK_SRC(5)
 #undef ATTN_TK_SRC
         }
+    }
+    template<int WHICH>
+    __device__ inline void load_part(const tile_ref &r, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
+        load_at<WHICH>(r.src, r.c, k, v, kb, vb);
     }
 };
 

@@ -58,13 +58,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QSLOTS], q_empty[QSLOTS];
 #if ATTN_TK_DECODE_WG
     // The decode warpgroup's ring and buffer (decode_wg.cuh).
-    constexpr int DS = TL::DEC_STAGES;
+    constexpr int DKS = TL::DEC_KSTAGES, DVS = TL::DEC_VSTAGES;
     static_assert(sizeof(dec_buf<T, D>) == TL::DEC_BUF, "tiles<T, D>::DEC_BUF is the decode buffer's size");
-    kv_tile *kd_smem = &al.allocate<kv_tile, DS>()[0];
-    kv_tile *vd_smem = &al.allocate<kv_tile, DS>()[0];
+    kv_tile *kd_smem = &al.allocate<kv_tile, DKS>()[0];
+    kv_tile *vd_smem = &al.allocate<kv_tile, DVS>()[0];
     dec_buf<T, D> *dbuf = &al.allocate<dec_buf<T, D>, 1>()[0];
-    __shared__ semaphore kd_full[DS], vd_full[DS], d_done[DS];
-    __shared__ int d_valid[DS];
+    __shared__ semaphore kd_full[DKS], vd_full[DVS], kd_done[DKS], vd_done[DVS];
+    __shared__ int d_valid[DKS];
     __shared__ dec_red dred;
 #endif
     // ATTN_TK_Q_FIRST: completed once, by the query warp, when the first unit's queries have
@@ -103,10 +103,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         }
         if (ATTN_TK_Q_FIRST) init_semaphore(q_first, 1, 0);
 #if ATTN_TK_DECODE_WG
-        for (int s = 0; s < DS; s++) {
+        for (int s = 0; s < DKS; s++) {
             init_semaphore(kd_full[s], 0, 1);
+            init_semaphore(kd_done[s], 4, 0);  // the decode warpgroup's four warps
+        }
+        for (int s = 0; s < DVS; s++) {
             init_semaphore(vd_full[s], 0, 1);
-            init_semaphore(d_done[s], 4, 0);  // the decode warpgroup's four warps
+            init_semaphore(vd_done[s], 4, 0);
         }
 #endif
     }
@@ -138,13 +141,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty, &q_first);
         if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
         if (threadIdx.x % 128 == 64)  // warp 2: the decode ring
-            stream_tiles<DS>(a, src, last, list_end(2), nullptr, kd_smem, vd_smem, kd_full, vd_full, d_done, d_valid, nullptr);
+            stream_tiles_split<DKS, DVS>(a, src, last, list_end(2), kd_smem, vd_smem, kd_full, vd_full, kd_done, vd_done, d_valid);
         return;
     }
     if (wg == NWG) {
         warpgroup::decrease_registers<DECODE_REGS>();
-        const auto dring = hold_ring(kd_smem, vd_smem, &kd_full[0], &vd_full[0], &d_done[0], &d_valid[0]);
-        decode_items<T, D, DS>(a, src, list_end(1), list_end(2), dring, *dbuf, dred);
+        const auto dring = hold_split_ring(kd_smem, vd_smem, &kd_full[0], &vd_full[0], &kd_done[0], &vd_done[0], &d_valid[0]);
+        decode_items<T, D, DKS, DVS>(a, src, list_end(1), list_end(2), dring, *dbuf, dred);
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();

@@ -192,10 +192,17 @@ static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer
 #ifndef ATTN_TK_SMEM_KB
 #define ATTN_TK_SMEM_KB (ATTN_TK_DECODE_WG ? 208 : 192)  // DECODE_WG: with the decode ring and buffer
 #endif
-// DECODE_WG: stages of the decode warpgroup's own ring (2 at D = 128: 64 KB; the prefix ring
-// gets the rest, 3 stages).
-#ifndef ATTN_TK_DEC_STAGES
-#define ATTN_TK_DEC_STAGES 2
+// DECODE_WG: stages of the decode warpgroup's own K ring and V ring (ring_producer.cuh:
+// stream_tiles_split releases them apart). 2 and 2 (64 KB at D = 128) leave the prefix ring 3
+// stages; 1 and 1, 4.
+#ifdef ATTN_TK_DEC_STAGES
+#error "ATTN_TK_DEC_STAGES is now ATTN_TK_DEC_KSTAGES and ATTN_TK_DEC_VSTAGES"
+#endif
+#ifndef ATTN_TK_DEC_KSTAGES
+#define ATTN_TK_DEC_KSTAGES 2
+#endif
+#ifndef ATTN_TK_DEC_VSTAGES
+#define ATTN_TK_DEC_VSTAGES 2
 #endif
 // 1: each lane of the query warp signals q_full with cp.async.mbarrier.arrive, which fires
 // when its copies have landed, so the warp goes on to gather the next item at once; 0: it
@@ -212,14 +219,17 @@ template<typename T, int D> struct tiles {
     // Deep rings: decode items are memory-bound and the ring must cover item switches. The
     // query slots and the ring share ATTN_TK_SMEM_KB (+ the barriers and the direct items'
     // exchange buffer, within the 227 KB of an SM): 4 stages at D = 128, 10 at D = 64.
-    // DECODE_WG: the decode ring (DEC_STAGES) and the decode buffer (decode_wg.cuh dec_buf:
-    // two 16-row query tiles and P^T / the transposition, 13 KB at D = 128) come first.
-    static constexpr int DEC_STAGES = DECODE_WG ? ATTN_TK_DEC_STAGES : 0;
+    // DECODE_WG: the decode rings (DEC_KSTAGES K tiles, DEC_VSTAGES V tiles) and the decode
+    // buffer (decode_wg.cuh dec_buf: two 16-row query tiles and P^T / the transposition, 13 KB
+    // at D = 128) come first.
+    static constexpr int DEC_KSTAGES = DECODE_WG ? ATTN_TK_DEC_KSTAGES : 0;
+    static constexpr int DEC_VSTAGES = DECODE_WG ? ATTN_TK_DEC_VSTAGES : 0;
     static constexpr int DEC_BUF = DECODE_WG ? (2 * (int)sizeof(typename dt<T>::template st_t<DEC_ROWS, D>) +
                                                 (int)(DEC_ROWS * 68 * 4) + 1023) / 1024 * 1024 : 0;
     static constexpr int STAGES = (ATTN_TK_SMEM_KB * 1024 - (int)sizeof(q_tile) * QSLOTS - DEC_BUF -
-                                   2 * (int)sizeof(kv_tile) * DEC_STAGES) / (2 * (int)sizeof(kv_tile));
-    static constexpr size_t smem = sizeof(q_tile) * QSLOTS + 2 * sizeof(kv_tile) * (STAGES + DEC_STAGES) + DEC_BUF + 2048;
+                                   (int)sizeof(kv_tile) * (DEC_KSTAGES + DEC_VSTAGES)) / (2 * (int)sizeof(kv_tile));
+    static constexpr size_t smem = sizeof(q_tile) * QSLOTS + sizeof(kv_tile) * (2 * STAGES + DEC_KSTAGES + DEC_VSTAGES) +
+                                   DEC_BUF + 2048;
 };
 
 // Each CTA's item range and first unit (an item, or a pair's two items), in the kernel's

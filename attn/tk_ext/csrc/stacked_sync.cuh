@@ -76,6 +76,28 @@ __device__ inline ring_view<KV> hold_ring(KV *k, KV *v, semaphore *k_full, semap
     return {held_ptr(k), held_ptr(v), sa(k_full), sa(v_full), sa(done), sa(valid)};
 }
 
+// The decode warpgroup's view of its K and V rings (ring_producer.cuh: stream_tiles_split):
+// stages released apart, by each of its four warps.
+template<typename KV> struct split_ring_view {
+    KV *k, *v;
+    uint32_t k_full, v_full, k_done, v_done, valid;
+    __device__ inline void wait_k(int s, int ph) const { wait_at(k_full + s * (uint32_t)sizeof(semaphore), ph); }
+    __device__ inline void wait_v(int s, int ph) const { wait_at(v_full + s * (uint32_t)sizeof(semaphore), ph); }
+    __device__ inline void release_k(int s) const {
+        if (laneid() == 0) arrive_at(k_done + s * (uint32_t)sizeof(semaphore), 1);
+    }
+    __device__ inline void release_v(int s) const {
+        if (laneid() == 0) arrive_at(v_done + s * (uint32_t)sizeof(semaphore), 1);
+    }
+    __device__ inline int keys(int s) const { return ld_shared_s32(valid + s * 4); }
+};
+template<typename KV>
+__device__ inline split_ring_view<KV> hold_split_ring(KV *k, KV *v, semaphore *k_full, semaphore *v_full, semaphore *k_done,
+                                                      semaphore *v_done, int *valid) {
+    auto sa = [](const void *p) { return held_u32(static_cast<uint32_t>(__cvta_generic_to_shared(p))); };
+    return {held_ptr(k), held_ptr(v), sa(k_full), sa(v_full), sa(k_done), sa(v_done), sa(valid)};
+}
+
 template<typename T> __device__ inline void store2(T *p, float x, float y);
 template<> __device__ inline void store2<bf16>(bf16 *p, float x, float y) {
     *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(x, y);
