@@ -129,45 +129,10 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             lr[k] = 0.f;
         }
         bool any = false;
-#if ATTN_TK_DEC_PIPE
-        // S^T of tile t + 1 is issued before tile t's softmax and P V, so that its wgmma (which
-        // queues behind the prefix warpgroups' on the SM's tensor cores) is not on the tile's
-        // critical path; its K stage must then be another than tile t's (KS >= 2).
-        static_assert(KS >= 2, "ATTN_TK_DEC_PIPE needs ATTN_TK_DEC_KSTAGES >= 2");
-        acc_t sn;  // S^T in flight: tile t + 1's
-        auto issue_qk = [&](int gg) {
-            const int kss = (int)held_u32(gg % KS);
-            TL_WAIT(kwait, ring.wait_k(kss, (gg / KS) & 1));
-            const int v = ring.keys(kss);
-            if (v > 0) {
-                wgmma_fence(sn);
-                if constexpr (ABL_QK) warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(sn, ring.k[kss], qs);
-            }
-            return v;
-        };
-        int vnext = ntiles > 0 ? issue_qk(g) : 0;
-#endif
         for (int t = 0; t < ntiles; t++, g++) {
             // Opaque stage indices: with one stage they are constants, and nvcc then hoists every
             // wgmma descriptor of the stage out of the loop, into registers that spill (at 96).
             const int ks = (int)held_u32(g % KS), kph = (g / KS) & 1, vs = (int)held_u32(g % VS), vph = (g / VS) & 1;
-#if ATTN_TK_DEC_PIPE
-            (void)kph;
-            const int valid = vnext;
-            if (valid > 0) {
-                warpgroup::mma_async_wait();  // tile t's S^T (tile t - 1's P V was waited for)
-                reg_fence(sn);
-                st = sn;
-            }
-            ring.release_k(ks);
-            if (t + 1 < ntiles) vnext = issue_qk(g + 1);
-            if (valid <= 0) {
-                ring.wait_v(vs, vph);
-                ring.release_v(vs);
-                continue;
-            }
-            any = true;
-#else
             TL_WAIT(kwait, ring.wait_k(ks, kph));
             const int valid = ring.keys(ks);
             if (valid <= 0) {  // past a chunk's length: nobody reads this V, but it must land before reuse
@@ -182,7 +147,6 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             warpgroup::mma_async_wait();
             reg_fence(st);
             ring.release_k(ks);  // the next tile's K loads during this one's softmax and P V
-#endif
             float2 (&d)[4] = st.tiles[0][0].data;
             #pragma unroll
             for (int k = 0; k < 4; k++)

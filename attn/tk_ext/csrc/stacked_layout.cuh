@@ -102,13 +102,8 @@ constexpr int ITEM_INTS = 12;
 // float score tile (32), P (16) and the row statistics, and the pipelined loop keeps them live
 // across two wgmma groups. 128 * PRODUCER + NWG * 128 * CONSUMER must fit the 168 per thread
 // of the launch. The serial fallback keeps the budgets it was verified with.
-// DECODE_WG: 1 issues each tile's S^T wgmma one tile ahead (decode_wg.cuh); needs 2+ K stages,
-// and its second S^T accumulator spills 20 bytes at 96 registers: 104, the producers 40.
-#ifndef ATTN_TK_DEC_PIPE
-#define ATTN_TK_DEC_PIPE 0
-#endif
 #ifndef ATTN_TK_PRODUCER_REGS
-#define ATTN_TK_PRODUCER_REGS (ATTN_TK_DECODE_WG ? (ATTN_TK_DEC_PIPE ? 40 : 48) : 56)
+#define ATTN_TK_PRODUCER_REGS (ATTN_TK_DECODE_WG ? 48 : 56)
 #endif
 // DECODE_WG: 512 threads leave 128 a thread; the pipelined consumers compile without spills at
 // 184 (176 spills; H200 run 0141: 184 instead of 224 costs 0.3 % without the decode warpgroup),
@@ -118,7 +113,7 @@ constexpr int ITEM_INTS = 12;
 #define ATTN_TK_CONSUMER_REGS (ATTN_TK_DECODE_WG ? 184 : ATTN_TK_PIPELINE ? 224 : 160)
 #endif
 #ifndef ATTN_TK_DECODE_REGS
-#define ATTN_TK_DECODE_REGS (ATTN_TK_DEC_PIPE ? 104 : 96)
+#define ATTN_TK_DECODE_REGS 96
 #endif
 constexpr int PRODUCER_REGS = ATTN_TK_PRODUCER_REGS;
 constexpr int CONSUMER_REGS = ATTN_TK_CONSUMER_REGS;
