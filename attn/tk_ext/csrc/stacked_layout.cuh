@@ -194,7 +194,11 @@ static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer
 #endif
 // DECODE_WG: stages of the decode warpgroup's own K ring and V ring (ring_producer.cuh:
 // stream_tiles_split releases them apart). 2 and 2 (64 KB at D = 128) leave the prefix ring 3
-// stages; 1 and 1, 4.
+// stages; 1 and 1, 4. H200 runs 0161 / 0162 (timeline logs/s22-tk-timeline-split-decode-ring.log):
+// with 1 and 1 gqa-8b's row-split items took 90.9 us instead of 98.6, but its solo items 10.4
+// instead of 9.5, and the decode lists are that kernel's longer ones: 1.1 % slower in the
+// geometric mean with the decode warpgroup everywhere (gqa-8b 7 % slower, gqa-8b-long 3-5 %
+// faster), and still 0.5 % with solo costs refitted to it (run 0167).
 #ifdef ATTN_TK_DEC_STAGES
 #error "ATTN_TK_DEC_STAGES is now ATTN_TK_DEC_KSTAGES and ATTN_TK_DEC_VSTAGES"
 #endif
