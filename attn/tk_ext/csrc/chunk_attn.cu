@@ -39,15 +39,15 @@ template<typename T, int D> struct chunk_src {
         int c = clist[it[F_GIDX] + g / tpc];
         return {coord<kv_tile>{c, it[F_HEAD], g % tpc, 0}, chunk_lens[c] - (g % tpc) * TILE};
     }
-    __device__ inline void load(const tile_ref &r, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
-        tma::load_async<2, cache_policy::NORMAL>(kt, k, r.c, kb);
-        tma::load_async<2, cache_policy::NORMAL>(vt, v, r.c, vb);
-    }
-    // The decode ring of the *_dwg units (ring_producer.cuh: stream_tiles_split): WHICH 1 = K, 2 = V.
-    template<int WHICH>
+    // The decode ring of the *_dwg units loads a tile's K and V apart (ring_producer.cuh:
+    // stream_tiles_split): WHICH 1 = K only, 2 = V only, 3 = both.
+    template<int WHICH = 3>
     __device__ inline void load_part(const tile_ref &r, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
         if constexpr (WHICH & 1) tma::load_async<2, cache_policy::NORMAL>(kt, k, r.c, kb);
         if constexpr (WHICH & 2) tma::load_async<2, cache_policy::NORMAL>(vt, v, r.c, vb);
+    }
+    __device__ inline void load(const tile_ref &r, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
+        load_part(r, kt, vt, kb, vb);
     }
 };
 
