@@ -271,12 +271,8 @@ class TKBackend(Backend):
             cands.append((self._max_load(placed, dwg), 0 if placed[2] else nslot, pref, placed + (nslot, extra), items))
         low = min(c[0] for c in cands)
         best = min(cands, key=lambda c: (c[0] > low * (1 + plan.SPLIT_TOLERANCE), c[1], c[2]))
-        # Only the winner's unwritten slots are cleared: the flag changes no cost.
-        b_items, b_ctas, b_direct, _ = best[3][:4]
-        b_items, b_covered = plan.clear_unwritten(b_items, best[3][4], num_seqs, hkv, r)
-        best = best[:3] + ((b_items, b_ctas, b_direct, b_covered) + best[3][4:], best[4])
         if not unpair_tail() or rebalance() or best[3][2] or dwg:
-            return best[3]
+            return self._cleared(best[3], num_seqs, hkv, r)
         # The chosen splits with their last pairs as lone items: kept where that lowers the
         # largest planned CTA load (LPT's, before any other step) by more than the tolerance.
         paired = schedule.pair_kv_items(best[4], *pair_caps())
@@ -288,8 +284,16 @@ class TKBackend(Backend):
             if alt < load:
                 load, pick = alt, k
         if not pick:
-            return best[3]
+            return self._cleared(best[3], num_seqs, hkv, r)
         return self._place(best[4], best[3][4], num_seqs, hkv, r, device, unpair=pick) + best[3][4:]
+
+    @staticmethod
+    def _cleared(placed, num_seqs: int, hkv: int, r: int):
+        """A candidate of :meth:`_best_split` (placed with ``clear=False``) with its unwritten
+        slots cleared and ``covered`` set: done for the winner only, as the flag changes no cost."""
+        items, ctas, direct, _, nslot = placed[:5]
+        items, covered = plan.clear_unwritten(items, nslot, num_seqs, hkv, r)
+        return (items, ctas, direct, covered) + placed[4:]
 
     @staticmethod
     def _max_load(placed, dwg: bool = False) -> float:

@@ -128,8 +128,8 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
                 heapq.heappop(hs)
             while hp[0][3] != ver[hp[0][2]]:
                 heapq.heappop(hp)
-            solo = hs[0][0] <= hp[0][0]
-            if solo:
+            to_solo = hs[0][0] <= hp[0][0]
+            if to_solo:
                 c = hs[0][2]
                 lists[c][1].append(dec_rows[k])
                 l1[c] += sc
@@ -141,8 +141,8 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
             ver[c] += 1
             es, ep = (max(l0[c], l1[c] + sc), l1[c], c, ver[c]), (max(l0[c] + lc, l1[c]), l0[c], c, ver[c])
             # The chosen heap's top is the CTA's own entry, now stale: replaced in one step.
-            (heapq.heapreplace if solo else heapq.heappush)(hs, es)
-            (heapq.heappush if solo else heapq.heapreplace)(hp, ep)
+            (heapq.heapreplace if to_solo else heapq.heappush)(hs, es)
+            (heapq.heappush if to_solo else heapq.heapreplace)(hp, ep)
         i = j
     load = np.array([l0, l1], dtype=np.float64).T.copy()
     out = items.copy()
