@@ -33,7 +33,7 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
             const bool live = tt < (pair && (t & 1) ? nb : na);
             typename SRC::tile_ref ref{};
             if (ATTN_TK_PREFETCH && live) ref = src.prep(is, tt);  // its loads land while the stage is still in use
-            if (ATTN_TK_Q_FIRST && q_first && g == 1) wait(*q_first, 0);  // (nullptr: the decode ring, DECODE_WG)
+            if (ATTN_TK_Q_FIRST && g == 1) wait(*q_first, 0);
             if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
             if (live) {
                 stage_valid[s] = ATTN_TK_PREFETCH ? ref.valid : src.valid(is, tt);
@@ -59,7 +59,8 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
 // memory. A K+V stage is 32 KB at D = 128; with the decode ring two such stages deep the prefix
 // ring keeps 3 of its 4 stages and 2 of its 3 query slots. Released apart, tile t + 1's K loads
 // while tile t's softmax and P V run, and its V while its own S^T runs, so that one stage of
-// each is a pipeline. stage_valid is indexed by the K stage.
+// each could be a pipeline; on an H200 it was not quite one (stacked_layout.cuh
+// ATTN_TK_DEC_KSTAGES: solo items 9.5 -> 10.4 us). stage_valid is indexed by the K stage.
 template<int KS, int VS, typename SRC, typename KV>
 __device__ inline void stream_tiles_split(const common_args &a, const SRC &src, int first, int last,
                                           KV *k_smem, KV *v_smem, semaphore *k_full, semaphore *v_full,
