@@ -163,17 +163,36 @@ __device__ inline void dec_mma_loop(const common_args &a, const SRC &src, const 
     }
 }
 
+// A warp's O^T values (rows r0, r0 + 1 of its row block, columns 16 m + lane / 4 (+ 8)) times
+// f, stored into (ADD: added to) an 8-row x D float buffer, plain row-major: 4-way bank
+// conflicts on D / 2 accesses a thread, but one base address and immediate offsets.
+template<int D, bool ADD>
+__device__ inline void dec_part_out(float *buf, const float (&o)[D / 16][4], const float (&f)[2], int r0, int lane) {
+    float *p = buf + r0 * D + lane / 4;
+    #pragma unroll
+    for (int m = 0; m < D / 16; m++) {
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float &x = p[(k & 1) * D + 16 * m + 8 * (k >> 1)];
+            x = ADD ? x + o[m][k] * f[k & 1] : o[m][k] * f[k & 1];
+        }
+    }
+}
+
 // decode_items' contract (decode_wg.cuh), on mma.sync: items [first, last) of the decode list.
+// An item's end merges the warps' states without atomics (shared-memory float atomics are CAS
+// loops: H200, the first form of this file spent 3.9 us an item in them): a warp that does not
+// store hands its partial to one that does, through xp (free during the loop) or the item's
+// query tile (free once every warp's loop is done), and the last warp of each row block stores
+// its rows from registers.
 template<typename T, int D, int KS, int VS, typename RING, typename SRC>
 __device__ inline void decode_items_mma(const common_args &a, const SRC &src, int first, int last, const RING &ring,
                                         dec_buf<T, D> &nb, dec_red &red) {
     using NB = dec_buf<T, D>;
     using kv_tile = typename tiles<T, D>::kv_tile;
     static_assert(kv_tile::swizzle_bytes == 128 && NB::qs_t::swizzle_bytes == 128, "sw128 addresses 128-byte swizzled tiles");
-    static_assert(D % 64 == 0 && D <= 128, "xp holds 8 rows of D + 4 floats");
+    static_assert(D % 64 == 0 && 8 * D <= DEC_ROWS * NB::XS && 8 * D * 4 <= NB::QB, "a warp's partial fits xp and a query tile");
     constexpr int KD = D / 16;
-    constexpr int XF = DEC_ROWS * NB::XS;  // floats of xp
-    static_assert(8 * (D + 4) <= XF && 16 * 68 <= XF, "both merge layouts fit xp");
     const int lane = laneid(), w = warpid() % 4, tid = threadIdx.x % 128, tq = lane % 4;
     int g = 0;
     if (w == 0 && first < last) dec_gather<T, D>(a, first, nb.qs(0));
@@ -188,22 +207,14 @@ __device__ inline void decode_items_mma(const common_args &a, const SRC &src, in
         (void)kwait;
         (void)vwait;
         if (w == 0) asm volatile("cp.async.wait_all;\n" ::: "memory");  // this item's rows (the next's are not issued yet)
-        dec_sync();  // qs holds the item's rows; the previous item's stores have read xp
+        dec_sync();  // qs holds the item's rows; the previous item's merge has read xp and its query tile
         if (w == 0 && i + 1 < last) dec_gather<T, D>(a, i + 1, nb.qs(b ^ 1));  // lands during this item
-        for (int k = tid; k < XF / 4; k += 128) reinterpret_cast<float4 *>(nb.xp())[k] = make_float4(0.f, 0.f, 0.f, 0.f);
         timeline(a, i, 0, TL_QREADY);
         timeline(a, i, 0, TL_LOOP);
         float o[KD][4], mr[2], lr[2];
         dec_mma_loop<T, D, KS, VS>(a, src, it, g, ring, nb.qs(b), rb, kw0, wide ? 2 : 1, o, mr, lr, kwait, vwait);
 
         timeline(a, i, 0, TL_TAIL);
-        float *xp = nb.xp();
-        const uint32_t xb = static_cast<uint32_t>(__cvta_generic_to_shared(xp));
-        // The item's fields are read again here, not held across the loop beside o (spills).
-        const int flags = it[F_FLAGS], seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
-        const int row0 = it[F_ROW0], slot = it[F_SLOT];
-        const bool direct = flags & FLAG_DIRECT, clear_next = flags & FLAG_CLEAR_NEXT;
-        const int nr = min(DEC_ROWS, nrows - row0);
         const int r0 = 8 * rb + 2 * tq;  // this thread's rows r0, r0 + 1
         if (lane < 4) {
             red.m[w][r0] = mr[0];
@@ -211,8 +222,13 @@ __device__ inline void decode_items_mma(const common_args &a, const SRC &src, in
             red.l[w][r0] = lr[0];
             red.l[w][r0 + 1] = lr[1];
         }
-        dec_sync();  // the warps' states are in; xp is zeroed
-        // Merged over the warps of the row block: M, L, and this warp's factor 2^(m_w - M) / L.
+        dec_sync();  // the states are in; every warp's loop is done with qs
+        // The item's fields are read again here, not held across the loop beside o (spills).
+        const int flags = it[F_FLAGS], seq0 = it[F_SEQ0], h = it[F_HEAD], nrows = it[F_NROWS];
+        const int row0 = it[F_ROW0], slot = it[F_SLOT];
+        const bool direct = flags & FLAG_DIRECT, clear_next = flags & FLAG_CLEAR_NEXT;
+        const int nr = min(DEC_ROWS, nrows - row0);
+        // Over the row block's warps: M, L, and this warp's factor 2^(m_w - M) / L.
         const int wfirst = wide ? 2 * rb : 0, wn = wide ? 2 : 4;
         float f[2];
         #pragma unroll
@@ -233,49 +249,51 @@ __device__ inline void decode_items_mma(const common_args &a, const SRC &src, in
                 if (clear_next) a.part_lse[grow + a.rows_total] = -INFINITY;
             }
         }
-        // O = sum over the row block's warps of f_w O^T_w, through xp: 8 rows x D in one round,
-        // or 16 rows x 64 columns a round.
+        // O = the sum of the warps' f_w O^T_w, in two turns of plain stores, then adds, into two
+        // 8-row buffers: xp and the item's query tile xq (free now). Narrow: warps 0, 1 store
+        // into xp, xq and 2, 3 add; O = xp + xq. Wide: warps 0 (rows 0-7), 2 (8-15) store into
+        // xp, xq and 1, 3 add.
         timeline(a, i, 0, TL_EPI);
-        const int cr = wide ? 64 : D, xs = cr + 4, rounds = D / cr, tpr = cr / 8;
-        const int sr = tid / tpr, sc = (tid % tpr) * 8;  // the row and first column this thread stores
-        const int sj = row0 + sr;
-        const long srow = (long)(seq0 + sj / a.r) * a.hq + (long)h * a.r + sj % a.r;
-        const long sgrow = direct ? srow : (long)slot * a.rows_total + srow;
-        for (int rd = 0; rd < rounds; rd++) {
-            if (rd > 0) {
-                dec_sync();  // the previous round's stores have read xp
-                for (int k = tid; k < XF / 4; k += 128) reinterpret_cast<float4 *>(xp)[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-                dec_sync();
+        float *xp = nb.xp(), *xq = reinterpret_cast<float *>(&nb.qs(b));
+        float *mine = (wide ? rb : (w & 1)) ? xq : xp;
+        const bool second = wide ? (w & 1) : (w >> 1);
+        if (!second) dec_part_out<D, false>(mine, o, f, r0 - 8 * rb, lane);
+        dec_sync();
+        if (second) dec_part_out<D, true>(mine, o, f, r0 - 8 * rb, lane);
+        dec_sync();  // O complete
+        // Each thread stores 8 consecutive columns of a row, in q's dtype or float.
+        constexpr int CPR = D / 8;  // threads a row
+        for (int q = tid; q < (wide ? 16 : 8) * CPR; q += 128) {
+            const int sr = q / CPR, sc = (q % CPR) * 8;
+            if (sr >= nr) continue;
+            float x[8];
+            if (wide) {
+                const float *src = (sr < 8 ? xp : xq) + (sr % 8) * D + sc;
+                #pragma unroll
+                for (int c = 0; c < 8; c++) x[c] = src[c];
+            } else {
+                const float *s0 = xp + sr * D + sc, *s1 = xq + sr * D + sc;
+                #pragma unroll
+                for (int c = 0; c < 8; c++) x[c] = s0[c] + s1[c];
             }
-            #pragma unroll
-            for (int m = 0; m < KD; m++) {
-                const int col = 16 * m + lane / 4 - rd * cr;
-                if (col < 0 || col >= cr) continue;
-                red_add_shared(xb + 4 * (r0 * xs + col), o[m][0] * f[0]);
-                red_add_shared(xb + 4 * ((r0 + 1) * xs + col), o[m][1] * f[1]);
-                red_add_shared(xb + 4 * (r0 * xs + col + 8), o[m][2] * f[0]);
-                red_add_shared(xb + 4 * ((r0 + 1) * xs + col + 8), o[m][3] * f[1]);
-            }
-            dec_sync();  // xp complete
-            if (sr < nr) {
-                const float *x = xp + sr * xs + sc;
-                const int c0 = rd * cr + sc;
-                if (direct || a.half_parts) {
-                    T *dst = reinterpret_cast<T *>(direct ? a.out : a.part_out) + sgrow * D + c0;
-                    #pragma unroll
-                    for (int c = 0; c < 8; c += 2) store2<T>(dst + c, x[c], x[c + 1]);
-                } else {
-                    float *dst = reinterpret_cast<float *>(a.part_out) + sgrow * D + c0;
-                    #pragma unroll
-                    for (int c = 0; c < 8; c += 2) store2<float>(dst + c, x[c], x[c + 1]);
-                }
+            const int j = row0 + sr;
+            const long row = (long)(seq0 + j / a.r) * a.hq + (long)h * a.r + j % a.r;
+            const long grow = direct ? row : (long)slot * a.rows_total + row;
+            if (direct || a.half_parts) {
+                T *dst = reinterpret_cast<T *>(direct ? a.out : a.part_out) + grow * D + sc;
+                #pragma unroll
+                for (int c = 0; c < 8; c += 2) store2<T>(dst + c, x[c], x[c + 1]);
+            } else {
+                float *dst = reinterpret_cast<float *>(a.part_out) + grow * D + sc;
+                #pragma unroll
+                for (int c = 0; c < 8; c += 2) store2<float>(dst + c, x[c], x[c + 1]);
             }
         }
         timeline(a, i, 0, TL_STORED);
         timeline(a, i, 0, TL_KWAIT, kwait);
         timeline(a, i, 0, TL_VWAIT, vwait);
         timeline(a, i, 0, TL_END);
-        // (The next item's first dec_sync orders these reads of xp before its zeroing.)
+        // (The next item's first dec_sync orders these reads of xp and xq before their reuse.)
     }
 }
 
