@@ -34,7 +34,7 @@
 #include "query_gather.cuh"
 #include "ring_producer.cuh"
 #include "stacked_epilogue.cuh"
-#include "decode_mma.cuh"
+#include "decode_wg.cuh"
 
 namespace attn_tk {
 
@@ -147,8 +147,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (wg == NWG) {
         warpgroup::decrease_registers<DECODE_REGS>();
         const auto dring = hold_split_ring(kd_smem, vd_smem, &kd_full[0], &vd_full[0], &kd_done[0], &vd_done[0], &d_valid[0]);
-        if constexpr (ATTN_TK_DEC_MMA) decode_items_mma<T, D, DKS, DVS>(a, src, list_end(1), list_end(2), dring, *dbuf, dred);
-        else decode_items<T, D, DKS, DVS>(a, src, list_end(1), list_end(2), dring, *dbuf, dred);
+        decode_items<T, D, DKS, DVS>(a, src, list_end(1), list_end(2), dring, *dbuf, dred);
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();

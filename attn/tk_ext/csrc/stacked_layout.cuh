@@ -102,14 +102,8 @@ constexpr int ITEM_INTS = 12;
 // float score tile (32), P (16) and the row statistics, and the pipelined loop keeps them live
 // across two wgmma groups. 128 * PRODUCER + NWG * 128 * CONSUMER must fit the 168 per thread
 // of the launch. The serial fallback keeps the budgets it was verified with.
-// ATTN_TK_DEC_MMA=1: the decode warpgroup's items on mma.sync (decode_mma.cuh), whose O^T of D / 4
-// floats a thread needs 104 registers there at D = 128 (96 spill 4 bytes), so its producer warps
-// take 40 (the decode warpgroup's pipelined S^T built without spills at 104 / 40 too, session 22).
-#ifndef ATTN_TK_DEC_MMA
-#define ATTN_TK_DEC_MMA 0
-#endif
 #ifndef ATTN_TK_PRODUCER_REGS
-#define ATTN_TK_PRODUCER_REGS (ATTN_TK_DECODE_WG ? (ATTN_TK_DEC_MMA ? 40 : 48) : 56)
+#define ATTN_TK_PRODUCER_REGS (ATTN_TK_DECODE_WG ? 48 : 56)
 #endif
 // DECODE_WG: 512 threads leave 128 a thread; the pipelined consumers compile without spills at
 // 184 (176 spills; H200 run 0141: 184 instead of 224 costs 0.3 % without the decode warpgroup),
@@ -119,7 +113,7 @@ constexpr int ITEM_INTS = 12;
 #define ATTN_TK_CONSUMER_REGS (ATTN_TK_DECODE_WG ? 184 : ATTN_TK_PIPELINE ? 224 : 160)
 #endif
 #ifndef ATTN_TK_DECODE_REGS
-#define ATTN_TK_DECODE_REGS (ATTN_TK_DEC_MMA ? 104 : 96)
+#define ATTN_TK_DECODE_REGS 96
 #endif
 constexpr int PRODUCER_REGS = ATTN_TK_PRODUCER_REGS;
 constexpr int CONSUMER_REGS = ATTN_TK_CONSUMER_REGS;
