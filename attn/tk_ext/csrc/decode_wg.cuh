@@ -143,7 +143,7 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             }
             any = true;
             wgmma_fence(st);
-            if constexpr (ABL_QK) warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st, ring.k[ks], qs);
+            if constexpr (ABL_DEC_QK) warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st, ring.k[ks], qs);
             warpgroup::mma_async_wait();
             reg_fence(st);
             ring.release_k(ks);  // the next tile's K loads during this one's softmax and P V
@@ -206,7 +206,7 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             #pragma unroll
             for (int j = 0; j < HALVES; j++) {
                 const half_t &vj = reinterpret_cast<const half_t *>(&ring.v[vs])[j];
-                if constexpr (ABL_PV) warpgroup::mma_AtB<acc_t, half_t, typename NB::ps_t, 0, 1>(ot[j], vj, ps);
+                if constexpr (ABL_DEC_PV) warpgroup::mma_AtB<acc_t, half_t, typename NB::ps_t, 0, 1>(ot[j], vj, ps);
             }
             warpgroup::mma_async_wait();
             #pragma unroll

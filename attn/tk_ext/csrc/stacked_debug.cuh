@@ -103,10 +103,16 @@ inline unsigned long long *timeline_ptr() { return nullptr; }
 // are wrong. Bit 0 skips the consumers' softmax, bit 1 their Q K^T wgmma, bit 2 their P V
 // wgmma; everything else (ring, turns, epilogue) runs as usual, so bench/tk_timeline.py on
 // such a build tells how much of a loop each part holds up (H200: logs/s11-tk-timeline-ablate.log).
+// Bits 1 and 2 act on every consumer warpgroup. Bit 4 skips only the decode warpgroup's wgmmas
+// (the *_dwg units), bit 5 only the prefix warpgroups': which of the two, beside the other, sets
+// the decode warpgroup's tile time (the tensor pipe they share, or its own chain).
 #ifndef ATTN_TK_ABLATE
 #define ATTN_TK_ABLATE 0
 #endif
-constexpr bool ABL_SM = !(ATTN_TK_ABLATE & 1), ABL_QK = !(ATTN_TK_ABLATE & 2), ABL_PV = !(ATTN_TK_ABLATE & 4);
+constexpr bool ABL_SM = !(ATTN_TK_ABLATE & 1);
+constexpr bool ABL_QK = !(ATTN_TK_ABLATE & 2) && !(ATTN_TK_ABLATE & 32), ABL_PV = !(ATTN_TK_ABLATE & 4) && !(ATTN_TK_ABLATE & 32);
+constexpr bool ABL_DEC_QK = !(ATTN_TK_ABLATE & 2) && !(ATTN_TK_ABLATE & 16);
+constexpr bool ABL_DEC_PV = !(ATTN_TK_ABLATE & 4) && !(ATTN_TK_ABLATE & 16);
 // Bit 3 skips the epilogue's stores of row-split items (what a staged, coalesced store could win at most).
 constexpr bool ABL_ROW_STORES = !(ATTN_TK_ABLATE & 8);
 
