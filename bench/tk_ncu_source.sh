@@ -5,6 +5,8 @@
 # that one role's code, e.g. the decode warpgroup's loop, can be summed apart afterwards).
 # Runs under the caller's environment (ATTN_TK_NVCC_FLAGS, ATTN_TK_DECODE_WG, ...).
 #   OUT=out/ncu bash bench/tk_ncu_source.sh gqa-8b:shared_prefix
+# NCU_REGION=REGEX also sums the stalls of the code it brackets (bench/ncu_stalls.py --region), e.g.
+# the decode warpgroup's: NCU_REGION='HGMMA\.64x16x16|BAR\.SYNC[.A-Z_]* 0x6,'
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -26,8 +28,10 @@ for c in "$@"; do
   ncu --import "$rep.ncu-rep" --page details 2>&1 \
     | grep -E "Duration|Throughput|Warp Cycles|Ipc|Issue Slots|Eligible|Active Warps|No Eligible|Stall" | tee -a "$log"
   ncu --import "$rep.ncu-rep" --page source --csv --print-source sass > "/tmp/src-$n-$op.csv" 2>&1
-  python3 bench/ncu_stalls.py "/tmp/src-$n-$op.csv" --top 40 > "$out/stalls-$n-$op.txt" 2>&1
+  python3 bench/ncu_stalls.py "/tmp/src-$n-$op.csv" --top 40 ${NCU_REGION:+--region "$NCU_REGION"} \
+    > "$out/stalls-$n-$op.txt" 2>&1
   head -60 "$out/stalls-$n-$op.txt" | tee -a "$log"
+  [ -n "${NCU_REGION:-}" ] && sed -n '/^region /,$p' "$out/stalls-$n-$op.txt" | head -70 | tee -a "$log"
   gzip -c "/tmp/src-$n-$op.csv" > "$out/src-$n-$op.csv.gz"
   # The pipe metrics in their own pass: a name this ncu lacks fails only this part.
   timeout -k 20 -s INT "${NCU_TIMEOUT:-150}" ncu --clock-control none --kernel-name regex:stacked_attn \

@@ -58,6 +58,28 @@ def test_ncu_stall_ranking_reads_a_source_page(tmp_path, capsys):
     assert " 92.31 %  BRA" in by_op and "  5.38 %  MUFU" in by_op
 
 
+def test_ncu_stalls_summarises_a_region(tmp_path, capsys):
+    """bench/ncu_stalls.py --region: the span from the first to the last matching instruction, apart."""
+    mod = _bench_module("ncu_stalls")
+    page = tmp_path / "src.csv"
+    page.write_text(
+        '"# Address","Source","Warp Stall Sampling (All Samples)","stall_wait","stall_barrier"\n'
+        '"0x10","HGMMA.64x64x16.F32.BF16 R88, R164, gdesc[UR4], RZ","50","50","0"\n'
+        '"0x20","HGMMA.64x16x16.F32.BF16 R8, R9, gdesc[UR6], RZ","10","10","0"\n'
+        '"0x30","FMNMX R1, R2, R3, !PT","20","20","0"\n'
+        '"0x40","BAR.SYNC 0x6, 0x80","20","0","20"\n'
+        '"0x50","MUFU.EX2 R2, R2","100","100","0"\n')
+    mod.main([str(page), "--top", "1", "--region", r"HGMMA\.64x16x16|BAR\.SYNC 0x6"])
+    out = capsys.readouterr().out
+    head, region = out.split("region ")
+    assert "5 instructions, 200 samples" in head
+    assert "3 instructions (0x20 .. 0x40), 50 samples, 25.00 % of all" in region
+    assert "MUFU" not in region and "HGMMA.64x64x16" not in region
+    assert " 40.00 %  BAR" in region and " 60.00 %  stall_wait" in region and " 40.00 %  stall_barrier" in region
+    mod.main([str(page), "--region", "NOPE"])
+    assert "no instruction matches" in capsys.readouterr().out
+
+
 def test_ncu_stalls_sums_samples_by_reason():
     """bench/ncu_stalls.py by_reason: the stall_* columns summed, largest first, not-issued ones left out."""
     mod = _bench_module("ncu_stalls")
