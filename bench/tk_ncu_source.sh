@@ -17,6 +17,7 @@ pipes=sm__inst_executed_pipe_tensor_op_gmma.avg.pct_of_peak_sustained_active,sm_
 pipes=$pipes,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active
 pipes=$pipes,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
 pipes=$pipes,sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed
+pipes=$pipes,lts__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum.per_second,dram__bytes_read.sum.per_second
 for c in "$@"; do
   n=${c%%:*}; op=${c##*:}
   rep=/tmp/ncu-$n-$op
@@ -36,5 +37,5 @@ for c in "$@"; do
   # The pipe metrics in their own pass: a name this ncu lacks fails only this part.
   timeout -k 20 -s INT "${NCU_TIMEOUT:-150}" ncu --clock-control none --kernel-name regex:stacked_attn \
       --launch-skip 1 --launch-count 1 --metrics "$pipes" python3 bench/tk_ncu.py "$n" "$op" 2>&1 \
-    | grep -E "pct|==ERROR|Failed" | tee -a "$log"
+    | grep -E "pct|per_second|==ERROR|Failed" | tee -a "$log"
 done
