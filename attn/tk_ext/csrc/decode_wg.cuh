@@ -230,12 +230,9 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
         // The item's rows in this slot (or, direct, the output): 1 / l and the natural-log lse,
         // each row by one thread; l >= 1 whenever any (see store_state).
         const int nr = min(DEC_ROWS, nrows - row0);
-        // Every warp holds every row's running max (all four read the same red.m each tile), so
-        // with DEC_SPREAD_TAIL warp w takes its threads' w-th rows: four rows per warp at once.
-        if ((ATTN_TK_DEC_SPREAD_TAIL || w == 0) && lane < 4) {
+        if (w == 0 && lane < 4) {
             #pragma unroll
             for (int k = 0; k < 4; k++) {
-                if (ATTN_TK_DEC_SPREAD_TAIL && k != w) continue;
                 const int r = dec_row(lane, k);
                 const float lv = red.l[0][r] + red.l[1][r] + red.l[2][r] + red.l[3][r];
                 red.inv[r] = any ? __fdividef(1.f, lv) : 0.f;
@@ -249,13 +246,11 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             }
         }
         // O^T -> rows, 64 columns of D at a time through xp[row][column] (XS floats a row), then
-        // each thread stores cpt consecutive columns of one row: 8 (16 rows x 8 threads), or with
-        // DEC_SPREAD_TAIL 2 or 4 where the item has at most 4 or 8 rows, so that all 128 store.
+        // each thread stores 8 consecutive columns of one row.
         timeline(a, i, 0, TL_EPI);
         float *xp = nb.xp();
         constexpr int XS = NB::XS;
-        const int cpt = !ATTN_TK_DEC_SPREAD_TAIL || nr > 8 ? 8 : nr > 4 ? 4 : 2;
-        const int sr = tid / (64 / cpt), sc = (tid % (64 / cpt)) * cpt;  // the row and first column this thread stores
+        const int sr = tid / 8, sc = (tid % 8) * 8;  // the row and first column this thread stores
         const int sj = row0 + sr;
         const long srow = (long)(seq0 + sj / a.r) * a.hq + (long)h * a.r + sj % a.r;
         const long sgrow = direct ? srow : (long)slot * a.rows_total + srow;
@@ -275,13 +270,11 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
                 if (direct || a.half_parts) {
                     T *dst = reinterpret_cast<T *>(direct ? a.out : a.part_out) + sgrow * D + c0;
                     #pragma unroll
-                    for (int c = 0; c < 8; c += 2)
-                        if (c < cpt) store2<T>(dst + c, x[c] * inv, x[c + 1] * inv);
+                    for (int c = 0; c < 8; c += 2) store2<T>(dst + c, x[c] * inv, x[c + 1] * inv);
                 } else {
                     float *dst = reinterpret_cast<float *>(a.part_out) + sgrow * D + c0;
                     #pragma unroll
-                    for (int c = 0; c < 8; c += 2)
-                        if (c < cpt) store2<float>(dst + c, x[c] * inv, x[c + 1] * inv);
+                    for (int c = 0; c < 8; c += 2) store2<float>(dst + c, x[c] * inv, x[c + 1] * inv);
                 }
             }
             if (j + 1 < HALVES) dec_sync();  // xp read: the next block may overwrite it

@@ -102,15 +102,6 @@ constexpr int ITEM_INTS = 12;
 // float score tile (32), P (16) and the row statistics, and the pipelined loop keeps them live
 // across two wgmma groups. 128 * PRODUCER + NWG * 128 * CONSUMER must fit the 168 per thread
 // of the launch. The serial fallback keeps the budgets it was verified with.
-// ATTN_TK_DEC_SPREAD_TAIL (default 1): the decode warpgroup's item tail shares its per-row work
-// out over the four warps: warp w writes the lse of its threads' w-th rows, and each row of a
-// 64-column block is stored by 32, 16 or 8 threads (items of up to 4, 8 or 16 rows), so every
-// warp stores. Without it warp 0 writes every row's lse and, below 5 rows, does every store,
-// while the other three wait for it at the next barrier (Nsight Compute, gqa-8b on an H200:
-// 11 % of the decode warpgroup's stall samples at the barrier after the lse; session 24).
-#ifndef ATTN_TK_DEC_SPREAD_TAIL
-#define ATTN_TK_DEC_SPREAD_TAIL 1
-#endif
 #ifndef ATTN_TK_PRODUCER_REGS
 #define ATTN_TK_PRODUCER_REGS (ATTN_TK_DECODE_WG ? 48 : 56)
 #endif
