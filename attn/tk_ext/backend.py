@@ -90,14 +90,13 @@ def pair_caps() -> tuple[int, int]:
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
-                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN",
-                   "ATTN_TK_DWG_BALANCE")
+                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
                  "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
                  "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_HEADS": ("0", "1"),
-                 "ATTN_TK_DECODE_WG": ("auto", "0", "1"), "ATTN_TK_DWG_BALANCE": ("0", "1")}
+                 "ATTN_TK_DECODE_WG": ("auto", "0", "1")}
 
 
 def check_switches() -> None:
@@ -226,8 +225,7 @@ class TKBackend(Backend):
         """The environment's part of a plan's cache key (what :meth:`_place` and
         :meth:`_best_split` read)."""
         return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), decode_wg_mode(),
-                os.environ.get("ATTN_TK_SOLO_COSTS"), os.environ.get("ATTN_TK_DWG_SLOWDOWN"),
-                os.environ.get("ATTN_TK_DWG_BALANCE"))
+                os.environ.get("ATTN_TK_SOLO_COSTS"), os.environ.get("ATTN_TK_DWG_SLOWDOWN"))
 
     def _best_form(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan of :meth:`_best_split` in the kernel form :func:`decode_wg_mode`
@@ -300,8 +298,7 @@ class TKBackend(Backend):
     @staticmethod
     def _max_load(placed, dwg: bool = False) -> float:
         if dwg and not placed[2]:
-            balanced = decode_streams.balance_from_env(os.environ.get("ATTN_TK_DWG_BALANCE"))
-            loads = (decode_streams.contended_loads if balanced else decode_streams.planned_loads)(placed[0], placed[1])
+            loads = decode_streams.planned_loads(placed[0], placed[1])
         else:
             loads = schedule.planned_loads(placed[0], placed[1])
         return float(loads.max()) if loads.size else 0.0

@@ -67,19 +67,7 @@ def solo_candidates(items: np.ndarray) -> np.ndarray:
     return lone & (items[:, F_NROWS] - items[:, F_ROW0] <= DEC_ROWS)
 
 
-def balance_from_env(value: str | None) -> bool:
-    """``ATTN_TK_DWG_BALANCE``: ``1`` balances the two lists with the prefix list slowed by
-    :data:`DWG_SLOWDOWN` where the CTA has a decode list (as :func:`contended_loads` predicts
-    them); ``0`` (default) with the prefix list as planned."""
-    if value in (None, "", "0"):
-        return False
-    if value == "1":
-        return True
-    raise ValueError(f"ATTN_TK_DWG_BALANCE={value!r}: want 0 or 1")
-
-
-def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] | None = None,
-                   slowdown: float | None = None):
+def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] | None = None):
     """Both lists of every CTA, balanced by the plan's costs.
 
     The items that are not solo candidates (:func:`solo_candidates`) go to the prefix
@@ -87,9 +75,7 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
     :func:`schedule.assign_ctas`). Then each candidate, longest first, goes where the CTA it
     lands on ends earliest: to a CTA's decode list as a solo item (``FLAG_SOLO``, costed with
     ``solo``) or, when that ends later, to a CTA's prefix list as a lone kv-split item, so that
-    decode-heavy plans keep both kinds of warpgroups busy. ``slowdown`` (default 1, or with
-    ``ATTN_TK_DWG_BALANCE=1`` :data:`DWG_SLOWDOWN`) scales a CTA's prefix list in those ends
-    once its decode list is not empty.
+    decode-heavy plans keep both kinds of warpgroups busy.
 
     Returns
     -------
@@ -99,10 +85,6 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
     loads : float ``[ctas, 2]``: each CTA's planned prefix and decode loads.
     """
     tile_cost, item_cost = solo if solo is not None else solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
-    if slowdown is None:
-        balanced = balance_from_env(os.environ.get("ATTN_TK_DWG_BALANCE"))
-        slowdown = slowdown_from_env(os.environ.get("ATTN_TK_DWG_SLOWDOWN")) if balanced else 1.0
-    rho = float(slowdown)
     cand = solo_candidates(items)
     rest = np.flatnonzero(~cand)
     ctas = max(1, num_ctas)
@@ -137,8 +119,8 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
             j += 1
         # Each entry carries its CTA's version: an entry older than its CTA's last change is stale
         # (the CTA, unique in a heap, decides every comparison before the version is reached).
-        hs = [(max(rho * l0[c], l1[c] + sc), l1[c], c, ver[c]) for c in range(ctas)]
-        hp = [(max(rho * (l0[c] + lc), l1[c]), l0[c], c, ver[c]) for c in range(ctas)]
+        hs = [(max(l0[c], l1[c] + sc), l1[c], c, ver[c]) for c in range(ctas)]
+        hp = [(max(l0[c] + lc, l1[c]), l0[c], c, ver[c]) for c in range(ctas)]
         heapq.heapify(hs)
         heapq.heapify(hp)
         for k in order[i:j]:
@@ -157,8 +139,7 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
                 lists[c][0].append(dec_rows[k])
                 l0[c] += lc
             ver[c] += 1
-            es = (max(rho * l0[c], l1[c] + sc), l1[c], c, ver[c])
-            ep = (max(rho * (l0[c] + lc), l1[c]), l0[c], c, ver[c])
+            es, ep = (max(l0[c], l1[c] + sc), l1[c], c, ver[c]), (max(l0[c] + lc, l1[c]), l0[c], c, ver[c])
             # The chosen heap's top is the CTA's own entry, now stale: replaced in one step.
             (heapq.heapreplace if to_solo else heapq.heappush)(hs, es)
             (heapq.heappush if to_solo else heapq.heapreplace)(hp, ep)
