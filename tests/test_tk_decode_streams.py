@@ -182,3 +182,30 @@ def test_streams_place_every_item_where_a_scan_of_every_cta_would(shape, ctas, s
 
     o = offsets.tolist()
     assert [[rows_of(o[2 * c], o[2 * c + 1]), rows_of(o[2 * c + 1], o[2 * c + 2])] for c in range(ctas)] == want
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_runs_placed_in_bulk_match_the_heaps_step_by_step(seed, monkeypatch):
+    """decode_streams._place_run (runs of at least BULK_RUN candidates of one cost) makes the
+    heaps' choices in the heaps' order, loads bit-equal: on random subsets of spec plans, CTA
+    counts and costs that tie often (whole and half numbers), against BULK_RUN = infinity."""
+    rng = np.random.default_rng(seed)
+    shapes = [(256, 32, 8, [(1, 8192)], 256), (128, 32, 32, [(1, 2048), (8, 512), (32, 128)], 64),
+              (1024, 8, 1, [(1, 2048)], 256)]
+    bulk, bulk_run = [], ds.BULK_RUN
+    real = ds._place_run
+    monkeypatch.setattr(ds, "_place_run", lambda *a: (bulk.append(len(a[0])), real(*a)))
+    for _ in range(12):
+        items, _ = _spec_plan(*shapes[rng.integers(len(shapes))])
+        items = items[rng.random(len(items)) < rng.uniform(0.3, 1.0)]
+        ctas = int(rng.choice([1, 3, 7, 64, 132, 250]))
+        solo = tuple(float(x) for x in rng.choice([0.5, 1.0, 1.5, 1.78, 2.0, 3.83], 2))
+        monkeypatch.setattr(plan, "KV_TILE_COST", float(rng.choice([0.5, 1.0, 2.0])))
+        monkeypatch.setattr(plan, "ITEM_OVERHEAD", float(rng.choice([1.0, 1.7, 3.0])))
+        got = ds.assign_streams(items, ctas, solo=solo)
+        monkeypatch.setattr(ds, "BULK_RUN", 10 ** 9)
+        want = ds.assign_streams(items, ctas, solo=solo)
+        monkeypatch.setattr(ds, "BULK_RUN", bulk_run)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    assert bulk and max(bulk) >= bulk_run  # the bulk path ran

@@ -103,20 +103,25 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
     dec = np.flatnonzero(cand)
     dec_rows = dec.tolist()
     tiles = (items[dec, F_TILE1] - items[dec, F_TILE0]).astype(np.float64)
-    as_solo = (tiles * tile_cost + item_cost).tolist()
-    as_lone = (tiles * plan.KV_TILE_COST + plan.ITEM_OVERHEAD).tolist()
+    solo_np = tiles * tile_cost + item_cost
+    lone_np = tiles * plan.KV_TILE_COST + plan.ITEM_OVERHEAD
+    as_solo, as_lone = solo_np.tolist(), lone_np.tolist()
     solo_rows = []
     ver = [0] * ctas
-    order = np.argsort(-np.asarray(as_solo), kind="stable").tolist()
-    i = 0
-    while i < len(order):
+    order_np = np.argsort(-solo_np, kind="stable")
+    order = order_np.tolist()
+    # Runs of candidates of one cost, in that order.
+    cuts = (np.flatnonzero((np.diff(solo_np[order_np]) != 0) | (np.diff(lone_np[order_np]) != 0)) + 1).tolist()
+    for i, j in zip([0] + cuts, cuts + [len(order)]):
         # A run of candidates of one cost: each CTA's end with the next of them solo (its
         # decode list grows) or in its prefix list, keyed (end, that list's load, CTA): the
         # earliest end, ties to the shorter list, then the lower CTA.
+        if i == j:
+            continue
         sc, lc = as_solo[order[i]], as_lone[order[i]]
-        j = i
-        while j < len(order) and as_solo[order[j]] == sc and as_lone[order[j]] == lc:
-            j += 1
+        if sc > 0 and lc > 0 and j - i >= BULK_RUN:
+            _place_run(dec[order_np[i:j]], sc, lc, l0, l1, lists, solo_rows)
+            continue
         # Each entry carries its CTA's version: an entry older than its CTA's last change is stale
         # (the CTA, unique in a heap, decides every comparison before the version is reached).
         hs = [(max(l0[c], l1[c] + sc), l1[c], c, ver[c]) for c in range(ctas)]
@@ -143,7 +148,6 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
             # The chosen heap's top is the CTA's own entry, now stale: replaced in one step.
             (heapq.heapreplace if to_solo else heapq.heappush)(hs, es)
             (heapq.heappush if to_solo else heapq.heapreplace)(hp, ep)
-        i = j
     load = np.array([l0, l1], dtype=np.float64).T.copy()
     out = items.copy()
     out[solo_rows, F_FLAGS] |= FLAG_SOLO
@@ -151,6 +155,72 @@ def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] |
     sizes = np.array([[len(p), len(d)] for p, d in lists], dtype=np.int64).reshape(-1)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
     return np.ascontiguousarray(out[order]), offsets, load
+
+
+# Runs of at least this many candidates of one cost are placed in bulk (_place_run): its numpy
+# passes cost about as much as 100 heap steps.
+BULK_RUN = 64
+
+
+def _place_run(rows: np.ndarray, sc: float, lc: float, l0: list, l1: list, lists: list, solo_rows: list) -> None:
+    """:func:`assign_streams`' greedy for a run of candidates of one cost (``sc`` solo, ``lc``
+    lone, both > 0), in bulk: the same choices as one heap step per candidate, in a few numpy
+    passes (a new chunk table plans this for every split factor it tries).
+
+    Why it is the same: a CTA's next solo item ends its lists at ``max(l0, l1 + sc)`` and its
+    next lone item at ``max(l0 + lc, l1)``; the greedy takes the smallest such end over all CTAs
+    (ties: solo, then the shorter list, then the lower CTA). On one CTA the two options are two
+    machines with fixed job sizes, so its own choices follow the merged order of its solo
+    completions ``l1 + a sc`` and lone completions ``l0 + b lc`` (ties to solo), and the end of
+    its a-th solo item is ``max(l1 + a sc, l0)`` with the ``l0`` it started the run with (the
+    other list has either not moved or ended earlier). Those ends only grow along a CTA's own
+    sequence, so the greedy's n choices are the n smallest (end, kind, list load, CTA) keys of
+    all CTAs' sequences. Loads accumulate one item at a time (np.cumsum), as the heaps' did,
+    so equal histories stay bit-equal and the ties fall as before.
+    """
+    n = len(rows)
+    L0, L1 = np.array(l0, dtype=np.float64), np.array(l1, dtype=np.float64)
+    sizes = np.array([sc, lc])
+    own, other = np.stack([L1, L0], axis=1), np.stack([L0, L1], axis=1)  # [ctas, kind]: the list it grows, the other
+
+    def counts(t: float) -> np.ndarray:  # per CTA and kind, the items whose end is at most t (closed form)
+        return np.where(other <= t, np.maximum(np.floor((t - own) / sizes), 0.0), 0.0)
+
+    lo = float(np.minimum(np.maximum(L0, L1 + sc), np.maximum(L0 + lc, L1)).min())
+    hi = float(np.maximum(L0, L1).max()) + n * max(sc, lc)
+    while hi - lo > 1e-9 * max(1.0, hi):  # the n-th smallest end, closely enough
+        mid = 0.5 * (lo + hi)
+        if counts(mid).sum() >= n:
+            hi = mid
+        else:
+            lo = mid
+    t = hi * (1 + 1e-7) + 1e-7  # a margin over the closed form's rounding: the exact sort below decides
+    m = counts(t).astype(np.int64) + 1  # [ctas, 2]: a superset of each CTA's items of each kind
+    width = int(m.max())
+    # Each CTA's loads item by item, accumulated along a row as the heaps added them.
+    steps = np.empty((len(L0), 2, width + 1))
+    steps[:, 0, 0], steps[:, 1, 0] = L1, L0
+    steps[:, :, 1:] = sizes[None, :, None]
+    acc = np.cumsum(steps, axis=2)
+    end = np.maximum(acc[:, :, 1:], other[:, :, None])
+    valid = np.arange(width)[None, None, :] < m[:, :, None]
+    c_idx, kind, seq = np.nonzero(valid)
+    e_end, e_load = end[c_idx, kind, seq], acc[c_idx, kind, seq]
+    sel = np.lexsort((seq, c_idx, e_load, kind, e_end))[:n]
+    if len(sel) < n:
+        raise AssertionError("assign_streams: fewer placements than items in a run")
+    c_sel, k_sel = c_idx[sel], kind[sel]
+    by = np.lexsort((np.arange(n), k_sel, c_sel))  # grouped by CTA and kind, each in the greedy's order
+    cg, kg, rs = c_sel[by], k_sel[by], rows[by].tolist()
+    cuts = np.flatnonzero((np.diff(cg) != 0) | (np.diff(kg) != 0)) + 1
+    for start, stop in zip([0] + cuts.tolist(), cuts.tolist() + [n]):
+        c, k = int(cg[start]), int(kg[start])
+        lists[c][1 - k].extend(rs[start:stop])
+        if k == 0:
+            l1[c] = float(acc[c, 0, stop - start])
+        else:
+            l0[c] = float(acc[c, 1, stop - start])
+    solo_rows.extend(rows[k_sel == 0].tolist())
 
 
 def list_loads(items: np.ndarray, cta_items: np.ndarray, solo: tuple[float, float] | None = None) -> np.ndarray:
