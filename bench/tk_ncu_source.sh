@@ -3,7 +3,8 @@
 # warp states, scheduler), pipe utilisation metrics, and the SASS source page with its stall
 # samples (bench/ncu_stalls.py prints the top instructions; the gzipped CSV lands in $OUT so
 # that one role's code, e.g. the decode warpgroup's loop, can be summed apart afterwards).
-# Runs under the caller's environment (ATTN_TK_NVCC_FLAGS, ATTN_TK_DECODE_WG, ...).
+# Runs under the caller's environment (ATTN_TK_NVCC_FLAGS, ATTN_TK_DECODE_WG, ...); bench/tk_variants.sh
+# calls it for NCU_CASES. NCU_PIPES=0 skips the metrics pass.
 #   OUT=out/ncu bash bench/tk_ncu_source.sh gqa-8b:shared_prefix
 # NCU_REGION=REGEX also sums the stalls of the code it brackets (bench/ncu_stalls.py --region), e.g.
 # the decode warpgroup's: NCU_REGION='HGMMA\.64x16x16|BAR\.SYNC[.A-Z_]* 0x6,'
@@ -31,10 +32,11 @@ for c in "$@"; do
   ncu --import "$rep.ncu-rep" --page source --csv --print-source sass > "/tmp/src-$n-$op.csv" 2>&1
   python3 bench/ncu_stalls.py "/tmp/src-$n-$op.csv" --top 40 ${NCU_REGION:+--region "$NCU_REGION"} \
     > "$out/stalls-$n-$op.txt" 2>&1
-  head -60 "$out/stalls-$n-$op.txt" | tee -a "$log"
+  head -75 "$out/stalls-$n-$op.txt" | tee -a "$log"
   [ -n "${NCU_REGION:-}" ] && sed -n '/^region /,$p' "$out/stalls-$n-$op.txt" | head -70 | tee -a "$log"
   gzip -c "/tmp/src-$n-$op.csv" > "$out/src-$n-$op.csv.gz"
-  # The pipe metrics in their own pass: a name this ncu lacks fails only this part.
+  # The pipe metrics in their own pass: a name this ncu lacks fails only this part (NCU_PIPES=0: none).
+  [ "${NCU_PIPES:-1}" = 0 ] && continue
   timeout -k 20 -s INT "${NCU_TIMEOUT:-150}" ncu --clock-control none --kernel-name regex:stacked_attn \
       --launch-skip 1 --launch-count 1 --metrics "$pipes" python3 bench/tk_ncu.py "$n" "$op" 2>&1 \
     | grep -E "pct|per_second|==ERROR|Failed" | tee -a "$log"

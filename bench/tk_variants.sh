@@ -55,16 +55,9 @@ for i in "${!variants[@]}"; do
   r=$(run_of "$i")
   [ -n "$r" ] && [ -n "$against" ] && python3 bench/gate.py --results "$store" --run "$r" --against "$against" 2>&1 | tee -a "$log"
 done
-for c in ${NCU_CASES-gqa-8b-long:shared_prefix}; do
-  n=${c%%:*}; op=${c##*:}
-  timeout -k 20 -s INT "${NCU_TIMEOUT:-150}" ncu --clock-control none --kernel-name regex:stacked_attn \
-      --launch-skip 1 --launch-count 1 --section WarpStateStats --section SourceCounters \
-      --section SpeedOfLight -o "/tmp/ncu-$n-$op" -f python3 bench/tk_ncu.py "$n" "$op" > /tmp/ncu-run.txt 2>&1
-  echo "## ncu $n $op rc=$?" | tee -a "$log"
-  ncu --import "/tmp/ncu-$n-$op.ncu-rep" --page details 2>&1 | grep -E "Duration|Throughput|Warp Cycles|Ipc" | tee -a "$log"
-  ncu --import "/tmp/ncu-$n-$op.ncu-rep" --page source --csv --print-source sass > "/tmp/src-$n-$op.csv" 2>&1
-  python3 bench/ncu_stalls.py "/tmp/src-$n-$op.csv" --top 60 > "$out/stalls-$n-$op.txt" 2>&1
-  head -75 "$out/stalls-$n-$op.txt"
-  gzip -c "/tmp/src-$n-$op.csv" > "$out/src-$n-$op.csv.gz"
-done
+# Nsight Compute of the first variant (its flags, sources and NAME=VALUE words):
+# bench/tk_ncu_source.sh without its pipe-metrics pass.
+# shellcheck disable=SC2086
+run_variant "${variants[0]}" env NCU_PIPES=0 OUT="$out" NCU_LOG="$log" NCU_TIMEOUT="${NCU_TIMEOUT:-150}" \
+  bash bench/tk_ncu_source.sh ${NCU_CASES-gqa-8b-long:shared_prefix}
 ls -la "$out"

@@ -110,6 +110,26 @@ def test_variants_script_tests_and_times_each_variant_with_its_words(stand_ins):
     assert "--benchmark-save=t-v0" in benches[0] and "--benchmark-save=t-v1" in benches[1]
 
 
+def test_variants_script_profiles_its_first_variant_through_the_ncu_script(stand_ins):
+    """NCU_CASES goes to bench/tk_ncu_source.sh under the first variant's words, without the
+    pipe-metrics pass; its stall summary and source page land in OUT."""
+    ncu = Path(stand_ins["PATH"].split(os.pathsep)[0]) / "ncu"
+    ncu.write_text("#!/bin/sh\n"
+                   f'echo "ncu flags=[$ATTN_TK_NVCC_FLAGS] fill=[${{ATTN_TK_FILL:-}}] args=[$*]" >> {stand_ins["calls"]}\n')
+    ncu.chmod(0o755)
+    env = {**os.environ, "PATH": stand_ins["PATH"], "OUT": str(stand_ins["out"]), "SKIP_TESTS": "1",
+           "NCU_CASES": "gqa-8b:shared_prefix"}
+    subprocess.run(["bash", "bench/tk_variants.sh", "t", "-DA=1 ATTN_TK_FILL=1", "default"], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    calls = stand_ins["calls"].read_text().splitlines()
+    profiles = [c for c in calls if c.startswith("ncu ") and "tk_ncu.py" in c]
+    assert len(profiles) == 1 and profiles[0].startswith("ncu flags=[-DA=1] fill=[1] ")
+    assert "bench/tk_ncu.py gqa-8b shared_prefix" in profiles[0] and "--section SourceCounters" in profiles[0]
+    assert not any("--metrics" in c for c in calls)
+    assert any("bench/ncu_stalls.py /tmp/src-gqa-8b-shared_prefix.csv" in c for c in calls)
+    assert (stand_ins["out"] / "src-gqa-8b-shared_prefix.csv.gz").exists()
+
+
 def test_variants_script_skips_the_benchmark_of_a_variant_whose_tests_timed_out(stand_ins):
     """A hang in the first variant's tests would hang its benchmark too: the script says so
     and times the other variants."""
