@@ -209,3 +209,24 @@ def test_runs_placed_in_bulk_match_the_heaps_step_by_step(seed, monkeypatch):
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g, w)
     assert bulk and max(bulk) >= bulk_run  # the bulk path ran
+
+
+def test_auto_builds_each_split_once_for_both_forms(monkeypatch):
+    """ATTN_TK_DECODE_WG=auto places every split factor in both forms from one make(factor):
+    the host work of building a split is not done twice (its arrays are only copied after)."""
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", "auto")
+    for name in ("ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN", "ATTN_TK_SPLIT_FACTOR"):
+        monkeypatch.delenv(name, raising=False)
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
+    made = []
+    real = plan.level_plan
+
+    def counting(*a):
+        made.append(a[-1])  # the split factor
+        return real(*a)
+
+    monkeypatch.setattr(plan, "level_plan", counting)
+    _, _, _, _, _, _, dwg = tk.placed_level_plan(256, 32, 8, [(1, 8192)], 256, False, "cpu")
+    assert dwg  # gqa-8b: both forms were placed, and the two-list one won
+    assert len(made) > 1 and sorted(made) == sorted(set(made))

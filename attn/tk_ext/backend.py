@@ -232,10 +232,17 @@ class TKBackend(Backend):
         picks: ``(items, ctas, direct, covered, nslot, extra, dwg)``, ``dwg`` whether it is a
         two-list plan for the decode-warpgroup kernels (only ever one with solo items)."""
         mode = decode_wg_mode()
-        one = self._best_split(make, num_seqs, hkv, r, device)
+        made: dict = {}  # make(factor) once for both forms (its arrays are only ever copied downstream)
+
+        def make_once(f):
+            if f not in made:
+                made[f] = make(f)
+            return made[f]
+
+        one = self._best_split(make_once, num_seqs, hkv, r, device)
         if mode == "0" or one[2]:  # a direct plan has no split decode items to take apart
             return one + (False,)
-        two = self._best_split(make, num_seqs, hkv, r, device, dwg=True)
+        two = self._best_split(make_once, num_seqs, hkv, r, device, dwg=True)
         if two[2] or not (two[0][:, plan.F_FLAGS] & plan.FLAG_SOLO).any():
             return one + (False,)
         if mode == "1":
