@@ -2,7 +2,8 @@
 backend (no GPU needed; the plan is made for a stand-in of ``--sms`` SMs).
 
 A serving loop that builds a table every decode step pays both every step (a plan is cached
-per table object). Prints the median of ``--repeat`` runs per spec workload, in chunk form.
+per table object). Prints the median of ``--repeat`` runs per spec workload, in chunk form
+(``--cpu-min``: the least CPU time of them, steadier on a shared machine).
 
     PYTHONPATH=. python bench/host_time.py [--sms 132] [--repeat 5] [--cpu-min] [WORKLOAD ...]
 """
@@ -23,7 +24,7 @@ from attn.workloads import make_inputs, spec_workload, to_chunk_form
 SPEC = ["chunkattn-mha", "hydragen-mqa", "gqa-8b", "gqa-8b-long", "tree-3level", "no-share"]
 
 
-def median_ms(fn, repeat: int, cpu_min: bool = False) -> float:
+def time_ms(fn, repeat: int, cpu_min: bool = False) -> float:
     """The median wall time of ``repeat`` calls, or with ``cpu_min`` the least CPU time of this
     process (steadier where other work shares the machine)."""
     clock = time.process_time if cpu_min else time.perf_counter
@@ -50,7 +51,7 @@ def main() -> None:
         # head_dim 8: the host work does not depend on it, and the inputs stay small
         inp = to_chunk_form(make_inputs(spec_workload(name).with_(head_dim=8), torch.float16, "cpu"), 64)
         sc, cl = inp.table.seq_chunks, inp.table.chunk_lens
-        table_ms = median_ms(lambda: ChunkTable.from_seq_chunks(sc, cl), args.repeat, args.cpu_min)
+        table_ms = time_ms(lambda: ChunkTable.from_seq_chunks(sc, cl), args.repeat, args.cpu_min)
         p = chunk_problem(*inp.args())
         tk = tkb.TKBackend()
         tk._num_sms = lambda device: args.sms
@@ -58,7 +59,7 @@ def main() -> None:
         def plan():
             p.table.host.pop("tk", None)  # a new table each time
             tk.chunk_items(p)
-        plan_ms = median_ms(plan, args.repeat, args.cpu_min)
+        plan_ms = time_ms(plan, args.repeat, args.cpu_min)
         print(f"{name:16} {f'{sc.shape[0]} x {sc.shape[1]}':>14} {table_ms:9.1f} {plan_ms:11.1f}")
 
 

@@ -23,6 +23,13 @@ def _bench_module(name: str):
     return mod
 
 
+def _source_page(tmp_path, *lines: str) -> Path:
+    """A synthetic Nsight Compute source page (CSV lines) for bench/ncu_stalls.py."""
+    page = tmp_path / "src.csv"
+    page.write_text("".join(line + "\n" for line in lines))
+    return page
+
+
 def test_trace_harness_parses_its_cases():
     """bench/tk_trace.py's case names: spec workloads, their ragged ids, and B,Hq,Hkv,P,S."""
     mod = _bench_module("tk_trace")
@@ -38,15 +45,11 @@ def test_trace_harness_parses_its_cases():
 def test_ncu_stall_ranking_reads_a_source_page(tmp_path, capsys):
     """bench/ncu_stalls.py: skips ncu's preamble, ranks instructions by stall samples, sums by opcode."""
     mod = _bench_module("ncu_stalls")
-    page = tmp_path / "src.csv"
-    page.write_text(
-        "==PROF== Connected to process 1\n"
-        '"Kernel Name","stacked_attn_kernel"\n'
-        '"# Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)"\n'
-        '"0x10","HGMMA.64x64x16.F32.BF16 R88, R164, gdesc[UR4], RZ","30","10"\n'
-        '"0x20","@!P3  BRA 0x100","1,200","1,100"\n'
-        '"0x30","MUFU.EX2 R1, R1","70",""\n'
-        '"0x40","MUFU.EX2 R2, R2","",""\n')
+    page = _source_page(tmp_path, "==PROF== Connected to process 1", '"Kernel Name","stacked_attn_kernel"',
+                        '"# Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)"',
+                        '"0x10","HGMMA.64x64x16.F32.BF16 R88, R164, gdesc[UR4], RZ","30","10"',
+                        '"0x20","@!P3  BRA 0x100","1,200","1,100"', '"0x30","MUFU.EX2 R1, R1","70",""',
+                        '"0x40","MUFU.EX2 R2, R2","",""')
     mod.main([str(page), "--top", "2"])
     out = capsys.readouterr().out
     assert "4 instructions, 1300 samples" in out
@@ -61,14 +64,11 @@ def test_ncu_stall_ranking_reads_a_source_page(tmp_path, capsys):
 def test_ncu_stalls_summarises_a_region(tmp_path, capsys):
     """bench/ncu_stalls.py --region: the span from the first to the last matching instruction, apart."""
     mod = _bench_module("ncu_stalls")
-    page = tmp_path / "src.csv"
-    page.write_text(
-        '"# Address","Source","Warp Stall Sampling (All Samples)","stall_wait","stall_barrier"\n'
-        '"0x10","HGMMA.64x64x16.F32.BF16 R88, R164, gdesc[UR4], RZ","50","50","0"\n'
-        '"0x20","HGMMA.64x16x16.F32.BF16 R8, R9, gdesc[UR6], RZ","10","10","0"\n'
-        '"0x30","FMNMX R1, R2, R3, !PT","20","20","0"\n'
-        '"0x40","BAR.SYNC 0x6, 0x80","20","0","20"\n'
-        '"0x50","MUFU.EX2 R2, R2","100","100","0"\n')
+    page = _source_page(tmp_path, '"# Address","Source","Warp Stall Sampling (All Samples)","stall_wait","stall_barrier"',
+                        '"0x10","HGMMA.64x64x16.F32.BF16 R88, R164, gdesc[UR4], RZ","50","50","0"',
+                        '"0x20","HGMMA.64x16x16.F32.BF16 R8, R9, gdesc[UR6], RZ","10","10","0"',
+                        '"0x30","FMNMX R1, R2, R3, !PT","20","20","0"', '"0x40","BAR.SYNC 0x6, 0x80","20","0","20"',
+                        '"0x50","MUFU.EX2 R2, R2","100","100","0"')
     mod.main([str(page), "--top", "1", "--region", r"HGMMA\.64x16x16|BAR\.SYNC 0x6"])
     out = capsys.readouterr().out
     head, region = out.split("region ")
