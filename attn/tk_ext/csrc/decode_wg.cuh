@@ -53,9 +53,11 @@ template<typename T, int D> struct dec_buf {
     static constexpr int QB = (int)sizeof(qs_t), PB = (int)sizeof(ps_t), XB = DEC_ROWS * XS * 4;
     static constexpr int BYTES = (2 * QB + (PB > XB ? PB : XB) + 1023) / 1024 * 1024;
     static_assert(QB % 1024 == 0, "the query tiles stay 1024-aligned");
+    static_assert(!ATTN_TK_DEC_STEP2 || 2 * PB <= XB, "two P^T tiles fit in the transposition's bytes");
     alignas(16) char raw[BYTES];
     __device__ inline qs_t &qs(int b) { return *reinterpret_cast<qs_t *>(raw + b * QB); }
-    __device__ inline ps_t &ps() { return *reinterpret_cast<ps_t *>(raw + 2 * QB); }
+    // P^T of a step's tile b (b = 1 only with ATTN_TK_DEC_STEP2, in the bytes the transposition uses anyway).
+    __device__ inline ps_t &ps(int b = 0) { return *reinterpret_cast<ps_t *>(raw + 2 * QB + b * PB); }
     __device__ inline float *xp() { return reinterpret_cast<float *>(raw + 2 * QB); }
 };
 
@@ -118,6 +120,219 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
         timeline(a, i, 0, TL_QREADY);
         timeline(a, i, 0, TL_LOOP);
 
+#if ATTN_TK_DEC_STEP2 || ATTN_TK_DEC_DEFER_PV
+        acc_t st[ATTN_TK_DEC_STEP2 ? 2 : 1];  // S^T of the step's tiles: this warp's keys x 16 rows
+        acc_t ot[HALVES];    // O^T: columns 64 j + 16 w .. of D x 16 rows
+        #pragma unroll
+        for (int j = 0; j < HALVES; j++) warp::zero(ot[j]);
+        float mr[4], lr[4];  // running max (log2 units) and this thread's partial sum of its 4 rows
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            mr[k] = -INFINITY;
+            lr[k] = 0.f;
+        }
+        bool any = false;
+        // The softmax of a step's NT tiles of S^T (keys >= vld[n] masked; a tile with vld 0 is
+        // all masked and has no P^T), up to P^T in shared memory and O^T rescaled.
+        auto softmax = [&]<int NT>(acc_t (&sts)[NT], const int (&vld)[NT]) {
+            #pragma unroll
+            for (int n = 0; n < NT; n++) {
+                float2 (&d)[4] = sts[n].tiles[0][0].data;
+                #pragma unroll
+                for (int k = 0; k < 4; k++)
+                    if (key0 + 8 * (k & 1) >= vld[n]) d[k] = make_float2(-INFINITY, -INFINITY);
+            }
+            float cm[4];
+            #pragma unroll
+            for (int k = 0; k < 4; k++) {
+                cm[k] = fmaxf(dec_val(sts[0].tiles[0][0].data, 2 * (k >> 1), k), dec_val(sts[0].tiles[0][0].data, 2 * (k >> 1) + 1, k));
+                #pragma unroll
+                for (int n = 1; n < NT; n++)
+                    cm[k] = fmaxf(cm[k], fmaxf(dec_val(sts[n].tiles[0][0].data, 2 * (k >> 1), k),
+                                               dec_val(sts[n].tiles[0][0].data, 2 * (k >> 1) + 1, k)));
+                cm[k] = fmaxf(cm[k], __shfl_xor_sync(0xffffffffu, cm[k], 4));  // the lanes of a row's keys
+                cm[k] = fmaxf(cm[k], __shfl_xor_sync(0xffffffffu, cm[k], 8));
+                cm[k] = fmaxf(cm[k], __shfl_xor_sync(0xffffffffu, cm[k], 16));
+            }
+            if (lane < 4) {
+                #pragma unroll
+                for (int k = 0; k < 4; k++) red.m[w][dec_row(lane, k)] = cm[k];
+            }
+            dec_sync();
+            // Lazy rescaling as in softmax_step_fast (RESCALE_LOG2); every thread of a row reads
+            // the same four maxes, so all agree on the row's m without a vote.
+            float alpha[4];
+            #pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int r = dec_row(lane, k);
+                const float c = fmaxf(fmaxf(red.m[0][r], red.m[1][r]), fmaxf(red.m[2][r], red.m[3][r])) * a.scale_log2;
+                alpha[k] = 1.f;
+                if (!(c <= mr[k] + RESCALE_LOG2)) {
+                    const float n = fmaxf(mr[k], c);
+                    alpha[k] = ex2(mr[k] - n);
+                    mr[k] = n;
+                }
+                lr[k] *= alpha[k];
+            }
+            #pragma unroll
+            for (int n = 0; n < NT; n++) {
+                if (n > 0 && vld[n] <= 0) continue;
+                float2 (&d)[4] = sts[n].tiles[0][0].data;
+                typename NB::ps_t &ps = nb.ps(n);
+                #pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    const int i0 = 2 * (k >> 1);
+                    const float px = ex2(fmaf(d[k].x, a.scale_log2, -mr[i0]));
+                    const float py = ex2(fmaf(d[k].y, a.scale_log2, -mr[i0 + 1]));
+                    lr[i0] += px;
+                    lr[i0 + 1] += py;
+                    store2<T>(&ps[int2{key0 + 8 * (k & 1), dec_row(lane, i0)}], px, py);
+                }
+            }
+            #pragma unroll
+            for (int j = 0; j < HALVES; j++) {
+                #pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    float2 &v = ot[j].tiles[0][0].data[k];
+                    v = make_float2(v.x * alpha[2 * (k >> 1)], v.y * alpha[2 * (k >> 1) + 1]);
+                }
+            }
+            dec_proxy_fence();
+            dec_sync();  // P^T complete; the four warps' maxes are read (red.m is free)
+        };
+        auto pv_fence = [&]() {
+            #pragma unroll
+            for (int j = 0; j < HALVES; j++) reg_fence(ot[j]);
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        };
+        // O^T += V^T P^T of the tile in V stage vs (P^T in ps(b)); one wgmma group a 64-column block.
+        auto issue_pv = [&](int vs, int b) {
+            #pragma unroll
+            for (int j = 0; j < HALVES; j++) {
+                const half_t &vj = reinterpret_cast<const half_t *>(&ring.v[vs])[j];
+                if constexpr (ABL_DEC_PV) warpgroup::mma_AtB<acc_t, half_t, typename NB::ps_t, 0, 1>(ot[j], vj, nb.ps(b));
+            }
+        };
+        auto pv_done = [&]() {
+            #pragma unroll
+            for (int j = 0; j < HALVES; j++) reg_fence(ot[j]);
+        };
+        // Opaque stage indices: with one stage they are constants, and nvcc then hoists every
+        // wgmma descriptor of the stage out of the loop, into registers that spill (at 96).
+        auto kstage = [](int gt) { return (int)held_u32(gt % KS); };
+        auto vstage = [](int gt) { return (int)held_u32(gt % VS); };
+#if ATTN_TK_DEC_STEP2
+        // Two tiles a step: both S^T in one wgmma round trip, one max exchange and one P^T
+        // barrier for both, both O^T in one round trip. A tile without keys is released at once
+        // (its V must land first); a step whose first tile has none runs its second alone.
+        for (int t = 0; t < ntiles; t += 2) {
+            const bool two = t + 1 < ntiles;
+            const int ga = g, gb = g + 1;
+            g += two ? 2 : 1;
+            const int ka = kstage(ga), va = vstage(ga), kb = kstage(gb), vb = vstage(gb);
+            TL_WAIT(kwait, ring.wait_k(ka, (ga / KS) & 1));
+            const int valid_a = ring.keys(ka);
+            int valid_b = 0;
+            if (two) {
+                TL_WAIT(kwait, ring.wait_k(kb, (gb / KS) & 1));
+                valid_b = ring.keys(kb);
+            }
+            if (valid_a <= 0) {
+                ring.release_k(ka);
+                ring.wait_v(va, (ga / VS) & 1);
+                ring.release_v(va);
+            }
+            if (two && valid_b <= 0) {
+                ring.release_k(kb);
+                ring.wait_v(vb, (gb / VS) & 1);
+                ring.release_v(vb);
+            }
+            const bool la = valid_a > 0, dual = la && valid_b > 0;
+            if (!la && valid_b <= 0) continue;
+            const int k0 = la ? ka : kb, v0 = la ? va : vb, vph0 = la ? (ga / VS) & 1 : (gb / VS) & 1;
+            const int vld[2] = {la ? valid_a : valid_b, dual ? valid_b : 0};
+            any = true;
+            reg_fence(st[1]);
+            wgmma_fence(st[0]);
+            if (dual) {
+                if constexpr (ABL_DEC_QK) {
+                    warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st[0], ring.k[k0], qs);
+                    warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st[1], ring.k[kb], qs);
+                }
+                warpgroup::mma_async_wait();
+            } else {
+                if constexpr (ABL_DEC_QK) warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st[0], ring.k[k0], qs);
+                warpgroup::mma_async_wait();
+            }
+            reg_fence(st[0]);
+            reg_fence(st[1]);
+            ring.release_k(k0);  // the next step's K loads during this one's softmax and P V
+            if (dual) ring.release_k(kb);
+            softmax(st, vld);
+            TL_WAIT(vwait, ring.wait_v(v0, vph0));
+            if (dual) TL_WAIT(vwait, ring.wait_v(vb, (gb / VS) & 1));
+            pv_fence();
+            if (dual) {
+                issue_pv(v0, 0);
+                issue_pv(vb, 1);
+                warpgroup::mma_async_wait();
+            } else {
+                issue_pv(v0, 0);
+                warpgroup::mma_async_wait();
+            }
+            pv_done();
+            ring.release_v(v0);
+            if (dual) ring.release_v(vb);
+        }
+#else
+        // ATTN_TK_DEC_DEFER_PV: tile t - 1's O^T is issued with tile t's S^T (its P^T waits in
+        // shared memory; the max exchange's barrier orders every warp's wait for it before P^T
+        // is rewritten), and the item's last O^T after the loop.
+        bool pend = false;  // a tile's O^T not issued yet: its V in stage pvs
+        int pvs = 0, pvph = 0;
+        for (int t = 0; t < ntiles; t++, g++) {
+            const int ks = kstage(g), kph = (g / KS) & 1, vs = vstage(g), vph = (g / VS) & 1;
+            TL_WAIT(kwait, ring.wait_k(ks, kph));
+            const int vld[1] = {ring.keys(ks)};
+            if (vld[0] <= 0) {  // past a chunk's length: nobody reads this V, but it must land before reuse
+                ring.release_k(ks);
+                ring.wait_v(vs, vph);
+                ring.release_v(vs);
+                continue;
+            }
+            any = true;
+            if (pend) {
+                TL_WAIT(vwait, ring.wait_v(pvs, pvph));
+                reg_fence(st[0]);
+                pv_fence();
+                if constexpr (ABL_DEC_QK) warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st[0], ring.k[ks], qs);
+                issue_pv(pvs, 0);
+                warpgroup::mma_async_wait();
+                reg_fence(st[0]);
+                pv_done();
+                ring.release_v(pvs);
+            } else {
+                wgmma_fence(st[0]);
+                if constexpr (ABL_DEC_QK) warpgroup::mma_ABt<acc_t, kv_tile, typename NB::qs_t, 0, 0>(st[0], ring.k[ks], qs);
+                warpgroup::mma_async_wait();
+                reg_fence(st[0]);
+            }
+            ring.release_k(ks);  // the next tile's K loads during this one's softmax
+            softmax(st, vld);
+            pend = true;
+            pvs = vs;
+            pvph = vph;
+        }
+        if (pend) {
+            TL_WAIT(vwait, ring.wait_v(pvs, pvph));
+            pv_fence();
+            issue_pv(pvs, 0);
+            warpgroup::mma_async_wait();
+            pv_done();
+            ring.release_v(pvs);
+        }
+#endif
+#else
         acc_t st;            // S^T: this warp's keys x 16 rows
         acc_t ot[HALVES];    // O^T: columns 64 j + 16 w .. of D x 16 rows
         #pragma unroll
@@ -213,6 +428,8 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             for (int j = 0; j < HALVES; j++) reg_fence(ot[j]);
             ring.release_v(vs);
         }
+
+#endif
 
         timeline(a, i, 0, TL_TAIL);
         // Row sums: over the lanes of a row's keys, then over the four warps.
