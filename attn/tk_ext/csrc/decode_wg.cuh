@@ -237,18 +237,25 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
                 TL_WAIT(kwait, ring.wait_k(kb, (gb / KS) & 1));
                 valid_b = ring.keys(kb);
             }
-            if (valid_a <= 0) {
-                ring.release_k(ka);
-                ring.wait_v(va, (ga / VS) & 1);
-                ring.release_v(va);
+            // A tile without keys: its K is released now, its V once every K of the step is
+            // (the producer issues tile b's V after tile b + 1's K, which waits for tile a's K).
+            const bool la = valid_a > 0, lb = two && valid_b > 0, dual = la && lb;
+            auto drop_v = [&]() {
+                if (!la) {
+                    ring.wait_v(va, (ga / VS) & 1);
+                    ring.release_v(va);
+                }
+                if (two && !lb) {
+                    ring.wait_v(vb, (gb / VS) & 1);
+                    ring.release_v(vb);
+                }
+            };
+            if (!la) ring.release_k(ka);
+            if (two && !lb) ring.release_k(kb);
+            if (!la && !lb) {
+                drop_v();
+                continue;
             }
-            if (two && valid_b <= 0) {
-                ring.release_k(kb);
-                ring.wait_v(vb, (gb / VS) & 1);
-                ring.release_v(vb);
-            }
-            const bool la = valid_a > 0, dual = la && valid_b > 0;
-            if (!la && valid_b <= 0) continue;
             const int k0 = la ? ka : kb, v0 = la ? va : vb, vph0 = la ? (ga / VS) & 1 : (gb / VS) & 1;
             const int vld[2] = {la ? valid_a : valid_b, dual ? valid_b : 0};
             any = true;
@@ -268,6 +275,7 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             reg_fence(st[1]);
             ring.release_k(k0);  // the next step's K loads during this one's softmax and P V
             if (dual) ring.release_k(kb);
+            drop_v();
             softmax(st, vld);
             TL_WAIT(vwait, ring.wait_v(v0, vph0));
             if (dual) TL_WAIT(vwait, ring.wait_v(vb, (gb / VS) & 1));
