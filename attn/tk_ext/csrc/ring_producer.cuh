@@ -66,18 +66,6 @@ __device__ inline void stream_tiles_split(const common_args &a, const SRC &src, 
                                           KV *k_smem, KV *v_smem, semaphore *k_full, semaphore *v_full,
                                           semaphore *k_done, semaphore *v_done, int *stage_valid) {
     int g = 0;
-#if ATTN_TK_DEC_STEP2
-    // Two tiles a step (decode_wg.cuh): the consumers wait for K of tiles g and g + 1 together,
-    // so K runs one tile ahead of V here. Tile g + 1's K is then issued once tile g - 1's K is
-    // released (the previous step's S^T), not behind tile g's V (the previous step's end).
-    typename SRC::tile_ref prev{};
-    auto load_v = [&](int gv, const typename SRC::tile_ref &r) {
-        const int vs = gv % VS;
-        if (gv >= VS) wait(v_done[vs], ((gv / VS) - 1) & 1);
-        tma::expect_bytes(v_full[vs], sizeof(KV));
-        src.template load_part<2>(r, k_smem[0], v_smem[vs], k_full[0], v_full[vs]);
-    };
-#endif
     for (int i = first; i < last; i++) {
         const int *it = a.items + (long)i * ITEM_INTS;
         const int n = src.ntiles(it);
@@ -88,19 +76,11 @@ __device__ inline void stream_tiles_split(const common_args &a, const SRC &src, 
             stage_valid[ks] = ref.valid;
             tma::expect_bytes(k_full[ks], sizeof(KV));
             src.template load_part<1>(ref, k_smem[ks], v_smem[vs], k_full[ks], v_full[vs]);
-#if ATTN_TK_DEC_STEP2
-            if (g > 0) load_v(g - 1, prev);
-            prev = ref;
-#else
             if (g >= VS) wait(v_done[vs], ((g / VS) - 1) & 1);
             tma::expect_bytes(v_full[vs], sizeof(KV));
             src.template load_part<2>(ref, k_smem[ks], v_smem[vs], k_full[ks], v_full[vs]);
-#endif
         }
     }
-#if ATTN_TK_DEC_STEP2
-    if (g > 0) load_v(g - 1, prev);
-#endif
 }
 
 }  // namespace attn_tk

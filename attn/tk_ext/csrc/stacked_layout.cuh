@@ -208,20 +208,6 @@ static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer
 #ifndef ATTN_TK_DEC_VSTAGES
 #define ATTN_TK_DEC_VSTAGES 2
 #endif
-// The decode warpgroup's tile loop (decode_wg.cuh). A decode tile is one serial chain of about
-// 2500 cycles on an H200 (session 24), most of it fixed latency: two wgmma round trips, two
-// barriers and the max exchange. ATTN_TK_DEC_DEFER_PV=1 issues tile t - 1's O^T with tile t's
-// S^T (one wgmma round trip a tile); ATTN_TK_DEC_STEP2=1 runs two tiles a step (one chain for
-// both). 0: one tile a step, as in H200 run 0179.
-#ifndef ATTN_TK_DEC_DEFER_PV
-#define ATTN_TK_DEC_DEFER_PV 0
-#endif
-#ifndef ATTN_TK_DEC_STEP2
-#define ATTN_TK_DEC_STEP2 0
-#endif
-static_assert(!(ATTN_TK_DEC_DEFER_PV && ATTN_TK_DEC_STEP2), "one decode tile loop at a time");
-static_assert(!ATTN_TK_DEC_STEP2 || (ATTN_TK_DEC_KSTAGES >= 2 && ATTN_TK_DEC_VSTAGES >= 2),
-              "two tiles a step hold two K and two V stages");
 // 1: each lane of the query warp signals q_full with cp.async.mbarrier.arrive, which fires
 // when its copies have landed, so the warp goes on to gather the next item at once; 0: it
 // waits for its copies (cp.async.wait_all) and lane 0 arrives, one memory latency per item
