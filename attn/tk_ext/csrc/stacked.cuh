@@ -376,6 +376,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 reg_fence(o);
             } else {
                 ring.release_k(s);
+                // Apart, the producer may load tile g + STAGES's K before done[s] completes for
+                // tile g: a warp that skipped this V unseen could then arrive on done[s] again, a
+                // phase early (run 0190 failed so). Waiting for the V keeps one arrival a phase.
+                if (ATTN_TK_KV_APART && valid > 0) ring.wait_v(s, ph);
             }
             ring.release_v(s);
         }
