@@ -18,7 +18,7 @@ template<int STAGES, typename SRC, typename KV>
 __device__ inline void stream_tiles(const common_args &a, const SRC &src, int first, int last, const int *head,
                                     KV *k_smem, KV *v_smem,
                                     semaphore *k_full, semaphore *v_full, semaphore *done, int *stage_valid,
-                                    semaphore *q_first, semaphore *k_done) {
+                                    semaphore *q_first) {
     int g = 0;  // tiles issued so far
     for (int i = first; i < last; i++) {
         const int *it = item_at(a, head, i, first);
@@ -34,27 +34,6 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
             typename SRC::tile_ref ref{};
             if (ATTN_TK_PREFETCH && live) ref = src.prep(is, tt);  // its loads land while the stage is still in use
             if (ATTN_TK_Q_FIRST && g == 1) wait(*q_first, 0);
-#if ATTN_TK_KV_APART
-            // K when its half of the stage is free, then V when its half is.
-            static_assert(ATTN_TK_PREFETCH, "ATTN_TK_KV_APART loads through prep / load_part");
-            const int ph = ((g / STAGES) - 1) & 1;
-            if (g >= STAGES) wait(k_done[s], ph);
-            stage_valid[s] = live ? ref.valid : 0;
-            if (live) {
-                tma::expect_bytes(k_full[s], sizeof(KV));
-                src.template load_part<1>(ref, k_smem[s], v_smem[s], k_full[s], v_full[s]);
-            } else {
-                arrive(k_full[s]);
-            }
-            if (g >= STAGES) wait(done[s], ph);
-            if (live) {
-                tma::expect_bytes(v_full[s], sizeof(KV));
-                src.template load_part<2>(ref, k_smem[s], v_smem[s], k_full[s], v_full[s]);
-            } else {
-                arrive(v_full[s]);
-            }
-#else
-            (void)k_done;
             if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
             if (live) {
                 stage_valid[s] = ATTN_TK_PREFETCH ? ref.valid : src.valid(is, tt);
@@ -67,7 +46,6 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
                 arrive(k_full[s]);
                 arrive(v_full[s]);
             }
-#endif
             trace(a, TR_LOADED, i, g, s);
         }
         i += pair;

@@ -56,11 +56,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     kv_tile(&k_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     kv_tile(&v_smem)[STAGES] = al.allocate<kv_tile, STAGES>();
     __shared__ semaphore k_full[STAGES], v_full[STAGES], done[STAGES], q_full[QSLOTS], q_empty[QSLOTS];
-#if ATTN_TK_KV_APART
-    __shared__ semaphore k_done[STAGES];  // done[] then counts the V (stacked_layout.cuh)
-#else
-    semaphore *const k_done = nullptr;
-#endif
 #if ATTN_TK_DECODE_WG
     // The decode warpgroup's ring and buffer (decode_wg.cuh).
     constexpr int DKS = TL::DEC_KSTAGES, DVS = TL::DEC_VSTAGES;
@@ -97,9 +92,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // collective wgmmas, and a kv-split warpgroup whose tiles are all past partial
             // chunks issues none; a 2-stage ring (notes/tk-keys128.patch) hung this way.
             init_semaphore(done[s], NWG * 4, 0);
-#if ATTN_TK_KV_APART
-            init_semaphore(k_done[s], NWG * 4, 0);
-#endif
         }
         for (int b = 0; b < QSLOTS; b++) {
             init_semaphore(q_full[b], ATTN_TK_QASYNC ? 32 : 1, 0);  // every lane / lane 0
@@ -147,7 +139,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         warpgroup::decrease_registers<PRODUCER_REGS>();
         const int first = list_end(0), last = list_end(1);
         if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty, &q_first);
-        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first, k_done);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
         if (threadIdx.x % 128 == 64)  // warp 2: the decode ring
             stream_tiles_split<DKS, DVS>(a, src, last, list_end(2), kd_smem, vd_smem, kd_full, vd_full, kd_done, vd_done, d_valid);
         return;
@@ -168,12 +160,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
         if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty, &q_first);
-        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first, k_done);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();
 #endif
-    const auto ring = hold_ring(&k_smem[0], &v_smem[0], &k_full[0], &v_full[0], &done[0], &stage_valid[0], k_done);
+    const auto ring = hold_ring(&k_smem[0], &v_smem[0], &k_full[0], &v_full[0], &done[0], &stage_valid[0]);
 
     const int lane = threadIdx.x % 32;
     const bool pingpong = a.sched == SCHED_PINGPONG;
@@ -273,7 +265,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 pv_async(o, att_lp, ring.v[ps]);
                 warpgroup::mma_async_wait<0>();
                 reg_fence(o);
-                ring.release_v(ps);
+                ring.release(ps);
                 pend = false;
             };
             for (int t = 0; t < ntiles; t++, g++) {
@@ -284,8 +276,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if (valid <= 0) {
                     if (pend) flush();
                     ring.wait_v(s, ph);  // nobody reads this V: its load must land before reuse
-                    ring.release_k(s);
-                    ring.release_v(s);
+                    ring.release(s);
                     continue;
                 }
                 any = true;
@@ -303,7 +294,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<1>();  // S_t done; P_{t-1} V_{t-1} may still run
                     reg_fence(att);
-                    ring.release_k(s);
                     rescale = ABL_SM ? softmax_step_fast(att, m, l, alpha, valid, a.scale_log2) : false;
                     // Keep the softmax above the wait. ptxas schedules the wait (no register
                     // inputs) at the top of its basic block, before the softmax, so nothing
@@ -317,7 +307,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (l[0][0].x < 0.f || l[0][0].y < 0.f) __trap();
                     warpgroup::mma_async_wait<0>();  // o and att_lp are free again
                     reg_fence(o);
-                    ring.release_v(ps);
+                    ring.release(ps);
                 } else {
                     trace(a, TR_TURN, mi, g, wg);
                     if (pingpong) turn_wait(wg);
@@ -325,7 +315,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     if (pingpong) turn_pass(wg);
                     warpgroup::mma_async_wait<0>();
                     reg_fence(att);
-                    ring.release_k(s);
                     rescale = ABL_SM ? softmax_step_fast(att, m, l, alpha, valid, a.scale_log2) : false;
                 }
                 if (rescale) warp::mul_row(o, o, alpha);
@@ -358,7 +347,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if constexpr (ABL_QK) warpgroup::mma_ABt<decltype(att), decltype(q_reg), kv_tile, 0, 0>(att, q_reg, ring.k[s]);
                 warpgroup::mma_async_wait();
                 reg_fence(att);
-                ring.release_k(s);
                 if (live) {
 #if ATTN_TK_SERIAL_SOFTMAX
                     if (ABL_SM && softmax_step_fast(att, m, l, alpha, valid, a.scale_log2)) warp::mul_row(o, o, alpha);
@@ -374,14 +362,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if constexpr (ABL_PV) warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, ring.v[s]);
                 warpgroup::mma_async_wait();
                 reg_fence(o);
-            } else {
-                ring.release_k(s);
-                // Apart, the producer may load tile g + STAGES's K before done[s] completes for
-                // tile g: a warp that skipped this V unseen could then arrive on done[s] again, a
-                // phase early (run 0190 failed so). Waiting for the V keeps one arrival a phase.
-                if (ATTN_TK_KV_APART && valid > 0) ring.wait_v(s, ph);
             }
-            ring.release_v(s);
+            ring.release(s);
         }
 #if ATTN_TK_SERIAL_SOFTMAX
         row_lanes_sum(l);  // softmax_step_fast keeps per-lane partial row sums

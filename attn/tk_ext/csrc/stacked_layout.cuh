@@ -208,15 +208,6 @@ static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer
 #ifndef ATTN_TK_DEC_VSTAGES
 #define ATTN_TK_DEC_VSTAGES 2
 #endif
-// 1: the prefix ring's K and V stages are released apart (k_done after the tile's Q K^T, done
-// after its P V), and the producer waits for each before it loads that half of a tile. Why:
-// the pipelined loop holds a stage from its Q K^T until the next tile's P V, two steps, so a
-// 3-stage ring (DECODE_WG) gives tile t + 1's K one step to land, and beside the decode
-// stream's traffic the prefix items waited for K (session 24: 20 of their 75 us with their
-// wgmmas off). Released apart, the same bytes give each half about two steps. 0: one done a stage.
-#ifndef ATTN_TK_KV_APART
-#define ATTN_TK_KV_APART 0
-#endif
 // 1: each lane of the query warp signals q_full with cp.async.mbarrier.arrive, which fires
 // when its copies have landed, so the warp goes on to gather the next item at once; 0: it
 // waits for its copies (cp.async.wait_all) and lane 0 arrives, one memory latency per item

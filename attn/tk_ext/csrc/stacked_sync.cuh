@@ -60,37 +60,20 @@ __device__ inline int ld_shared_s32(uint32_t addr) {
     asm volatile("ld.shared.s32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
     return v;
 }
-// The prefix ring's view. release_v frees a stage's V (its whole stage unless ATTN_TK_KV_APART),
-// release_k its K (nothing unless ATTN_TK_KV_APART: then done counts only the V); every
-// consumer warp calls both once a tile, so the builds differ only in where K is freed.
 template<typename KV> struct ring_view {
     KV *k, *v;                        // the stages' tiles
     uint32_t k_full, v_full, done, valid;  // shared addresses of stage 0's barriers and key count
-#if ATTN_TK_KV_APART
-    uint32_t k_done;
-#endif
     __device__ inline void wait_k(int s, int ph) const { wait_at(k_full + s * (uint32_t)sizeof(semaphore), ph); }
     __device__ inline void wait_v(int s, int ph) const { wait_at(v_full + s * (uint32_t)sizeof(semaphore), ph); }
-    __device__ inline void release_v(int s) const {  // one arrival per warp
+    __device__ inline void release(int s) const {  // one arrival per warp
         if (laneid() == 0) arrive_at(done + s * (uint32_t)sizeof(semaphore), 1);
-    }
-    __device__ inline void release_k(int s) const {
-#if ATTN_TK_KV_APART
-        if (laneid() == 0) arrive_at(k_done + s * (uint32_t)sizeof(semaphore), 1);
-#endif
     }
     __device__ inline int keys(int s) const { return ld_shared_s32(valid + s * 4); }
 };
 template<typename KV>
-__device__ inline ring_view<KV> hold_ring(KV *k, KV *v, semaphore *k_full, semaphore *v_full, semaphore *done, int *valid,
-                                          semaphore *k_done = nullptr) {
+__device__ inline ring_view<KV> hold_ring(KV *k, KV *v, semaphore *k_full, semaphore *v_full, semaphore *done, int *valid) {
     auto sa = [](const void *p) { return held_u32(static_cast<uint32_t>(__cvta_generic_to_shared(p))); };
-#if ATTN_TK_KV_APART
-    return {held_ptr(k), held_ptr(v), sa(k_full), sa(v_full), sa(done), sa(valid), sa(k_done)};
-#else
-    (void)k_done;
     return {held_ptr(k), held_ptr(v), sa(k_full), sa(v_full), sa(done), sa(valid)};
-#endif
 }
 
 // The decode warpgroup's view of its K and V rings (ring_producer.cuh: stream_tiles_split):
