@@ -33,15 +33,6 @@ namespace attn_tk {
 
 using namespace kittens;
 
-// 1: an item's O^T is stored straight from the registers, each thread its own columns of its
-// rows (2-byte or 4-byte stores, 16 contiguous bytes a row per warp instruction), and every
-// thread computes its rows' 1 / l itself: one barrier in the tail instead of 2 + D / 64, and no
-// shared-memory round trip. 0: through the shared transposition xp, each thread storing 8
-// consecutive columns of one row (as in H200 run 0193).
-#ifndef ATTN_TK_DEC_DIRECT_STORE
-#define ATTN_TK_DEC_DIRECT_STORE 0
-#endif
-
 constexpr int DEC_BAR = 6;  // the decode warpgroup's named barrier (1, 2 unused; 3, 4: turns; 5: exchange)
 
 __device__ inline void dec_sync() {
@@ -239,54 +230,6 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
         // The item's rows in this slot (or, direct, the output): 1 / l and the natural-log lse,
         // each row by one thread; l >= 1 whenever any (see store_state).
         const int nr = min(DEC_ROWS, nrows - row0);
-#if ATTN_TK_DEC_DIRECT_STORE
-        if (w == 0 && lane < 4) {
-            #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const int r = dec_row(lane, k);
-                if (r < nr) {
-                    const float lv = red.l[0][r] + red.l[1][r] + red.l[2][r] + red.l[3][r];
-                    const int j = row0 + r;
-                    const long row = (long)(seq0 + j / a.r) * a.hq + (long)h * a.r + j % a.r;
-                    const long grow = direct ? row : (long)slot * a.rows_total + row;
-                    (direct ? a.lse : a.part_lse)[grow] = any ? (mr[k] + __log2f(lv)) * 0.69314718055994531f : -INFINITY;
-                    if (clear_next) a.part_lse[grow + a.rows_total] = -INFINITY;
-                }
-            }
-        }
-        timeline(a, i, 0, TL_EPI);
-        // Thread (w, lane) holds, of each 64-column block j, columns 16 w + lane / 4 (+ 8) of its
-        // rows dec_row(lane, 0..3): row i's values are .x / .y (i & 1) of data[i >> 1 << 1] and
-        // data[(i >> 1 << 1) + 1] (columns + 0 and + 8).
-        {
-            const bool half_out = direct || a.half_parts;
-            char *base = reinterpret_cast<char *>(direct ? a.out : a.part_out);
-            const int esz = half_out ? (int)sizeof(T) : 4;
-            const int col0 = 16 * w + lane / 4;
-            #pragma unroll
-            for (int q = 0; q < 4; q++) {
-                const int r = dec_row(lane, q);
-                if (r >= nr) continue;
-                const float lv = red.l[0][r] + red.l[1][r] + red.l[2][r] + red.l[3][r];
-                const float inv = any ? __fdividef(1.f, lv) : 0.f;
-                const int j = row0 + r;
-                const long row = (long)(seq0 + j / a.r) * a.hq + (long)h * a.r + j % a.r;
-                const long grow = direct ? row : (long)slot * a.rows_total + row;
-                char *dst = base + (grow * D + col0) * esz;
-                #pragma unroll
-                for (int hb = 0; hb < HALVES; hb++) {
-                    #pragma unroll
-                    for (int c = 0; c < 2; c++) {
-                        const float2 v = ot[hb].tiles[0][0].data[2 * (q >> 1) + c];
-                        const float x = ((q & 1) ? v.y : v.x) * inv;
-                        char *p = dst + (64 * hb + 8 * c) * esz;
-                        if (half_out) *reinterpret_cast<T *>(p) = base_types::convertor<T, float>::convert(x);
-                        else *reinterpret_cast<float *>(p) = x;
-                    }
-                }
-            }
-        }
-#else
         if (w == 0 && lane < 4) {
             #pragma unroll
             for (int k = 0; k < 4; k++) {
@@ -336,7 +279,6 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             }
             if (j + 1 < HALVES) dec_sync();  // xp read: the next block may overwrite it
         }
-#endif
         timeline(a, i, 0, TL_STORED);
         timeline(a, i, 0, TL_KWAIT, kwait);
         timeline(a, i, 0, TL_VWAIT, vwait);
