@@ -93,7 +93,7 @@ def test_the_mode_selects_two_lists_and_auto_picks_them_where_they_were_measured
     a direct plan (no-share) never takes it; plans are cached per mode."""
     from attn.workloads import spec_workload
 
-    for name in ("ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN"):
+    for name in ("ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN", "ATTN_TK_DWG_MARGIN"):
         monkeypatch.delenv(name, raising=False)
     key = tkb.TKBackend._schedule_key()
     monkeypatch.setenv("ATTN_TK_DECODE_WG", "1")
@@ -118,6 +118,22 @@ def test_the_mode_selects_two_lists_and_auto_picks_them_where_they_were_measured
     # Without the slowdown the prediction would take it for hydragen-mqa too (0.77 of one list).
     monkeypatch.setenv("ATTN_TK_DWG_SLOWDOWN", "1")
     assert placed(spec_workload("hydragen-mqa"))[-1]
+    monkeypatch.delenv("ATTN_TK_DWG_SLOWDOWN")
+    # gqa-8b's prediction is 0.91 of one list: a margin of 0.1 turns the form down, a margin of
+    # 0 takes it, and each margin has its own cache key.
+    key = tkb.TKBackend._schedule_key()
+    monkeypatch.setenv("ATTN_TK_DWG_MARGIN", "0.1")
+    assert tkb.TKBackend._schedule_key() != key and not placed(spec_workload("gqa-8b"))[-1]
+    monkeypatch.setenv("ATTN_TK_DWG_MARGIN", "0")
+    assert placed(spec_workload("gqa-8b"))[-1]
+
+
+def test_the_margin_switch_takes_one_fraction():
+    assert ds.margin_from_env(None) == ds.margin_from_env("") == ds.DWG_MARGIN
+    assert ds.margin_from_env("0.03") == 0.03 and ds.margin_from_env("0") == 0
+    for bad in ("1", "-0.1", "0.1,0.2", "x", "nan"):
+        with pytest.raises(ValueError, match="ATTN_TK_DWG_MARGIN"):
+            ds.margin_from_env(bad)
 
 
 def test_contended_loads_slow_only_the_prefix_lists_beside_a_decode_list():
@@ -215,7 +231,7 @@ def test_auto_builds_each_split_once_for_both_forms(monkeypatch):
     """ATTN_TK_DECODE_WG=auto places every split factor in both forms from one make(factor):
     the host work of building a split is not done twice (its arrays are only copied after)."""
     monkeypatch.setenv("ATTN_TK_DECODE_WG", "auto")
-    for name in ("ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN", "ATTN_TK_SPLIT_FACTOR"):
+    for name in ("ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN", "ATTN_TK_DWG_MARGIN", "ATTN_TK_SPLIT_FACTOR"):
         monkeypatch.delenv(name, raising=False)
     tk = tkb.TKBackend()
     monkeypatch.setattr(tk, "_num_sms", lambda device: 132)

@@ -90,7 +90,8 @@ def pair_caps() -> tuple[int, int]:
 # Switches without an entry of their own in versions() (README, "Tuning the tk backend"), named by
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
-                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN")
+                   "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN",
+                   "ATTN_TK_DWG_MARGIN")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
@@ -122,8 +123,8 @@ def decode_wg_mode() -> str:
     run their solo decode items on a third warpgroup beside the prefix items:
     :mod:`attn.tk_ext.decode_streams`) where its predicted time
     (:func:`decode_streams.contended_loads`) beats the one-list plan's by
-    :data:`decode_streams.DWG_MARGIN`; ``1``: that form wherever a plan has solo items;
-    ``0``: never. H200 (runs 0153 / 0154): gqa-8b 5.6-9.3 % faster with it, tree-3level up
+    :data:`decode_streams.DWG_MARGIN` (``ATTN_TK_DWG_MARGIN``); ``1``: that form wherever a
+    plan has solo items; ``0``: never. H200 (runs 0153 / 0154): gqa-8b 5.6-9.3 % faster with it, tree-3level up
     to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b only (runs 0155 / 0156:
     gqa-8b 6.2-10.1 % faster than ``0``, the rest within 0.8 %)."""
     return os.environ.get("ATTN_TK_DECODE_WG", "auto")
@@ -225,7 +226,8 @@ class TKBackend(Backend):
         """The environment's part of a plan's cache key (what :meth:`_place` and
         :meth:`_best_split` read)."""
         return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), decode_wg_mode(),
-                os.environ.get("ATTN_TK_SOLO_COSTS"), os.environ.get("ATTN_TK_DWG_SLOWDOWN"))
+                os.environ.get("ATTN_TK_SOLO_COSTS"), os.environ.get("ATTN_TK_DWG_SLOWDOWN"),
+                os.environ.get("ATTN_TK_DWG_MARGIN"))
 
     def _best_form(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan of :meth:`_best_split` in the kernel form :func:`decode_wg_mode`
@@ -249,7 +251,8 @@ class TKBackend(Backend):
             return two + (True,)
         with_dwg = float(decode_streams.contended_loads(two[0], two[1]).max())
         without = self._max_load(one)
-        return two + (True,) if with_dwg < without * (1 - decode_streams.DWG_MARGIN) else one + (False,)
+        margin = decode_streams.margin_from_env(os.environ.get("ATTN_TK_DWG_MARGIN"))
+        return two + (True,) if with_dwg < without * (1 - margin) else one + (False,)
 
     def _best_split(self, make, num_seqs: int, hkv: int, r: int, device, dwg: bool = False):
         """The placed plan (:meth:`_place`) of the best of :func:`split_factors`.

@@ -35,7 +35,7 @@ DWG_SLOWDOWN = 1.3
 # The decode-warpgroup form is picked when its contended prediction is this much below the
 # one-list plan's: at 1.3 the predictions were gqa-8b 0.91 (measured 0.91-0.95), hydragen-mqa
 # 1.00 (0.95-1.04), chunkattn-mha 1.07 (1.02-1.06), tree-3level 1.08 (1.09-1.15), gqa-8b-long
-# 1.22 (1.02-1.04); H200 runs 0153 / 0154.
+# 1.22 (1.02-1.04); H200 runs 0153 / 0154 (ATTN_TK_DWG_MARGIN overrides it).
 DWG_MARGIN = 0.05
 
 
@@ -47,6 +47,16 @@ def solo_costs_from_env(value: str | None) -> tuple[float, float]:
     if len(costs) != 2 or min(costs) < 0:
         raise ValueError(f"ATTN_TK_SOLO_COSTS={value!r}: want two non-negative numbers, tile,item")
     return costs
+
+
+def margin_from_env(value: str | None) -> float:
+    """``ATTN_TK_DWG_MARGIN`` (one number in ``[0, 1)``), or :data:`DWG_MARGIN`."""
+    if not value:
+        return DWG_MARGIN
+    got = plan.env_floats(value)
+    if len(got) != 1 or not 0 <= got[0] < 1:
+        raise ValueError(f"ATTN_TK_DWG_MARGIN={value!r}: want one number in [0, 1)")
+    return got[0]
 
 
 def slowdown_from_env(value: str | None) -> float:
