@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from attn.tk_ext import backend as tkb
 from attn.tk_ext import decode_streams as ds
@@ -126,6 +127,26 @@ def test_the_mode_selects_two_lists_and_auto_picks_them_where_they_were_measured
     assert tkb.TKBackend._schedule_key() != key and not placed(spec_workload("gqa-8b"))[-1]
     monkeypatch.setenv("ATTN_TK_DWG_MARGIN", "0")
     assert placed(spec_workload("gqa-8b"))[-1]
+
+
+def test_auto_takes_the_decode_warpgroup_for_ragged_hydragen_chunks(monkeypatch):
+    """hydragen-mqa-ragged's chunk plan (its table has each sequence's partial last chunk) is
+    predicted 0.96 of one list: ``auto`` takes the decode warpgroup at the default margin (H200
+    runs 0199 / 0200: 5.6 % faster), not at 0.05 (the margin until session 28); its
+    shared-prefix plan (0.996) stays on one list."""
+    from attn.cases import build_inputs
+    from attn.workloads import spec_workload
+
+    for name in ("ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN", "ATTN_TK_DWG_MARGIN"):
+        monkeypatch.delenv(name, raising=False)
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
+    inputs = build_inputs(spec_workload("hydragen-mqa").with_(ragged=True), torch.float16, "cpu")
+    chunk = inputs.problem("chunk")
+    assert tk.chunk_items(chunk)[-1]
+    assert not tk.level_items(inputs.problem("shared_prefix"))[-1]
+    monkeypatch.setenv("ATTN_TK_DWG_MARGIN", "0.05")
+    assert not tk.chunk_items(chunk)[-1]
 
 
 def test_the_margin_switch_takes_one_fraction():

@@ -125,8 +125,9 @@ def decode_wg_mode() -> str:
     (:func:`decode_streams.contended_loads`) beats the one-list plan's by
     :data:`decode_streams.DWG_MARGIN` (``ATTN_TK_DWG_MARGIN``); ``1``: that form wherever a
     plan has solo items; ``0``: never. H200 (runs 0153 / 0154): gqa-8b 5.6-9.3 % faster with it, tree-3level up
-    to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b only (runs 0155 / 0156:
-    gqa-8b 6.2-10.1 % faster than ``0``, the rest within 0.8 %)."""
+    to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b (runs 0155 / 0156:
+    6.2-10.1 % faster than ``0``, the rest within 0.8 %) and hydragen-mqa-ragged's chunk op
+    (runs 0199 / 0200: 5.6 % faster, the rest within 0.3 %)."""
     return os.environ.get("ATTN_TK_DECODE_WG", "auto")
 
 
