@@ -153,6 +153,13 @@ def test_switch_typos_are_refused_before_any_launch(monkeypatch):
         with pytest.raises(ValueError, match=name):
             tkb.check_switches()
         monkeypatch.delenv(name)
+    # The numeric plan switches too, though a direct or merge-only call would not read them.
+    for name, bad in (("ATTN_TK_SOLO_COSTS", "1.7"), ("ATTN_TK_DWG_SLOWDOWN", "0.5"), ("ATTN_TK_DWG_MARGIN", "5%")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=name):
+            tkb.check_switches()
+        monkeypatch.delenv(name)
+    tkb.check_switches()
     monkeypatch.setenv("ATTN_TK_MERGE", "V4")
     tk = tkb.TKBackend()
     monkeypatch.setattr(tk, "_ext", lambda: pytest.fail("the extension was reached"))

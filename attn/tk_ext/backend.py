@@ -102,11 +102,16 @@ SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_P
 
 def check_switches() -> None:
     """Raise ``ValueError`` naming a set switch of :data:`SWITCH_VALUES` with a value it does
-    not take (before any launch of an op)."""
+    not take, or a set numeric plan switch (``ATTN_TK_SOLO_COSTS``, ``ATTN_TK_DWG_SLOWDOWN``,
+    ``ATTN_TK_DWG_MARGIN``) that does not parse (before any launch of an op, whether or not
+    the op's plan reads it)."""
     for name, values in SWITCH_VALUES.items():
         value = os.environ.get(name)
         if value and value not in values:
             raise ValueError(f"{name}={value!r}: expected one of {', '.join(values)}")
+    decode_streams.solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
+    decode_streams.slowdown_from_env(os.environ.get("ATTN_TK_DWG_SLOWDOWN"))
+    decode_streams.margin_from_env(os.environ.get("ATTN_TK_DWG_MARGIN"))
 
 
 def split_factors() -> tuple:
@@ -124,10 +129,10 @@ def decode_wg_mode() -> str:
     :mod:`attn.tk_ext.decode_streams`) where its predicted time
     (:func:`decode_streams.contended_loads`) beats the one-list plan's by
     :data:`decode_streams.DWG_MARGIN` (``ATTN_TK_DWG_MARGIN``); ``1``: that form wherever a
-    plan has solo items; ``0``: never. H200 (runs 0153 / 0154): gqa-8b 5.6-9.3 % faster with it, tree-3level up
-    to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b (runs 0155 / 0156:
-    6.2-10.1 % faster than ``0``, the rest within 0.8 %) and hydragen-mqa-ragged's chunk op
-    (runs 0199 / 0200: 5.6 % faster, the rest within 0.3 %)."""
+    plan has solo items; ``0``: never. H200 (runs 0153 / 0154): gqa-8b 5.6-9.3 % faster with
+    it, tree-3level up to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b (runs
+    0155 / 0156: 6.2-10.1 % faster than ``0``, the rest within 0.8 %) and hydragen-mqa-ragged's
+    chunk op (runs 0199 / 0200: 5.6 % faster, the rest within 0.3 %)."""
     return os.environ.get("ATTN_TK_DECODE_WG", "auto")
 
 
