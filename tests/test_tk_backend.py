@@ -141,6 +141,20 @@ def test_partial_dtype_is_the_ops_unless_float32_is_asked(monkeypatch):
     assert tkb.partial_dtype(torch.bfloat16) == torch.float32
 
 
+def test_numeric_plan_switch_typos_are_refused_when_a_plan_is_built(monkeypatch):
+    """The decode-warpgroup switches are parsed on every plan build, even a direct plan's
+    (no-share), which has no solo items and would not read them."""
+    tk = tkb.TKBackend()
+    monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
+    monkeypatch.delenv("ATTN_TK_DECODE_WG", raising=False)
+    for name, bad in (("ATTN_TK_SOLO_COSTS", "1.7"), ("ATTN_TK_DWG_SLOWDOWN", "0.5"), ("ATTN_TK_DWG_MARGIN", "5%")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=name):
+            tk.placed_level_plan(4, 8, 2, [], 64, False, "cpu")
+        monkeypatch.delenv(name)
+    assert tk.placed_level_plan(4, 8, 2, [], 64, False, "cpu")[2]  # direct
+
+
 def test_switch_typos_are_refused_before_any_launch(monkeypatch):
     for name in tkb.SWITCH_VALUES:
         monkeypatch.delenv(name, raising=False)
@@ -153,13 +167,6 @@ def test_switch_typos_are_refused_before_any_launch(monkeypatch):
         with pytest.raises(ValueError, match=name):
             tkb.check_switches()
         monkeypatch.delenv(name)
-    # The numeric plan switches too, though a direct or merge-only call would not read them.
-    for name, bad in (("ATTN_TK_SOLO_COSTS", "1.7"), ("ATTN_TK_DWG_SLOWDOWN", "0.5"), ("ATTN_TK_DWG_MARGIN", "5%")):
-        monkeypatch.setenv(name, bad)
-        with pytest.raises(ValueError, match=name):
-            tkb.check_switches()
-        monkeypatch.delenv(name)
-    tkb.check_switches()
     monkeypatch.setenv("ATTN_TK_MERGE", "V4")
     tk = tkb.TKBackend()
     monkeypatch.setattr(tk, "_ext", lambda: pytest.fail("the extension was reached"))

@@ -102,16 +102,11 @@ SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_P
 
 def check_switches() -> None:
     """Raise ``ValueError`` naming a set switch of :data:`SWITCH_VALUES` with a value it does
-    not take, or a set numeric plan switch (``ATTN_TK_SOLO_COSTS``, ``ATTN_TK_DWG_SLOWDOWN``,
-    ``ATTN_TK_DWG_MARGIN``) that does not parse (before any launch of an op, whether or not
-    the op's plan reads it)."""
+    not take (before any launch of an op)."""
     for name, values in SWITCH_VALUES.items():
         value = os.environ.get(name)
         if value and value not in values:
             raise ValueError(f"{name}={value!r}: expected one of {', '.join(values)}")
-    decode_streams.solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
-    decode_streams.slowdown_from_env(os.environ.get("ATTN_TK_DWG_SLOWDOWN"))
-    decode_streams.margin_from_env(os.environ.get("ATTN_TK_DWG_MARGIN"))
 
 
 def split_factors() -> tuple:
@@ -239,6 +234,7 @@ class TKBackend(Backend):
         """The placed plan of :meth:`_best_split` in the kernel form :func:`decode_wg_mode`
         picks: ``(items, ctas, direct, covered, nslot, extra, dwg)``, ``dwg`` whether it is a
         two-list plan for the decode-warpgroup kernels (only ever one with solo items)."""
+        decode_streams.check_env()  # on every plan build, whichever form and path it takes
         mode = decode_wg_mode()
         made: dict = {}  # make(factor) once for both forms (its arrays are only ever copied downstream)
 

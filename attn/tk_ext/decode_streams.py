@@ -62,6 +62,16 @@ def margin_from_env(value: str | None) -> float:
     return got[0]
 
 
+def check_env() -> None:
+    """Raise ``ValueError`` naming ``ATTN_TK_SOLO_COSTS``, ``ATTN_TK_DWG_SLOWDOWN`` or
+    ``ATTN_TK_DWG_MARGIN`` if one is set and does not parse. Called once per plan build (plans
+    are cached by these values), so a typo is refused even where a plan has no solo items to
+    read it, and no op call pays for the check."""
+    solo_costs_from_env(os.environ.get("ATTN_TK_SOLO_COSTS"))
+    slowdown_from_env(os.environ.get("ATTN_TK_DWG_SLOWDOWN"))
+    margin_from_env(os.environ.get("ATTN_TK_DWG_MARGIN"))
+
+
 def slowdown_from_env(value: str | None) -> float:
     """``ATTN_TK_DWG_SLOWDOWN`` (one finite number >= 1), or :data:`DWG_SLOWDOWN`."""
     if not value:
