@@ -28,6 +28,8 @@ def masked_softmax_state(scores: torch.Tensor, v: torch.Tensor, mask):
     """
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
+        # A masked key's weight is 0, but 0 * NaN (stale cache memory past a length) is NaN.
+        v = v.masked_fill(~mask.transpose(-1, -2), 0)
     m = scores.amax(dim=-1, keepdim=True)
     m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
     p = torch.exp(scores - m)

@@ -32,6 +32,25 @@ class Case:
         return chunk_problem(*inp.args())
 
 
+def poison_past_lengths(inp, value: float) -> int:
+    """Write ``value`` (NaN, inf) into every key and value past its sequence's or chunk's length
+    (suffix rows past ``suffix_lens``, chunk rows past ``chunk_lens``), in place; returns how
+    many rows were poisoned. No backend may let them reach the output: KV caches hold stale or
+    uninitialised memory there."""
+    n = 0
+    if isinstance(inp, ChunkInputs):
+        for c, length in enumerate(inp.table.chunk_lens.tolist()):
+            inp.k_chunks[c, :, length:] = value
+            inp.v_chunks[c, :, length:] = value
+            n += inp.k_chunks.shape[2] - length
+    elif inp.suffix_k is not None and inp.suffix_lens is not None:
+        for b, length in enumerate(inp.suffix_lens.tolist()):
+            inp.suffix_k[b, length:] = value
+            inp.suffix_v[b, length:] = value
+            n += inp.suffix_k.shape[1] - length
+    return n
+
+
 def _level(w: Workload, seed: int):
     return lambda dtype, device: make_inputs(w, dtype, device, seed=seed)
 

@@ -11,7 +11,7 @@ import torch
 import attn
 from attn.problems import merge_problem
 from attn.testing import Oracle
-from cases import CASES
+from cases import CASES, poison_past_lengths
 from conftest import DEVICE, selected_backends
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -58,6 +58,29 @@ def test_agrees_with_oracle(backend, case_id, dtype):
     assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     verdict = oracle.judge(out, lse)
     assert verdict.ok, f"{backend.name} {case_id} {_dtype_id(dtype)}: {verdict}"
+
+
+# Cases with keys past a length: ragged suffixes, partial chunks.
+PAST_LENGTH_CASES = [c.id for c in CASES if c.op == "chunk" or "ragged" in c.id or c.id.startswith("gpu-gqa8b")]
+
+
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=_dtype_id)
+@pytest.mark.parametrize("case_id", PAST_LENGTH_CASES)
+def test_keys_past_lengths_never_reach_the_output(backend, case_id, dtype, poison):
+    """NaN or inf in every key and value row past a suffix's or a chunk's length (stale or
+    uninitialised cache memory) leaves the result as the oracle, which never reads them, has it.
+    A kernel that loads a whole tile and masks only the scores fails: P = 0 times V = NaN is NaN."""
+    case = next(c for c in CASES if c.id == case_id)
+    if case.gpu_only and DEVICE.type != "cuda":
+        pytest.skip("benchmark-sized case: no CUDA device")
+    inp = case.inputs(dtype, DEVICE)
+    assert poison_past_lengths(inp, float(poison)) > 0, "the case has no rows past a length"
+    problem = case.problem(inp)
+    _skip_if_unsupported(backend, problem)
+    out, lse = _run(case, inp, backend.name)
+    verdict = Oracle(problem).judge(out, lse)
+    assert verdict.ok, f"{backend.name} {case_id} {_dtype_id(dtype)} {poison} past the lengths: {verdict}"
 
 
 def _kernel_pairs():
