@@ -7,7 +7,9 @@
 # stall samples per SASS instruction (bench/ncu_stalls.py) of the first variant on NCU_CASES.
 #   NCU_CASES="gqa-8b-long:shared_prefix" bash bench/tk_variants.sh NAME default "-DATTN_TK_QBUFS=2"
 # SKIP_TESTS=1 skips the tests; NCU_CASES="" skips Nsight Compute; BASE=i gates every variant
-# against variant i (default 0). At most 8 files land in $OUT.
+# against variant i (default 0). TESTS="tests/x.py -k expr" (words without spaces) replaces the
+# tests' arguments and TEST_VARIANTS="0 2" runs them on those variants (a failure on one that is
+# meant to fail is a result too); SKIP_BENCH=1 times nothing. At most 8 files land in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1 ATTN_CACHE_DIR=${ATTN_CACHE_DIR:-/tmp/attn-cache-variants}
@@ -24,13 +26,20 @@ echo "# tk sources $(cat attn/tk_ext/csrc/* | sha1sum | cut -c1-12), variants: $
 build_variants "$out" "$log" "${variants[@]}"
 export ATTN_TK_NVCC_FLAGS="$(variant_flags "${variants[0]}")" ATTN_TK_CSRC="$(variant_csrc "${variants[0]}")"
 test_rc=0
+read -ra test_args <<< "${TESTS:-tests/test_tk_*.py}"
 if [ -z "${SKIP_TESTS:-}" ]; then
-  # Through run_variant: a variant's NAME=VALUE words (plan switches) apply to its tests too.
-  run_variant "${variants[0]}" timeout -k 20 -s INT "${TEST_TIMEOUT:-200}" \
-    python3 -m pytest tests/test_tk_*.py -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
-  test_rc=${PIPESTATUS[0]}
+  for i in ${TEST_VARIANTS:-0}; do
+    echo "## tests v$i: ${variants[$i]}: ${test_args[*]}" | tee -a "$log"
+    # Through run_variant: a variant's NAME=VALUE words (plan switches) apply to its tests too.
+    # shellcheck disable=SC2068
+    run_variant "${variants[$i]}" timeout -k 20 -s INT "${TEST_TIMEOUT:-200}" \
+      python3 -m pytest ${test_args[@]} -q -p no:cacheprovider -x 2>&1 | tail -15 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    [ "$i" = 0 ] && test_rc=$rc
+  done
 fi
 for i in "${!variants[@]}"; do
+  [ -n "${SKIP_BENCH:-}" ] && break
   if [ "$i" = 0 ] && { [ "$test_rc" = 124 ] || [ "$test_rc" = 137 ]; }; then
     # Its tests ran past TEST_TIMEOUT: a hang would take the benchmark's timeout too.
     echo "## bench v0 skipped: its tests timed out (rc $test_rc; a hang?)" | tee -a "$log"

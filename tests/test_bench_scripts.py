@@ -110,6 +110,18 @@ def test_variants_script_tests_and_times_each_variant_with_its_words(stand_ins):
     assert "--benchmark-save=t-v0" in benches[0] and "--benchmark-save=t-v1" in benches[1]
 
 
+def test_variants_script_runs_the_named_tests_on_the_named_variants_and_may_time_nothing(stand_ins):
+    env = {**os.environ, "PATH": stand_ins["PATH"], "OUT": str(stand_ins["out"]), "NCU_CASES": "",
+           "TESTS": "tests/test_agreement.py -k past_lengths", "TEST_VARIANTS": "0 2", "SKIP_BENCH": "1"}
+    subprocess.run(["bash", "bench/tk_variants.sh", "t", "default", "-DA=1", "-DB=1 ATTN_TK_FILL=1"], cwd=ROOT,
+                   env=env, check=True, capture_output=True)
+    calls = stand_ins["calls"].read_text().splitlines()
+    tests = [c for c in calls if "pytest tests/" in c]
+    assert [t.split(" args=")[0] for t in tests] == ["flags=[] csrc=[] fill=[]", "flags=[-DB=1] csrc=[] fill=[1]"]
+    assert all("tests/test_agreement.py -k past_lengths -q" in t for t in tests)
+    assert not [c for c in calls if "pytest bench/" in c]
+
+
 def test_variants_script_profiles_its_first_variant_through_the_ncu_script(stand_ins):
     """NCU_CASES goes to bench/tk_ncu_source.sh under the first variant's words, without the
     pipe-metrics pass; its stall summary and source page land in OUT."""

@@ -13,7 +13,7 @@ from attn.tk_ext import backend as tkb
 from attn.tk_ext import plan
 from attn.torch_backend import merge
 from attn.workloads import Workload, make_inputs, to_chunk_form
-from cases import CASES
+from cases import CASES, poison_past_lengths
 from conftest import require_backend
 
 W = Workload
@@ -183,6 +183,25 @@ def test_gpu_both_kernel_forms_agree(tk, case, mode, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+@pytest.mark.parametrize("mode", ["0", "1"], ids=["one-list", "decode-wg"])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id in (
+    "spec-gqa-8b-ragged-level", "spec-gqa-8b-ragged-chunk", "spec-hydragen-mqa-ragged-chunk",
+    "spec-tree-3level-ragged-level", "spec-chunkattn-mha-ragged-chunk", "chunk16-3level-gqa4",
+    "prefix65-gqa4-d64-ragged")], ids=lambda c: c.id)
+def test_gpu_past_lengths_in_both_kernel_forms(tk, case, mode, poison, monkeypatch):
+    """NaN or inf past every suffix's and chunk's length, on the one-list kernels and on the
+    decode warpgroup's (its own ring and its own P V): a tile that ends a length is loaded by
+    16-key boxes and its V rows past the keys are zeroed before P V (tile_ops.cuh)."""
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", mode)
+    inp = case.inputs(torch.bfloat16, "cuda")
+    assert poison_past_lengths(inp, float(poison)) > 0
+    p = case.problem(inp)
+    verdict = Oracle(p).judge(*_call(case.op, inp, "tk"))
+    assert verdict.ok, f"{poison} past the lengths: {verdict}"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("pairs", ["0,-1", "1,-1", "-1,-1"], ids=["no-pairs", "pairs-of-1-tile", "pairs-all"])
 @pytest.mark.parametrize("case", [c for c in GPU_CASES if c.id in (
     "spec-hydragen-mqa-ragged-level", "spec-tree-3level-ragged-chunk", "spec-no-share-ragged-level",
@@ -245,7 +264,7 @@ def test_gpu_rebalanced_schedule_agrees(tk, case, monkeypatch):
 def test_gpu_direct_plan(tk, op, d, hq, hkv, dtype, pairs, monkeypatch):
     """Nothing shared and no split: the items write the output themselves (paired kv-split
     items each on its warpgroup; alone, an item merges its warpgroups in shared memory).
-    Ragged, with one empty sequence."""
+    Ragged, with one empty sequence, and NaN past every length."""
     if not pairs:
         monkeypatch.setenv("ATTN_TK_PAIR_TILES", "0")
     w = W("", 6, hq, hkv, (), 300, d, ragged=True)
@@ -260,6 +279,7 @@ def test_gpu_direct_plan(tk, op, d, hq, hkv, dtype, pairs, monkeypatch):
         assert tk.level_items(p)[3]
     items = (tk.chunk_items(p) if op == "chunk" else tk.level_items(p))[0].cpu().numpy()
     assert bool((items[:, plan.F_FLAGS] & plan.FLAG_PAIR).any()) == pairs
+    assert poison_past_lengths(inp, float("nan")) > 0
     out, lse = _call(op, inp, "tk")
     verdict = Oracle(p).judge(out, lse)
     assert verdict.ok, str(verdict)
@@ -294,9 +314,11 @@ def test_gpu_growing_scores_with_lazy_rescale(tk, op, dtype):
 @pytest.mark.parametrize("chunk,d", [(128, 128), (192, 64)], ids=["c128-d128", "c192-d64"])
 def test_gpu_chunks_of_several_tiles(tk, chunk, d, dtype):
     """Chunks longer than a 64-key tile: partial chunks leave tiles with no valid key, which
-    every consumer schedule skips (row-split shared chunks, kv-split private ones)."""
+    every consumer schedule skips (row-split shared chunks, kv-split private ones); inf in
+    every row past a chunk's length."""
     w = W("", 32, 16, 4, ((1, 300), (4, 70)), 90, d, ragged=True)
     inp = to_chunk_form(make_inputs(w, dtype, "cuda", seed=11), chunk, shuffle=True, seed=11)
+    assert poison_past_lengths(inp, float("inf")) > 0
     out, lse = _call("chunk", inp, "tk")
     verdict = Oracle(chunk_problem(*inp.args())).judge(out, lse)
     assert verdict.ok, str(verdict)

@@ -18,6 +18,11 @@ template<typename T, int D> struct chunk_src {
     const int *clist;       // chunk ids of every item, concatenated
     const int *chunk_lens;  // [num_chunks]
     int tpc;                // tiles per chunk: ceil(C / 64)
+    // The pools again, by boxes of TAIL_BOX keys x 64 columns: the tile that ends a partial chunk
+    // loads only its boxes with keys (tail_boxes).
+    using box_t = typename tiles<T, D>::box_tile;
+    using bgl = gl<T, -1, -1, -1, -1, box_t>;
+    bgl bk, bv;
 
     __device__ inline int ntiles(const int *it) const { return it[F_TILE1] - it[F_TILE0]; }
     __device__ inline int valid(const int *it, int t) const {
@@ -33,18 +38,31 @@ template<typename T, int D> struct chunk_src {
         tma::load_async<2, cache_policy::NORMAL>(vt, v, co, vb);
     }
     // ATTN_TK_PREFETCH: a tile's chunk id and length, read ahead of its stage's release.
-    struct tile_ref { coord<kv_tile> c; int valid; };
+    struct tile_ref { coord<kv_tile> c; int valid, boxes; };
     __device__ inline tile_ref prep(const int *it, int t) const {
         int g = it[F_TILE0] + t;
         int c = clist[it[F_GIDX] + g / tpc];
-        return {coord<kv_tile>{c, it[F_HEAD], g % tpc, 0}, chunk_lens[c] - (g % tpc) * TILE};
+        const int vk = chunk_lens[c] - (g % tpc) * TILE;
+        return {coord<kv_tile>{c, it[F_HEAD], g % tpc, 0}, vk, tail_boxes(vk)};
     }
+    __device__ inline int bytes(const tile_ref &r) const { return tile_bytes<T, D>(r.boxes); }
     // The decode ring of the *_dwg units loads a tile's K and V apart (ring_producer.cuh:
     // stream_tiles_split): WHICH 1 = K only, 2 = V only, 3 = both.
     template<int WHICH = 3>
     __device__ inline void load_part(const tile_ref &r, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
-        if constexpr (WHICH & 1) tma::load_async<2, cache_policy::NORMAL>(kt, k, r.c, kb);
-        if constexpr (WHICH & 2) tma::load_async<2, cache_policy::NORMAL>(vt, v, r.c, vb);
+        if (r.boxes) {
+            for (int j = 0; j < r.boxes; j++) {
+                #pragma unroll
+                for (int h = 0; h < D / 64; h++) {
+                    const coord<box_t> c{r.c.b, r.c.d, r.c.r * (TILE / TAIL_BOX) + j, h};
+                    if constexpr (WHICH & 1) tma::load_async<2, cache_policy::NORMAL>(box_at<T, D>(kt, j, h), bk, c, kb);
+                    if constexpr (WHICH & 2) tma::load_async<2, cache_policy::NORMAL>(box_at<T, D>(vt, j, h), bv, c, vb);
+                }
+            }
+        } else {
+            if constexpr (WHICH & 1) tma::load_async<2, cache_policy::NORMAL>(kt, k, r.c, kb);
+            if constexpr (WHICH & 2) tma::load_async<2, cache_policy::NORMAL>(vt, v, r.c, vb);
+        }
     }
     __device__ inline void load(const tile_ref &r, kv_tile &kt, kv_tile &vt, semaphore &kb, semaphore &vb) const {
         load_part(r, kt, vt, kb, vb);
@@ -61,7 +79,13 @@ static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc,
         return cgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
                    (unsigned)x.size(2), (unsigned)x.size(3));
     };
-    S src{mk(kc), mk(vc), clist.data_ptr<int>(), clens.data_ptr<int>(), (int)((kc.size(2) + TILE - 1) / TILE)};
+    using bgl = typename S::bgl;
+    auto mkb = [&](const at::Tensor &x) {
+        return bgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
+                   (unsigned)x.size(2), (unsigned)x.size(3));
+    };
+    S src{mk(kc), mk(vc), clist.data_ptr<int>(), clens.data_ptr<int>(), (int)((kc.size(2) + TILE - 1) / TILE),
+          mkb(kc), mkb(vc)};
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / kc.size(1)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};

@@ -200,6 +200,10 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             dec_proxy_fence();
             dec_sync();  // P^T complete; the four warps' maxes are read (red.m is free)
             TL_WAIT(vwait, ring.wait_v(vs, vph));
+            if (ATTN_TK_ZERO_PAST && valid < TILE) {  // V rows past the keys <- 0 (tile_ops.cuh zero_rows_from)
+                zero_rows_from(ring.v[vs], valid, tid);
+                dec_sync();
+            }
             #pragma unroll
             for (int j = 0; j < HALVES; j++) reg_fence(ot[j]);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");

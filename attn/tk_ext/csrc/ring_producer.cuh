@@ -37,8 +37,9 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
             if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
             if (live) {
                 stage_valid[s] = ATTN_TK_PREFETCH ? ref.valid : src.valid(is, tt);
-                tma::expect_bytes(k_full[s], sizeof(KV));
-                tma::expect_bytes(v_full[s], sizeof(KV));
+                const int bytes = ATTN_TK_PREFETCH ? src.bytes(ref) : (int)sizeof(KV);  // (a ragged tail: its boxes)
+                tma::expect_bytes(k_full[s], bytes);
+                tma::expect_bytes(v_full[s], bytes);
                 if constexpr (ATTN_TK_PREFETCH) src.load(ref, k_smem[s], v_smem[s], k_full[s], v_full[s]);
                 else src.load(is, tt, k_smem[s], v_smem[s], k_full[s], v_full[s]);
             } else {
@@ -74,10 +75,10 @@ __device__ inline void stream_tiles_split(const common_args &a, const SRC &src, 
             const typename SRC::tile_ref ref = src.prep(it, t);  // its loads land while the stages are in use
             if (g >= KS) wait(k_done[ks], ((g / KS) - 1) & 1);
             stage_valid[ks] = ref.valid;
-            tma::expect_bytes(k_full[ks], sizeof(KV));
+            tma::expect_bytes(k_full[ks], src.bytes(ref));
             src.template load_part<1>(ref, k_smem[ks], v_smem[vs], k_full[ks], v_full[vs]);
             if (g >= VS) wait(v_done[vs], ((g / VS) - 1) & 1);
-            tma::expect_bytes(v_full[vs], sizeof(KV));
+            tma::expect_bytes(v_full[vs], src.bytes(ref));
             src.template load_part<2>(ref, k_smem[ks], v_smem[vs], k_full[ks], v_full[vs]);
         }
     }

@@ -19,6 +19,11 @@ template<typename T, int D> struct level_src {
     using lgl = gl<T, -1, -1, -1, -1, tma::descriptor<kv_tile, 1>>;
     lgl k0, v0, k1, v1, k2, v2, k3, v3, k4, v4, k5, v5;
     const int *lens;  // suffix_lens [B] or nullptr
+    // The suffix again (with suffix_lens), by boxes of TAIL_BOX keys x 64 columns: the tile that
+    // ends a ragged suffix loads only its boxes with keys (tail_boxes).
+    using box_t = typename tiles<T, D>::box_tile;
+    using bgl = gl<T, -1, -1, -1, -1, tma::descriptor<box_t, 1>>;
+    bgl bk, bv;
 
     __device__ inline int keylen(const int *it) const {
         int kl = it[F_KEYLEN];
@@ -36,13 +41,18 @@ template<typename T, int D> struct level_src {
         coord<kv_tile> c{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0};
         load_at(it[F_SRC], c, k, v, kb, vb);
     }
-    // ATTN_TK_PREFETCH: a tile's metadata, read ahead of its stage's release.
-    struct tile_ref { coord<kv_tile> c; int src, valid; };
+    // ATTN_TK_PREFETCH: a tile's metadata, read ahead of its stage's release. Only a suffix read
+    // through suffix_lens (keylen < 0) has keys past a length inside the tensor: a prefix
+    // level's or a full suffix's last tile ends at the tensor's end, past which TMA reads nothing.
+    struct tile_ref { coord<kv_tile> c; int src, valid, boxes; };
     __device__ inline tile_ref prep(const int *it, int t) const {
-        return {coord<kv_tile>{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0}, it[F_SRC], valid(it, t)};
+        const int vk = valid(it, t);
+        return {coord<kv_tile>{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0}, it[F_SRC], vk,
+                it[F_KEYLEN] < 0 ? tail_boxes(vk) : 0};
     }
+    __device__ inline int bytes(const tile_ref &r) const { return tile_bytes<T, D>(r.boxes); }
     __device__ inline void load(const tile_ref &r, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
-        load_at(r.src, r.c, k, v, kb, vb);
+        load_part<3>(r, k, v, kb, vb);
     }
     // The decode ring of the *_dwg units loads a tile's K and V apart (ring_producer.cuh:
     // stream_tiles_split): WHICH 1 = K only, 2 = V only, 3 = both.
@@ -59,7 +69,18 @@ template<typename T, int D> struct level_src {
     }
     template<int WHICH>
     __device__ inline void load_part(const tile_ref &r, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
-        load_at<WHICH>(r.src, r.c, k, v, kb, vb);
+        if (r.boxes) {
+            for (int j = 0; j < r.boxes; j++) {
+                #pragma unroll
+                for (int h = 0; h < D / 64; h++) {
+                    const coord<box_t> c{r.c.b, r.c.d * (TILE / TAIL_BOX) + j, r.c.r, h};
+                    if constexpr (WHICH & 1) tma::load_async<1, cache_policy::NORMAL>(box_at<T, D>(k, j, h), bk, c, kb);
+                    if constexpr (WHICH & 2) tma::load_async<1, cache_policy::NORMAL>(box_at<T, D>(v, j, h), bv, c, vb);
+                }
+            }
+        } else {
+            load_at<WHICH>(r.src, r.c, k, v, kb, vb);
+        }
     }
 };
 
@@ -74,9 +95,15 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
         return lgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
                    (unsigned)x.size(2), (unsigned)x.size(3));
     };
+    using bgl = typename S::bgl;
+    auto mkb = [&](const std::vector<at::Tensor> &xs) {  // the suffix: last of the sources
+        const at::Tensor &x = xs.back();
+        return bgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
+                   (unsigned)x.size(2), (unsigned)x.size(3));
+    };
     S src{mk(ks, 0), mk(vs, 0), mk(ks, 1), mk(vs, 1), mk(ks, 2), mk(vs, 2),
           mk(ks, 3), mk(vs, 3), mk(ks, 4), mk(vs, 4), mk(ks, 5), mk(vs, 5),
-          lens.defined() ? lens.data_ptr<int>() : nullptr};
+          lens.defined() ? lens.data_ptr<int>() : nullptr, mkb(ks), mkb(vs)};
     common_args a{items.data_ptr<int>(), ctas.data_ptr<int>(), q.data_ptr(), q.stride(0), q.stride(1), (int)q.size(1),
                   (int)(q.size(1) / ks[0].size(2)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};

@@ -234,6 +234,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
         warp::zero(o);
         if (!live) warp::zero(att_lp);
         bool any = false;
+        // V rows past a partial tile's keys <- 0 (both warpgroups of a row-split item write the
+        // same zeros), then this warpgroup meets, before its P V.
+        auto zero_past = [&](int s, int valid) {
+            zero_rows_from(ring.v[s], valid, threadIdx.x % 128);
+            zeroed_sync(wg);
+        };
 
 #if ATTN_TK_PIPELINE
         if (!kvsplit && a.sched != SCHED_SERIAL) {
@@ -258,10 +264,11 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if constexpr (ABL_PV) warpgroup::mma_AB<o_t, p_t, kv_tile, 0, 1>(acc, p, v);
             };
             bool pend = false;
-            int ps = 0, pph = 0;  // stage and phase of the pending tile
+            int ps = 0, pph = 0, pvalid = TILE;  // stage, phase and valid keys of the pending tile
             auto flush = [&]() {
                 trace(a, TR_VFULL, mi, g - 1, ps);
                 TL_WAIT(vwait, ring.wait_v(ps, pph));
+                if (ATTN_TK_ZERO_PAST && pvalid < TILE) zero_past(ps, pvalid);
                 pv_async(o, att_lp, ring.v[ps]);
                 warpgroup::mma_async_wait<0>();
                 reg_fence(o);
@@ -287,6 +294,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if (pend) {
                     trace(a, TR_VFULL, mi, g - 1, ps);
                     TL_WAIT(vwait, ring.wait_v(ps, pph));  // before taking the turn: hold it only to issue
+                    if (ATTN_TK_ZERO_PAST && pvalid < TILE) zero_past(ps, pvalid);
                     trace(a, TR_TURN, mi, g, wg);
                     if (pingpong) turn_wait(wg);
                     qk_async(att, q_reg, ring.k[s]);
@@ -322,6 +330,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 pend = true;
                 ps = s;
                 pph = ph;
+                pvalid = valid;
             }
             if (pend) flush();
             row_lanes_sum(l);
@@ -358,6 +367,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 }
                 trace(a, TR_VFULL, mi, g, s);
                 TL_WAIT(vwait, ring.wait_v(s, ph));
+                if (ATTN_TK_ZERO_PAST && valid < TILE) zero_past(s, valid);
                 wgmma_fence(o);
                 if constexpr (ABL_PV) warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, ring.v[s]);
                 warpgroup::mma_async_wait();

@@ -78,6 +78,14 @@ using namespace kittens;
 #define ATTN_TK_PREFETCH 1
 #endif
 
+// 1: a tile with fewer than 64 valid keys has its V rows past them zeroed in shared memory
+// before its P V (tile_ops.cuh zero_rows_from says why), so that NaN or inf past a suffix's or a
+// chunk's length never reaches the output. 0: as before session 29 (a build to measure its cost
+// against, and one on which tests/test_agreement.py's past-length test must fail).
+#ifndef ATTN_TK_ZERO_PAST
+#define ATTN_TK_ZERO_PAST 1
+#endif
+
 // 1: a third consumer warpgroup runs the CTA's solo decode items (FLAG_SOLO) from its own ring
 // while the other two run its prefix items (decode_wg.cuh says why). The plan then gives each CTA
 // two item lists (cta_items has 2 entries a CTA: decode_streams.assign_streams). Only the *_dwg.cu
@@ -217,9 +225,28 @@ static_assert(QSLOTS >= NWG, "a row-split item takes one query slot per consumer
 #endif
 static_assert(!ATTN_TK_SELF_Q || ATTN_TK_QASYNC, "self-gathered slots complete q_full with its count of 32");
 
+// 1: the tile that ends a ragged suffix or a partial chunk is loaded as boxes of TAIL_BOX keys x 64
+// columns, only those with keys (tail_boxes), instead of as one 64-key box: TMA reads past
+// a length inside the tensor from DRAM (at most 63 keys of K and V per (sequence, kv head):
+// ~12 % of a ragged suffix's bytes at S = 256), and only past the tensor's end for free. Needs
+// ATTN_TK_ZERO_PAST: the rows left unloaded hold an earlier tile's keys.
+#ifndef ATTN_TK_TAIL_BOXES
+#define ATTN_TK_TAIL_BOXES 1
+#endif
+static_assert(!ATTN_TK_TAIL_BOXES || ATTN_TK_ZERO_PAST, "tail boxes leave stale V rows that ZERO_PAST clears");
+constexpr int TAIL_BOX = 16;
+// Boxes of a tile with `valid` keys: 0 (one whole-tile load) unless it has keys but fewer than a tile.
+__device__ inline int tail_boxes(int valid) {
+    return ATTN_TK_TAIL_BOXES && valid > 0 && valid < TILE ? (valid + TAIL_BOX - 1) / TAIL_BOX : 0;
+}
+
 template<typename T, int D> struct tiles {
     using q_tile = typename dt<T>::template st_t<TILE, D>;
     using kv_tile = typename dt<T>::template st_t<TILE, D>;
+    // A box of a K/V tile: TAIL_BOX rows of one 64-column block. The tile stores its 64-column
+    // blocks one after the other, each row 128 bytes (TK's st::idx), so box (j, h) lands at
+    // byte h * TILE * 128 + j * TAIL_BOX * 128 of it, 1024-aligned as the 128-byte swizzle needs.
+    using box_tile = typename dt<T>::template st_t<TAIL_BOX, 64>;
     // Deep rings: decode items are memory-bound and the ring must cover item switches. The
     // query slots and the ring share ATTN_TK_SMEM_KB (+ the barriers and the direct items'
     // exchange buffer, within the 227 KB of an SM): 4 stages at D = 128, 10 at D = 64.
@@ -235,6 +262,16 @@ template<typename T, int D> struct tiles {
     static constexpr size_t smem = sizeof(q_tile) * QSLOTS + sizeof(kv_tile) * (2 * STAGES + DEC_KSTAGES + DEC_VSTAGES) +
                                    DEC_BUF + 2048;
 };
+
+template<typename T, int D>
+__device__ inline int tile_bytes(int boxes) {
+    return boxes ? boxes * TAIL_BOX * D * (int)sizeof(T) : (int)sizeof(typename tiles<T, D>::kv_tile);
+}
+template<typename T, int D>
+__device__ inline typename tiles<T, D>::box_tile &box_at(typename tiles<T, D>::kv_tile &t, int j, int h) {
+    static_assert(sizeof(typename tiles<T, D>::box_tile) == TAIL_BOX * 128 && D * sizeof(T) % 128 == 0, "128-byte rows");
+    return *reinterpret_cast<typename tiles<T, D>::box_tile *>(reinterpret_cast<char *>(&t) + h * TILE * 128 + j * TAIL_BOX * 128);
+}
 
 // Each CTA's item range and first unit (an item, or a pair's two items), in the kernel's
 // parameters (schedule.cta_heads, copied at each launch), so that a CTA starts its first

@@ -27,6 +27,14 @@ __device__ inline void exchange_sync() {
     asm volatile("bar.sync %0, %1;\n" :: "n"(XCHG_BAR), "n"(64) : "memory");
 }
 
+// A consumer warpgroup's own barrier (7 + wg; 6 is the decode warpgroup's): its threads' zeroed
+// V rows (tile_ops.cuh zero_rows_from) are written before any of its warps issues the P V that
+// reads them.
+constexpr int ZERO_BAR = 7;
+__device__ inline void zeroed_sync(int wg) {
+    asm volatile("bar.sync %0, %1;\n" :: "r"(ZERO_BAR + wg), "n"(128) : "memory");
+}
+
 // The consumers' view of the K / V ring: its tiles and barriers at addresses computed once and
 // held in registers. TK's wait / arrive take a semaphore by reference
 // and rebuild its shared address from the cluster window (an S2UR of SR_CgaCtaId, then a

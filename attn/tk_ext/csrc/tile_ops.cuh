@@ -45,6 +45,26 @@ __device__ inline void wgmma_fence(RT &acc) {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
 
+// Rows [valid, TILE) of a ring stage's V tile <- 0, by the 128 threads of one warpgroup (tid its
+// index in it), fenced for the wgmma that reads the tile next; the caller syncs the warpgroup.
+// Why: TMA loads whole 64-key tiles, so a tile that ends a ragged suffix or a partial chunk
+// holds whatever the cache holds past the length (stale or uninitialised memory), and the
+// masked keys' P = 0 times V = NaN or inf is NaN. K needs nothing: masked scores are set to
+// -inf (mask_tail), not added to. A 64-column block of a swizzled tile stores its rows one
+// after the other, 128 bytes each (TK's st::idx: the swizzle permutes 16-byte chunks within a
+// row), so a row's bytes are the same 128 whatever the swizzle.
+template<typename KV>
+__device__ inline void zero_rows_from(KV &v, int valid, int tid) {
+    static_assert(KV::swizzle_bytes == 128 && KV::cols * sizeof(typename KV::dtype) % 128 == 0,
+                  "128-byte rows in 64-column blocks");
+    constexpr int BLOCKS = KV::cols * sizeof(typename KV::dtype) / 128, CHUNKS = 8;  // 16-byte chunks a row
+    const int n = (KV::rows - valid) * CHUNKS;
+    char *base = reinterpret_cast<char *>(&v.data[0]) + valid * 128;
+    for (int k = tid; k < n * BLOCKS; k += 128)
+        *reinterpret_cast<int4 *>(base + (k / n) * (KV::rows * 128) + (k % n) * 16) = make_int4(0, 0, 0, 0);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic writes, then wgmma (async proxy) reads
+}
+
 // Sets the scores of keys >= valid (a tile past the end of its source) to -inf. In a row
 // layout tile, data[k] of a 16 x 16 subtile holds columns 2 * (lane % 4) + {0, 1}, plus 8 when
 // k >= 2, of row lane / 4, plus 8 when k is odd.
