@@ -13,6 +13,9 @@ namespace attn_tk {
 
 template<typename T, int D> struct chunk_src {
     using kv_tile = typename tiles<T, D>::kv_tile;
+    // Whether a row-split item's tile can end inside the tensor, past a length: yes, a shared run of
+    // chunks can end in a partial chunk.
+    static constexpr bool ROW_SPLIT_TAILS = true;
     using cgl = gl<T, -1, -1, -1, -1, kv_tile>;
     cgl k, v;
     const int *clist;       // chunk ids of every item, concatenated

@@ -147,6 +147,14 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             warpgroup::mma_async_wait();
             reg_fence(st);
             ring.release_k(ks);  // the next tile's K loads during this one's softmax and P V
+            // V rows past the keys <- 0 (tile_ops.cuh zero_rows_from), ordered before O^T by the
+            // fence and barrier after P^T. Here, not after the V wait below: there the branch
+            // split the block that computes O^T's descriptors, which then ran after the wait on
+            // every tile (gqa-8b 4-6 % slower, session 29).
+            if (ATTN_TK_ZERO_PAST && valid < TILE) {
+                ring.wait_v(vs, vph);
+                zero_rows_from(ring.v[vs], valid, tid);
+            }
             float2 (&d)[4] = st.tiles[0][0].data;
             #pragma unroll
             for (int k = 0; k < 4; k++)
@@ -200,10 +208,6 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             dec_proxy_fence();
             dec_sync();  // P^T complete; the four warps' maxes are read (red.m is free)
             TL_WAIT(vwait, ring.wait_v(vs, vph));
-            if (ATTN_TK_ZERO_PAST && valid < TILE) {  // V rows past the keys <- 0 (tile_ops.cuh zero_rows_from)
-                zero_rows_from(ring.v[vs], valid, tid);
-                dec_sync();
-            }
             #pragma unroll
             for (int j = 0; j < HALVES; j++) reg_fence(ot[j]);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");

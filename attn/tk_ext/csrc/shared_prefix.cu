@@ -16,6 +16,9 @@ constexpr int MAX_SRC = 6;  // prefix levels + the suffix
 
 template<typename T, int D> struct level_src {
     using kv_tile = typename tiles<T, D>::kv_tile;
+    // Whether a row-split item's tile can end inside the tensor, past a length: no, a row-split
+    // item reads a prefix level, whose last tile ends at the tensor's end (TMA zero-fills past it).
+    static constexpr bool ROW_SPLIT_TAILS = false;
     using lgl = gl<T, -1, -1, -1, -1, tma::descriptor<kv_tile, 1>>;
     lgl k0, v0, k1, v1, k2, v2, k3, v3, k4, v4, k5, v5;
     const int *lens;  // suffix_lens [B] or nullptr

@@ -264,11 +264,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if constexpr (ABL_PV) warpgroup::mma_AB<o_t, p_t, kv_tile, 0, 1>(acc, p, v);
             };
             bool pend = false;
-            int ps = 0, pph = 0, pvalid = TILE;  // stage, phase and valid keys of the pending tile
+            int ps = 0, pph = 0;  // stage and phase of the pending tile
             auto flush = [&]() {
                 trace(a, TR_VFULL, mi, g - 1, ps);
                 TL_WAIT(vwait, ring.wait_v(ps, pph));
-                if (ATTN_TK_ZERO_PAST && pvalid < TILE) zero_past(ps, pvalid);
                 pv_async(o, att_lp, ring.v[ps]);
                 warpgroup::mma_async_wait<0>();
                 reg_fence(o);
@@ -287,6 +286,12 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                     continue;
                 }
                 any = true;
+                // Zeroed here, at the tile's start, not before its P V: a branch in the issue
+                // block of the loop above cost every tile (the decode warpgroup's did, session 29).
+                if (ATTN_TK_ZERO_PAST && SRC::ROW_SPLIT_TAILS && valid < TILE) {
+                    ring.wait_v(s, ph);  // (its wait before P V then returns at once)
+                    zero_past(s, valid);
+                }
                 bool rescale;
                 // Each branch retires every wgmma it issued: ptxas tracks in-flight wgmma
                 // registers path-insensitively, and a group still pending at a join makes it
@@ -294,7 +299,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 if (pend) {
                     trace(a, TR_VFULL, mi, g - 1, ps);
                     TL_WAIT(vwait, ring.wait_v(ps, pph));  // before taking the turn: hold it only to issue
-                    if (ATTN_TK_ZERO_PAST && pvalid < TILE) zero_past(ps, pvalid);
                     trace(a, TR_TURN, mi, g, wg);
                     if (pingpong) turn_wait(wg);
                     qk_async(att, q_reg, ring.k[s]);
@@ -330,7 +334,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 pend = true;
                 ps = s;
                 pph = ph;
-                pvalid = valid;
             }
             if (pend) flush();
             row_lanes_sum(l);
@@ -348,6 +351,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // A tile nobody computes on (past a partial chunk) is released only once its V
             // has landed: the producer's next expect_bytes on v_full[s] must start a new phase.
             if (valid <= 0) ring.wait_v(s, ph);
+            if (ATTN_TK_ZERO_PAST && mine && valid < TILE) {  // as in the pipelined loop: before the tile's Q K^T
+                ring.wait_v(s, ph);
+                zero_past(s, valid);
+            }
             if (mine) {
                 any = true;
                 // wgmma.fence only, as in the pipelined loop: TK's fence adds a fence.proxy.async
@@ -367,7 +374,6 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 }
                 trace(a, TR_VFULL, mi, g, s);
                 TL_WAIT(vwait, ring.wait_v(s, ph));
-                if (ATTN_TK_ZERO_PAST && valid < TILE) zero_past(s, valid);
                 wgmma_fence(o);
                 if constexpr (ABL_PV) warpgroup::mma_AB<decltype(o), decltype(att_lp), kv_tile, 0, 1>(o, att_lp, ring.v[s]);
                 warpgroup::mma_async_wait();

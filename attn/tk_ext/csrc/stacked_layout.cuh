@@ -236,8 +236,10 @@ static_assert(!ATTN_TK_SELF_Q || ATTN_TK_QASYNC, "self-gathered slots complete q
 static_assert(!ATTN_TK_TAIL_BOXES || ATTN_TK_ZERO_PAST, "tail boxes leave stale V rows that ZERO_PAST clears");
 constexpr int TAIL_BOX = 16;
 // Boxes of a tile with `valid` keys: 0 (one whole-tile load) unless it has keys but fewer than a tile.
+// Only tiles with at most half their keys: at 3 or 4 boxes the saved bytes did not pay for the
+// extra copies (H200, session 29: tree-3level-ragged, whose last tiles hold 32-64 keys, 4 % slower).
 __device__ inline int tail_boxes(int valid) {
-    return ATTN_TK_TAIL_BOXES && valid > 0 && valid < TILE ? (valid + TAIL_BOX - 1) / TAIL_BOX : 0;
+    return ATTN_TK_TAIL_BOXES && valid > 0 && valid <= TILE / 2 ? (valid + TAIL_BOX - 1) / TAIL_BOX : 0;
 }
 
 template<typename T, int D> struct tiles {

@@ -57,11 +57,13 @@ template<typename KV>
 __device__ inline void zero_rows_from(KV &v, int valid, int tid) {
     static_assert(KV::swizzle_bytes == 128 && KV::cols * sizeof(typename KV::dtype) % 128 == 0,
                   "128-byte rows in 64-column blocks");
-    constexpr int BLOCKS = KV::cols * sizeof(typename KV::dtype) / 128, CHUNKS = 8;  // 16-byte chunks a row
-    const int n = (KV::rows - valid) * CHUNKS;
-    char *base = reinterpret_cast<char *>(&v.data[0]) + valid * 128;
-    for (int k = tid; k < n * BLOCKS; k += 128)
-        *reinterpret_cast<int4 *>(base + (k / n) * (KV::rows * 128) + (k % n) * 16) = make_int4(0, 0, 0, 0);
+    constexpr int BLOCKS = KV::cols * sizeof(typename KV::dtype) / 128;
+    // Thread tid clears 16-byte chunk tid % 8 of rows valid + tid / 8, + 16, ... of every block.
+    char *p = reinterpret_cast<char *>(&v.data[0]) + (tid % 8) * 16;
+    for (int r = valid + tid / 8; r < KV::rows; r += 16) {
+        #pragma unroll
+        for (int b = 0; b < BLOCKS; b++) *reinterpret_cast<int4 *>(p + (b * KV::rows + r) * 128) = make_int4(0, 0, 0, 0);
+    }
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic writes, then wgmma (async proxy) reads
 }
 
