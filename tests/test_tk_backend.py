@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attn.problems import shared_prefix_problem
+from attn.problems import chunk_problem, shared_prefix_problem
 from attn.testing import Oracle
 from attn.tk_ext import backend as tkb
 from attn.torch_backend import merge
-from attn.workloads import Workload, make_inputs
+from attn.workloads import Workload, make_inputs, to_chunk_form
 from cases import CASES
 from tk_emulation import PLAN_CASES, EmulatedExt
 
@@ -132,6 +132,20 @@ def test_backend_merge_states_on_an_emulated_extension(emulated_tk):
     want_out, want_lse = merge(outs.double(), lses.double())
     assert ext.calls == ["merge"] and out.shape == (2, 5, 16) and lse.shape == (2, 5)
     assert torch.allclose(out.double(), want_out, atol=1e-6) and torch.allclose(lse.double(), want_lse, atol=1e-6)
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["full-chunks", "partial-chunks"])
+def test_a_chunk_launch_says_whether_any_chunk_is_partial(ragged, emulated_tk):
+    """The chunk kernels are compiled without zeroing past a length where no chunk is partial
+    (csrc/chunk_attn.cu TAILS): the flag comes from the table's host lengths, cached on it,
+    and the emulated launch checks it against the pool."""
+    tk, ext = emulated_tk
+    w = Workload("", 3, 4, 2, ((1, 64),), 64 if not ragged else 50, 64, ragged=ragged)
+    p = chunk_problem(*to_chunk_form(make_inputs(w, torch.float16, "cpu", seed=3), 32).args())
+    assert tk.chunk_tails(p) is ragged and p.table.host["tk_tails"] is ragged
+    verdict = Oracle(p).judge(*tk.run_chunk(p))
+    assert verdict.ok, verdict
+    assert ext.calls[0].startswith("chunk_partials")
 
 
 def test_partial_dtype_is_the_ops_unless_float32_is_asked(monkeypatch):

@@ -198,10 +198,12 @@ class EmulatedExt:
         keys_of = level_keys(list(zip(ks, vs)), suffix_lens)
         self._write(q, items, q.shape[1] // ks[0].shape[-2], keys_of, scale, po, pl, out, lse)
 
-    def chunk_partials(self, q, k_chunks, v_chunks, clist, chunk_lens, items, ctas, scale, po, pl, out, lse, heads,
-                       dwg=False):
+    def chunk_partials(self, q, k_chunks, v_chunks, clist, chunk_lens, tails, items, ctas, scale, po, pl, out, lse,
+                       heads, dwg=False):
         self.calls.append("chunk_partials" + ("_dwg" if dwg else ""))
         self._check_launch(q, items, ctas, po, pl, out, lse, heads, dwg)
+        # The kernel is compiled without zeroing past lengths when told no chunk is partial.
+        assert tails is bool(chunk_lens.lt(k_chunks.shape[2]).any()), "tails must say whether a chunk is partial"
         keys_of = chunk_keys(k_chunks, v_chunks, clist, chunk_lens.tolist())
         self._write(q, items, q.shape[1] // k_chunks.shape[1], keys_of, scale, po, pl, out, lse)
 

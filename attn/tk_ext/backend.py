@@ -398,6 +398,15 @@ class TKBackend(Backend):
             cache[key] = hit
         return hit
 
+    @staticmethod
+    def chunk_tails(p: ChunkProblem) -> bool:
+        """Whether a chunk of ``p.table`` is partial (rows past its length inside the pool, which
+        the kernel must zero: it is compiled without that where none is; cached on the table)."""
+        host = p.table.host
+        if "tk_tails" not in host:
+            host["tk_tails"] = bool((np.asarray(host["chunk_lens"]) < p.chunk_size).any())
+        return host["tk_tails"]
+
     def run_chunk(self, p: ChunkProblem):
         check_switches()
         ext = self._ext()
@@ -408,7 +417,7 @@ class TKBackend(Backend):
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
         launch = ext.chunk_partials_dwg if dwg else ext.chunk_partials
-        launch(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens,
+        launch(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens, self.chunk_tails(p),
                items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS)
         return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 

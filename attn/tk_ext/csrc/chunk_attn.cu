@@ -11,11 +11,15 @@
 
 namespace attn_tk {
 
-template<typename T, int D> struct chunk_src {
+// TAILS: some chunk of the table is partial (the host knows: attn/tk_ext/backend.py), so a tile
+// can end inside the pool, past a length (stacked.cuh zeroes its V rows past the keys;
+// tail_boxes). Without any, the kernel is compiled without either (see shared_prefix.cu).
+template<typename T, int D, bool TAILS> struct chunk_src {
     using kv_tile = typename tiles<T, D>::kv_tile;
+    static constexpr bool PAST_TAILS = TAILS;
     // Whether a row-split item's tile can end inside the tensor, past a length: yes, a shared run of
     // chunks can end in a partial chunk.
-    static constexpr bool ROW_SPLIT_TAILS = true;
+    static constexpr bool ROW_SPLIT_TAILS = TAILS;
     using cgl = gl<T, -1, -1, -1, -1, kv_tile>;
     cgl k, v;
     const int *clist;       // chunk ids of every item, concatenated
@@ -46,7 +50,7 @@ template<typename T, int D> struct chunk_src {
         int g = it[F_TILE0] + t;
         int c = clist[it[F_GIDX] + g / tpc];
         const int vk = chunk_lens[c] - (g % tpc) * TILE;
-        return {coord<kv_tile>{c, it[F_HEAD], g % tpc, 0}, vk, tail_boxes(vk)};
+        return {coord<kv_tile>{c, it[F_HEAD], g % tpc, 0}, vk, TAILS ? tail_boxes(vk) : 0};
     }
     __device__ inline int bytes(const tile_ref &r) const { return tile_bytes<T, D>(r.boxes); }
     // The decode ring of the *_dwg units loads a tile's K and V apart (ring_producer.cuh:
@@ -72,11 +76,11 @@ template<typename T, int D> struct chunk_src {
     }
 };
 
-template<typename T, int D>
-static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc, const at::Tensor &clist,
-                const at::Tensor &clens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
-                const at::Tensor &out, float *lse, const at::Tensor &heads) {
-    using S = chunk_src<T, D>;
+template<typename T, int D, bool TAILS>
+static void run_src(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc, const at::Tensor &clist,
+                    const at::Tensor &clens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp,
+                    float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads) {
+    using S = chunk_src<T, D, TAILS>;
     using cgl = typename S::cgl;
     auto mk = [&](const at::Tensor &x) {
         return cgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
@@ -96,14 +100,23 @@ static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc,
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
+template<typename T, int D>
+static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc, const at::Tensor &clist,
+                const at::Tensor &clens, bool tails, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po,
+                int hp, float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads) {
+    if (tails) run_src<T, D, true>(q, kc, vc, clist, clens, items, ctas, scale, po, hp, pl, out, lse, heads);
+    else run_src<T, D, false>(q, kc, vc, clist, clens, items, ctas, scale, po, hp, pl, out, lse, heads);
+}
+
 }  // namespace attn_tk
 
 // Partial states of every item of a chunk_attention call (see attn/tk_ext/plan.py).
 // q [N, Hq, D]; k_chunks, v_chunks [num_chunks, Hkv, C, D] contiguous; chunk_list int32;
-// chunk_lens int32 [num_chunks]; items int32 [num_items, 12]; partials, out / lse and heads as
-// in shared_prefix.cu.
+// chunk_lens int32 [num_chunks]; tails: whether any chunk_lens[c] < C (the kernel trusts it: with
+// false, rows past a partial chunk's length would reach the output); items int32 [num_items, 12];
+// partials, out / lse and heads as in shared_prefix.cu.
 void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
-                       at::Tensor chunk_lens, at::Tensor items, at::Tensor cta_items, double scale,
+                       at::Tensor chunk_lens, bool tails, at::Tensor items, at::Tensor cta_items, double scale,
                        at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                        at::Tensor heads) {
     using namespace attn_tk;
@@ -120,11 +133,11 @@ void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, a
     float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp, heads);
-        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp, heads);
+        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads);
+        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp, heads);
-        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, items, cta_items, s, po, hp, pl, out, lp, heads);
+        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads);
+        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

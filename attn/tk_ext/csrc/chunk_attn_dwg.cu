@@ -4,7 +4,7 @@
 // warps a CTA, not this form's 16: there the entry point only refuses.
 #ifdef ATTN_TK_TRACE
 #include "common.h"
-void tk_chunk_partials_dwg(at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, double,
+void tk_chunk_partials_dwg(at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, bool, at::Tensor, at::Tensor, double,
                            at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor) {
     TORCH_CHECK(false, "tk: ATTN_TK_TRACE builds have no decode-warpgroup kernels (set ATTN_TK_DECODE_WG=0)");
 }

@@ -25,7 +25,7 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
                                at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                                at::Tensor heads);
 void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
-                       at::Tensor chunk_lens, at::Tensor items, at::Tensor cta_items, double scale,
+                       at::Tensor chunk_lens, bool tails, at::Tensor items, at::Tensor cta_items, double scale,
                        at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                        at::Tensor heads);
 void tk_merge(at::Tensor outs, at::Tensor lses, at::Tensor out, at::Tensor lse);
@@ -35,6 +35,6 @@ void tk_shared_prefix_partials_dwg(at::Tensor q, std::vector<at::Tensor> ks, std
                                    at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                                    at::Tensor heads);
 void tk_chunk_partials_dwg(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
-                           at::Tensor chunk_lens, at::Tensor items, at::Tensor cta_items, double scale,
+                           at::Tensor chunk_lens, bool tails, at::Tensor items, at::Tensor cta_items, double scale,
                            at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                            at::Tensor heads);

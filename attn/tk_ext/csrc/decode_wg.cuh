@@ -151,7 +151,7 @@ __device__ inline void decode_items(const common_args &a, const SRC &src, int fi
             // fence and barrier after P^T. Here, not after the V wait below: there the branch
             // split the block that computes O^T's descriptors, which then ran after the wait on
             // every tile (gqa-8b 4-6 % slower, session 29).
-            if (ATTN_TK_ZERO_PAST && valid < TILE) {
+            if (ATTN_TK_ZERO_PAST && SRC::PAST_TAILS && valid < TILE) {
                 ring.wait_v(vs, vph);
                 zero_rows_from(ring.v[vs], valid, tid);
             }

@@ -14,8 +14,12 @@ namespace attn_tk {
 
 constexpr int MAX_SRC = 6;  // prefix levels + the suffix
 
-template<typename T, int D> struct level_src {
+// TAILS: the call has suffix_lens, so a suffix tile can end inside the tensor, past a length
+// (stacked.cuh zeroes its V rows past the keys; tail_boxes). Without them the kernel is compiled
+// without either: a branch in the tile loops cost workloads that never take it (session 29).
+template<typename T, int D, bool TAILS> struct level_src {
     using kv_tile = typename tiles<T, D>::kv_tile;
+    static constexpr bool PAST_TAILS = TAILS;
     // Whether a row-split item's tile can end inside the tensor, past a length: no, a row-split
     // item reads a prefix level, whose last tile ends at the tensor's end (TMA zero-fills past it).
     static constexpr bool ROW_SPLIT_TAILS = false;
@@ -51,7 +55,7 @@ template<typename T, int D> struct level_src {
     __device__ inline tile_ref prep(const int *it, int t) const {
         const int vk = valid(it, t);
         return {coord<kv_tile>{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0}, it[F_SRC], vk,
-                it[F_KEYLEN] < 0 ? tail_boxes(vk) : 0};
+                TAILS && it[F_KEYLEN] < 0 ? tail_boxes(vk) : 0};
     }
     __device__ inline int bytes(const tile_ref &r) const { return tile_bytes<T, D>(r.boxes); }
     __device__ inline void load(const tile_ref &r, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
@@ -87,11 +91,11 @@ template<typename T, int D> struct level_src {
     }
 };
 
-template<typename T, int D>
-static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
-                const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
-                const at::Tensor &out, float *lse, const at::Tensor &heads) {
-    using S = level_src<T, D>;
+template<typename T, int D, bool TAILS>
+static void run_src(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
+                    const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp,
+                    float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads) {
+    using S = level_src<T, D, TAILS>;
     using lgl = typename S::lgl;
     auto mk = [&](const std::vector<at::Tensor> &xs, int i) {
         const at::Tensor &x = xs[i < (int)xs.size() ? i : 0];
@@ -112,6 +116,14 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};
     if (heads.numel()) fill_heads(a, heads.data_ptr<int>(), heads.size(0));
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
+}
+
+template<typename T, int D>
+static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
+                const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
+                const at::Tensor &out, float *lse, const at::Tensor &heads) {
+    if (lens.defined()) run_src<T, D, true>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads);
+    else run_src<T, D, false>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads);
 }
 
 }  // namespace attn_tk

@@ -41,7 +41,8 @@ namespace attn_tk {
 using namespace kittens;
 
 // The kernel. SRC provides, for an item: ntiles(item) (tiles to process, after dynamic lengths),
-// valid(item, t) (valid keys of tile t, <= 0 to skip it), and load(item, t, k, v, kbar, vbar).
+// valid(item, t) (valid keys of tile t, <= 0 to skip it), and load(item, t, k, v, kbar, vbar);
+// PAST_TAILS / ROW_SPLIT_TAILS: whether a tile (of a row-split item) can end inside the tensor.
 template<typename T, int D, typename SRC>
 __global__ void ATTN_TK_KERNEL_BOUNDS
 stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant__ SRC src) {
@@ -351,7 +352,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             // A tile nobody computes on (past a partial chunk) is released only once its V
             // has landed: the producer's next expect_bytes on v_full[s] must start a new phase.
             if (valid <= 0) ring.wait_v(s, ph);
-            if (ATTN_TK_ZERO_PAST && mine && valid < TILE) {  // as in the pipelined loop: before the tile's Q K^T
+            if (ATTN_TK_ZERO_PAST && SRC::PAST_TAILS && mine && valid < TILE) {  // as in the pipelined loop: before the tile's Q K^T
                 ring.wait_v(s, ph);
                 zero_past(s, valid);
             }
