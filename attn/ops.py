@@ -29,7 +29,9 @@ def shared_prefix_attention(q, prefix_k, prefix_v, suffix_k=None, suffix_v=None,
     suffix_k, suffix_v : torch.Tensor, optional
         ``[B, S, Hkv, D]``, each sequence's own tokens, right-padded.
     suffix_lens : torch.Tensor, optional
-        int ``[B]`` with ``0 <= suffix_lens[b] <= S``; None means all ``S``.
+        int ``[B]`` with ``0 <= suffix_lens[b] <= S``; None means all ``S``. Keys and values
+        past ``suffix_lens[b]`` are never read into the output: they may hold anything (NaN,
+        inf, another sequence's stale entries).
     scale : float, optional
         Softmax scale, default ``1 / sqrt(D)``.
     return_lse : bool
@@ -63,7 +65,8 @@ def chunk_attention(q, k_chunks, v_chunks, table: ChunkTable, *, scale: Optional
     """Decode attention over a prefix tree of KV chunks — ChunkAttention's two-phase kernel.
 
     Sequence ``n`` attends to the concatenation, in order, of the first ``chunk_lens[c]``
-    tokens of every chunk ``c`` in ``table.seq_chunks[n]``.
+    tokens of every chunk ``c`` in ``table.seq_chunks[n]``; a chunk's rows past its length are
+    never read into the output (they may hold anything).
 
     Parameters
     ----------
