@@ -192,7 +192,7 @@ def test_gpu_both_kernel_forms_agree(tk, case, mode, monkeypatch):
 def test_gpu_past_lengths_in_both_kernel_forms(tk, case, mode, poison, monkeypatch):
     """NaN or inf past every suffix's and chunk's length, on the one-list kernels and on the
     decode warpgroup's (its own ring and its own P V): a tile that ends a length is loaded by
-    16-key boxes and its V rows past the keys are zeroed before P V (tile_ops.cuh)."""
+    16-key boxes and its V rows past the keys are zeroed at the tile's start (tile_ops.cuh)."""
     monkeypatch.setenv("ATTN_TK_DECODE_WG", mode)
     inp = case.inputs(torch.bfloat16, "cuda")
     assert poison_past_lengths(inp, float(poison)) > 0

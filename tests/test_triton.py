@@ -16,6 +16,7 @@ import attn
 from attn.problems import chunk_problem, merge_problem, shared_prefix_problem
 from attn.testing import Oracle
 from attn.workloads import Workload, make_inputs, to_chunk_form
+from cases import poison_past_lengths
 from conftest import DEVICE, require_backend
 
 W = Workload
@@ -220,13 +221,6 @@ def test_overlapped_phases_then_merge(triton_backend, dtype):
     _check_chunk(w, 32, dtype, seed=5, overlap=False)
 
 
-def _poison_past_lengths(inp):
-    """NaN in every suffix key and value past its sequence's length: never to be read."""
-    for b, n in enumerate(inp.suffix_lens.tolist()):
-        inp.suffix_k[b, n:] = float("nan")
-        inp.suffix_v[b, n:] = float("nan")
-
-
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 def test_key_blocks_by_descriptor_or_pointers(triton_backend, tma):
     # Both ways of reading key blocks (the interpreter runs tensor descriptors too), fp16:
@@ -239,7 +233,7 @@ def test_key_blocks_by_descriptor_or_pointers(triton_backend, tma):
                                   dict(leaf_suffix=False, prefix_split=32), dict(leaf_suffix=False, overlap=True))):
         inp = make_inputs(w, torch.float16, DEVICE, seed=seed)
         inp.suffix_lens[0] = 0
-        _poison_past_lengths(inp)
+        assert poison_past_lengths(inp, float("nan")) > 0
         problem = shared_prefix_problem(*inp.args())
         with cfg.forced(tma=tma, **force):
             out, lse = attn.shared_prefix_attention(*inp.args(), return_lse=True, backend="triton")
@@ -252,9 +246,7 @@ def test_key_blocks_by_descriptor_or_pointers(triton_backend, tma):
     for seed, (c, force) in enumerate(((16, {}), (48, dict(overlap=True, private_split=1, chunks_per_item=1)),
                                        (16, dict(overlap=True)))):
         inp = to_chunk_form(make_inputs(w, torch.float16, DEVICE, seed=seed), c, shuffle=True, seed=seed)
-        for i, n in enumerate(inp.table.chunk_lens.tolist()):
-            inp.k_chunks[i, :, n:] = float("nan")
-            inp.v_chunks[i, :, n:] = float("nan")
+        assert poison_past_lengths(inp, float("nan")) > 0
         problem = chunk_problem(*inp.args())
         with cfg.forced(tma=tma, **force):
             out, lse = attn.chunk_attention(*inp.args(), return_lse=True, backend="triton")
