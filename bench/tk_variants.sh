@@ -9,7 +9,9 @@
 # SKIP_TESTS=1 skips the tests; NCU_CASES="" skips Nsight Compute; BASE=i gates every variant
 # against variant i (default 0). TESTS="tests/x.py -k expr" (words without spaces) replaces the
 # tests' arguments and TEST_VARIANTS="0 2" runs them on those variants (a failure on one that is
-# meant to fail is a result too); SKIP_BENCH=1 times nothing. At most 8 files land in $OUT.
+# meant to fail is a result too); SKIP_BENCH=1 times nothing. EAGER="--backend tk ..." (words
+# without spaces) runs bench/eager_time.py, the host time of eager calls, on every variant.
+# At most 8 files land in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1 ATTN_CACHE_DIR=${ATTN_CACHE_DIR:-/tmp/attn-cache-variants}
@@ -52,6 +54,15 @@ for i in "${!variants[@]}"; do
       --benchmark-columns=median,rounds --benchmark-sort=name 2>&1 | tail -30 | tee -a "$log"
   cp "$(ls -t "$store"/*/*.json | head -1)" "$out/"
 done
+if [ -n "${EAGER:-}" ]; then
+  read -ra eager_args <<< "$EAGER"
+  for i in "${!variants[@]}"; do
+    echo "## eager v$i: ${variants[$i]}: ${eager_args[*]}" | tee -a "$log"
+    # shellcheck disable=SC2068
+    run_variant "${variants[$i]}" timeout -k 20 -s INT "${EAGER_TIMEOUT:-200}" \
+      python3 bench/eager_time.py ${eager_args[@]} 2>&1 | tee -a "$log"
+  done
+fi
 run_of() {  # the stored run number of variant $1 ("" if it was not benchmarked)
   local f
   f=$(ls -t "$store"/*/*_"$name"-v"$1".json 2>/dev/null | head -1)

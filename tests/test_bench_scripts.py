@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+import attn
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ROOT / "bench" / "variant_words.sh"
@@ -122,6 +125,18 @@ def test_variants_script_runs_the_named_tests_on_the_named_variants_and_may_time
     assert not [c for c in calls if "pytest bench/" in c]
 
 
+def test_variants_script_measures_eager_host_time_of_each_variant(stand_ins):
+    env = {**os.environ, "PATH": stand_ins["PATH"], "OUT": str(stand_ins["out"]), "NCU_CASES": "",
+           "SKIP_TESTS": "1", "SKIP_BENCH": "1", "EAGER": "--backend tk --op chunk gqa-8b"}
+    subprocess.run(["bash", "bench/tk_variants.sh", "t", "default", "-DA=1 ATTN_TK_FILL=1"], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    calls = stand_ins["calls"].read_text().splitlines()
+    eager = [c for c in calls if "bench/eager_time.py" in c]
+    assert [e.split(" args=")[0] for e in eager] == ["flags=[] csrc=[] fill=[]", "flags=[-DA=1] csrc=[] fill=[1]"]
+    assert all(e.endswith("args=[bench/eager_time.py --backend tk --op chunk gqa-8b]") for e in eager)
+    assert not [c for c in calls if "pytest" in c]
+
+
 def test_variants_script_profiles_its_first_variant_through_the_ncu_script(stand_ins):
     """NCU_CASES goes to bench/tk_ncu_source.sh under the first variant's words, without the
     pipe-metrics pass; its stall summary and source page land in OUT."""
@@ -152,3 +167,24 @@ def test_variants_script_skips_the_benchmark_of_a_variant_whose_tests_timed_out(
     benches = [c for c in calls if "pytest bench/" in c]
     assert len(benches) == 1 and benches[0].startswith("flags=[] ") and "--benchmark-save=t-v1" in benches[0]
     assert "## bench v0 skipped: its tests timed out (rc 124; a hang?)" in done.stdout
+
+
+def test_eager_time_needs_a_gpu_and_times_the_public_op(monkeypatch, capsys):
+    import torch
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import eager_time
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert eager_time.main(["gqa-8b"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    from attn.cases import build_inputs, small_workloads
+    inputs = build_inputs(small_workloads()[0], torch.float32, "cpu")
+    for op in ("shared_prefix", "chunk"):
+        got = eager_time.public_call(inputs, op, "torch")()
+        want = attn.shared_prefix_attention(*inputs.level.args(), backend="torch")
+        torch.testing.assert_close(got, want)
+    calls, syncs = [], []
+    issue, wall = eager_time.host_us(lambda: calls.append(1), 4, 3, sync=lambda: syncs.append(1))
+    assert len(calls) == 12 and len(syncs) == 6 and 0 < issue <= wall

@@ -1,0 +1,106 @@
+"""Host time of eager calls: what a decode loop that does not replay CUDA graphs pays per call.
+
+For each workload, backend and op, three per-call times in µs:
+
+- ``api host``: issuing one call of the public op (``attn.shared_prefix_attention`` /
+  ``attn.chunk_attention`` with ``backend=``), ``--calls`` calls back to back with the GPU
+  left to run behind; the least of ``--repeat`` repeats. A call that synchronises (the range
+  check of ragged ``suffix_lens`` reads them) waits for the GPU there, so on ragged workloads
+  this is at least the GPU's time.
+- ``run host``: the same for the backend's ``run`` on a validated problem (no validation, no
+  dispatch: what ``bench/`` times on the GPU, here on the host).
+- ``api wall``: the median over the repeats of ``--calls`` public calls ended by a synchronize,
+  per call: the larger of the host's and the GPU's time, which is what an eager loop gets.
+- ``gpu``: the backend's ``run`` replayed in a CUDA graph (``attn.timing``, L2 flushed), for
+  comparison: where ``api wall`` exceeds it, the eager loop is host-bound.
+
+    PYTHONPATH=. python bench/eager_time.py [--backend tk] [--op chunk] [--calls 50] [WORKLOAD ...]
+
+Needs a CUDA device. Workload names are the spec's, with ``-ragged`` for the ragged variants.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+import attn
+from attn.cases import OPS, backend_reasons, build_inputs, op_callable, spec_variants
+from attn.timing import time_op
+
+
+def public_call(inputs, op: str, backend: str):
+    """A no-argument callable of the public op on ``inputs`` (validation and dispatch included)."""
+    if op == "shared_prefix":
+        args = inputs.level.args()
+        return lambda: attn.shared_prefix_attention(*args, backend=backend)
+    args = inputs.chunk.args()
+    return lambda: attn.chunk_attention(*args, backend=backend)
+
+
+def host_us(fn, calls: int, repeat: int, sync=torch.cuda.synchronize) -> tuple[float, float]:
+    """(least host time to issue one call, median wall time per call up to a ``sync``), µs."""
+    issue, wall = [], []
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        t1 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
+        issue.append((t1 - t0) / calls)
+        wall.append((t2 - t0) / calls)
+    return min(issue) * 1e6, statistics.median(wall) * 1e6
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workloads", nargs="*", help="default: every spec workload and its ragged variant")
+    ap.add_argument("--backend", action="append", default=[], help="repeatable; default: tk and triton")
+    ap.add_argument("--op", action="append", default=[], choices=OPS, help="repeatable; default: both")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    ap.add_argument("--calls", type=int, default=50, help="calls per repeat (keep the launch queue unfilled)")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--no-gpu-time", action="store_true", help="skip the graph-replay column")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("eager_time: no CUDA device (host time of eager calls is measured against a GPU)", file=sys.stderr)
+        return 2
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    known = {w.id: w for w in spec_variants()}
+    names = args.workloads or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        ap.error(f"unknown workload(s) {unknown}; known: {sorted(known)}")
+    backends = args.backend or ["tk", "triton"]
+    ops = args.op or list(OPS)
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}; "
+          f"{args.calls} calls x {args.repeat} repeats; µs per call")
+    print(f"{'workload':22} {'backend':7} {'op':13} {'api host':>9} {'run host':>9} {'api wall':>9} {'gpu':>8}")
+    for name in names:
+        inputs = build_inputs(known[name], dtype, "cuda")
+        for backend in backends:
+            for op in ops:
+                reasons = backend_reasons(backend, inputs, op)
+                if reasons:
+                    print(f"{name:22} {backend:7} {op:13} skipped: {'; '.join(reasons)}")
+                    continue
+                api, run = public_call(inputs, op, backend), op_callable(backend, inputs, op)
+                for _ in range(3):  # warm-up: builds, plans, caches
+                    api(), run()
+                api_host, api_wall = host_us(api, args.calls, args.repeat)
+                run_host, _ = host_us(run, args.calls, args.repeat)
+                gpu = "" if args.no_gpu_time else f"{time_op(run, 'cuda', rounds=5).median_us:8.1f}"
+                print(f"{name:22} {backend:7} {op:13} {api_host:9.1f} {run_host:9.1f} {api_wall:9.1f} {gpu:>8}",
+                      flush=True)
+        del inputs
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
