@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 from typing import Iterator, Optional
 
+from .env import getenv
 from .backend import Backend
 from .errors import BackendUnavailableError, NoBackendError
 from .problems import Problem
@@ -99,7 +99,7 @@ def requested_backend(argument: Optional[str] = None) -> tuple[str, str]:
     ctx = _context.get()
     if ctx is not None:
         return ctx, "use_backend"
-    env = os.environ.get("ATTN_BACKEND")
+    env = getenv("ATTN_BACKEND")
     if env:
         return _check_name(env, "ATTN_BACKEND"), "ATTN_BACKEND"
     return AUTO, "default"

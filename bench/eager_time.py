@@ -14,13 +14,19 @@ For each workload, backend and op, three per-call times in µs:
 - ``gpu``: the backend's ``run`` replayed in a CUDA graph (``attn.timing``, L2 flushed), for
   comparison: where ``api wall`` exceeds it, the eager loop is host-bound.
 
-    PYTHONPATH=. python bench/eager_time.py [--backend tk] [--op chunk] [--calls 50] [WORKLOAD ...]
+    PYTHONPATH=. python bench/eager_time.py [--backend tk] [--op chunk] [--calls 50] [--profile 15] [WORKLOAD ...]
+
+``--profile N`` also prints, per case, the N functions with the most own time (cProfile) over
+``--calls`` public calls.
 
 Needs a CUDA device. Workload names are the spec's, with ``-ragged`` for the ragged variants.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import statistics
 import sys
 import time
@@ -57,6 +63,19 @@ def host_us(fn, calls: int, repeat: int, sync=torch.cuda.synchronize) -> tuple[f
     return min(issue) * 1e6, statistics.median(wall) * 1e6
 
 
+def profile(fn, calls: int, top: int) -> str:
+    """cProfile's ``top`` functions by own time over ``calls`` calls of ``fn``."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("workloads", nargs="*", help="default: every spec workload and its ragged variant")
@@ -66,6 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=50, help="calls per repeat (keep the launch queue unfilled)")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--no-gpu-time", action="store_true", help="skip the graph-replay column")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print each case's top N functions by own time")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("eager_time: no CUDA device (host time of eager calls is measured against a GPU)", file=sys.stderr)
@@ -97,6 +117,8 @@ def main(argv=None) -> int:
                 gpu = "" if args.no_gpu_time else f"{time_op(run, 'cuda', rounds=5).median_us:8.1f}"
                 print(f"{name:22} {backend:7} {op:13} {api_host:9.1f} {run_host:9.1f} {api_wall:9.1f} {gpu:>8}",
                       flush=True)
+                if args.profile:
+                    print(profile(api, args.calls, args.profile), flush=True)
         del inputs
         torch.cuda.empty_cache()
     return 0

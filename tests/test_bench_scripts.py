@@ -188,3 +188,6 @@ def test_eager_time_needs_a_gpu_and_times_the_public_op(monkeypatch, capsys):
     calls, syncs = [], []
     issue, wall = eager_time.host_us(lambda: calls.append(1), 4, 3, sync=lambda: syncs.append(1))
     assert len(calls) == 12 and len(syncs) == 6 and 0 < issue <= wall
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    text = eager_time.profile(lambda: calls.append(2), 5, 3)
+    assert calls.count(2) == 5 and "function calls" in text and "<lambda>" in text

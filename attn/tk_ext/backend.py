@@ -14,6 +14,7 @@ import os
 import numpy as np
 import torch
 
+from ..env import getenv
 from ..backend import Backend
 from ..problems import ChunkProblem, MergeProblem, SharedPrefixProblem
 from . import build, decode_streams, plan, schedule
@@ -47,14 +48,14 @@ def mixed_order() -> bool:
     """Whether half of the persistent CTAs run their items shortest first
     (:func:`schedule.assign_ctas`); ``ATTN_TK_ORDER=lpt`` turns it off (read when a plan is built,
     and part of the plan's cache key, so that a benchmark can time both orders)."""
-    return os.environ.get("ATTN_TK_ORDER", "mixed") != "lpt"
+    return getenv("ATTN_TK_ORDER", "mixed") != "lpt"
 
 
 def rebalance() -> bool:
     """Whether :func:`schedule.assign_ctas` lowers the largest CTA load after LPT
     (``ATTN_TK_REBALANCE=1``; off by default until a GPU benchmark says so). Read when a plan
     is built and part of the plan's cache key, so that a benchmark can time both."""
-    return os.environ.get("ATTN_TK_REBALANCE", "0") == "1"
+    return getenv("ATTN_TK_REBALANCE", "0") == "1"
 
 
 def unpair_tail() -> bool:
@@ -64,11 +65,11 @@ def unpair_tail() -> bool:
     1.3 % lower largest CTA loads on 132 SMs; on an H200 (runs 0095 vs 0091, 0098 vs 0096)
     gqa-8b became 0.7-1.9 % and gqa-8b-long 0.4-2.1 % faster, the rest within 1.1 %. Read when
     a plan is built, and part of the plan's cache key."""
-    return os.environ.get("ATTN_TK_UNPAIR", "1") == "1"
+    return getenv("ATTN_TK_UNPAIR", "1") == "1"
 
 
 def _pair_cap(name: str, default: int) -> int:
-    value = os.environ.get(name, str(default))
+    value = getenv(name, str(default))
     try:
         n = int(value)
     except ValueError:
@@ -104,7 +105,7 @@ def check_switches() -> None:
     """Raise ``ValueError`` naming a set switch of :data:`SWITCH_VALUES` with a value it does
     not take (before any launch of an op)."""
     for name, values in SWITCH_VALUES.items():
-        value = os.environ.get(name)
+        value = getenv(name)
         if value and value not in values:
             raise ValueError(f"{name}={value!r}: expected one of {', '.join(values)}")
 
@@ -112,7 +113,7 @@ def check_switches() -> None:
 def split_factors() -> tuple:
     """The split factors (:func:`plan.split_cap`) a plan is chosen from: ``ATTN_TK_SPLIT_FACTOR``
     alone when set (read at import), else :data:`plan.AUTO_SPLIT_FACTORS`."""
-    if os.environ.get("ATTN_TK_SPLIT_FACTOR"):
+    if getenv("ATTN_TK_SPLIT_FACTOR"):
         return (plan.SPLIT_FACTOR,)
     return plan.AUTO_SPLIT_FACTORS
 
@@ -128,21 +129,21 @@ def decode_wg_mode() -> str:
     it, tree-3level up to 15 % slower, the rest -5 .. +6 %; ``auto`` picks it for gqa-8b (runs
     0155 / 0156: 6.2-10.1 % faster than ``0``, the rest within 0.8 %) and hydragen-mqa-ragged's
     chunk op (runs 0199 / 0200: 5.6 % faster, the rest within 0.3 %)."""
-    return os.environ.get("ATTN_TK_DECODE_WG", "auto")
+    return getenv("ATTN_TK_DECODE_WG", "auto")
 
 
 def use_heads() -> bool:
     """Whether each launch passes the CTAs' heads (:func:`schedule.cta_heads`: item ranges and
     first units) in the kernel's parameters; ``ATTN_TK_HEADS=0`` has the kernel read them from
     the plan's tables (read at each call, so that a benchmark can time both)."""
-    return os.environ.get("ATTN_TK_HEADS", "1") != "0"
+    return getenv("ATTN_TK_HEADS", "1") != "0"
 
 
 def lse_fill() -> bool:
     """``ATTN_TK_LSE_FILL=1``: fill the partial lses with ``-inf`` before every launch even
     when the plan's items write them all (read at each call, so that a benchmark can time
     both)."""
-    return os.environ.get("ATTN_TK_LSE_FILL", "0") == "1"
+    return getenv("ATTN_TK_LSE_FILL", "0") == "1"
 
 
 def partial_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -150,7 +151,7 @@ def partial_dtype(dtype: torch.dtype) -> torch.dtype:
     op's dtype, half the bytes of float32 written and reread (the Triton backend does the
     same, as FlashInfer's cascade merges half-precision states); ``ATTN_TK_PARTIALS=float32``
     keeps float32 (read at each call, so that a benchmark can time both)."""
-    return torch.float32 if os.environ.get("ATTN_TK_PARTIALS", "half") == "float32" else dtype
+    return torch.float32 if getenv("ATTN_TK_PARTIALS", "half") == "float32" else dtype
 
 
 def num_sms(device: torch.device) -> int:
@@ -227,8 +228,8 @@ class TKBackend(Backend):
         """The environment's part of a plan's cache key (what :meth:`_place` and
         :meth:`_best_split` read)."""
         return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), decode_wg_mode(),
-                os.environ.get("ATTN_TK_SOLO_COSTS"), os.environ.get("ATTN_TK_DWG_SLOWDOWN"),
-                os.environ.get("ATTN_TK_DWG_MARGIN"))
+                getenv("ATTN_TK_SOLO_COSTS"), getenv("ATTN_TK_DWG_SLOWDOWN"),
+                getenv("ATTN_TK_DWG_MARGIN"))
 
     def _best_form(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan of :meth:`_best_split` in the kernel form :func:`decode_wg_mode`
