@@ -190,4 +190,28 @@ def test_eager_time_needs_a_gpu_and_times_the_public_op(monkeypatch, capsys):
     assert len(calls) == 12 and len(syncs) == 6 and 0 < issue <= wall
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     text = eager_time.profile(lambda: calls.append(2), 5, 3)
-    assert calls.count(2) == 5 and "function calls" in text and "<lambda>" in text
+    assert calls.count(2) == 5 and "per call of the op" in text and "<lambda>" in text
+
+
+def test_eager_ab_builds_and_times_each_tree_with_its_own_package(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    for tool in ("python3", "taskset"):
+        (bin_dir / tool).write_text("#!/bin/sh\n" + (
+            f'echo "cwd=[$PWD] path=[$PYTHONPATH] args=[$*]" >> {calls}\n' if tool == "python3"
+            else 'shift 2; exec "$@"\n'))  # taskset -c CORE cmd...: run cmd
+        (bin_dir / tool).chmod(0o755)
+    old = tmp_path / "old"
+    (old / "attn" / "tk_ext" / "csrc").mkdir(parents=True)
+    (old / "attn" / "tk_ext" / "csrc" / "x.cu").write_text("old")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"), "ROUNDS": "1"}
+    subprocess.run(["bash", "bench/eager_ab.sh", str(old), "--backend", "tk"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    lines = calls.read_text().splitlines()
+    builds = sorted(c for c in lines if "-m attn build" in c)
+    assert builds == sorted([f"cwd=[{ROOT}] path=[{os.environ.get('PYTHONPATH', '')}] args=[-m attn build]",
+                             f"cwd=[{old}] path=[{os.environ.get('PYTHONPATH', '')}] args=[-m attn build]"])
+    runs = [c for c in lines if "eager_time.py" in c]
+    assert runs == [f"cwd=[{ROOT}] path=[{old}] args=[bench/eager_time.py --backend tk]",
+                    f"cwd=[{ROOT}] path=[.] args=[bench/eager_time.py --backend tk]"]
