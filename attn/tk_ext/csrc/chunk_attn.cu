@@ -8,7 +8,6 @@
 // TMA loads it directly (C > 64: ceil(C / 64) tiles per chunk; rows past chunk_lens masked).
 #include "stacked.cuh"
 #include "common.h"
-#include "tma_cache.h"
 
 namespace attn_tk {
 
@@ -84,13 +83,13 @@ static void run_src(const at::Tensor &q, const at::Tensor &kc, const at::Tensor 
     using S = chunk_src<T, D, TAILS>;
     using cgl = typename S::cgl;
     auto mk = [&](const at::Tensor &x) {
-        return attn_tk_host::make_gl<cgl>(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0),
-                                          (unsigned)x.size(1), (unsigned)x.size(2), (unsigned)x.size(3));
+        return cgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
+                   (unsigned)x.size(2), (unsigned)x.size(3));
     };
     using bgl = typename S::bgl;
     auto mkb = [&](const at::Tensor &x) {
-        return attn_tk_host::make_gl<bgl>(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0),
-                                          (unsigned)x.size(1), (unsigned)x.size(2), (unsigned)x.size(3));
+        return bgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
+                   (unsigned)x.size(2), (unsigned)x.size(3));
     };
     S src{mk(kc), mk(vc), clist.data_ptr<int>(), clens.data_ptr<int>(), (int)((kc.size(2) + TILE - 1) / TILE),
           mkb(kc), mkb(vc)};

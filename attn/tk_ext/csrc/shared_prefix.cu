@@ -9,7 +9,6 @@
 // (tokens) at a fixed kv head, zero-filled past the end and masked in the kernel.
 #include "stacked.cuh"
 #include "common.h"
-#include "tma_cache.h"
 
 namespace attn_tk {
 
@@ -99,15 +98,15 @@ static void run_src(const at::Tensor &q, const std::vector<at::Tensor> &ks, cons
     using S = level_src<T, D, TAILS>;
     using lgl = typename S::lgl;
     auto mk = [&](const std::vector<at::Tensor> &xs, int i) {
-        const at::Tensor &x = xs[i < (int)xs.size() ? i : 0];  // an unused slot: the first's (a cache hit)
-        return attn_tk_host::make_gl<lgl>(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0),
-                                          (unsigned)x.size(1), (unsigned)x.size(2), (unsigned)x.size(3));
+        const at::Tensor &x = xs[i < (int)xs.size() ? i : 0];
+        return lgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
+                   (unsigned)x.size(2), (unsigned)x.size(3));
     };
     using bgl = typename S::bgl;
     auto mkb = [&](const std::vector<at::Tensor> &xs) {  // the suffix: last of the sources
         const at::Tensor &x = xs.back();
-        return attn_tk_host::make_gl<bgl>(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0),
-                                          (unsigned)x.size(1), (unsigned)x.size(2), (unsigned)x.size(3));
+        return bgl(reinterpret_cast<T *>(x.data_ptr()), (unsigned)x.size(0), (unsigned)x.size(1),
+                   (unsigned)x.size(2), (unsigned)x.size(3));
     };
     S src{mk(ks, 0), mk(vs, 0), mk(ks, 1), mk(vs, 1), mk(ks, 2), mk(vs, 2),
           mk(ks, 3), mk(vs, 3), mk(ks, 4), mk(vs, 4), mk(ks, 5), mk(vs, 5),
