@@ -31,7 +31,10 @@ def shared_prefix_attention(q, prefix_k, prefix_v, suffix_k=None, suffix_v=None,
     suffix_lens : torch.Tensor, optional
         int ``[B]`` with ``0 <= suffix_lens[b] <= S``; None means all ``S``. Keys and values
         past ``suffix_lens[b]`` are never read into the output: they may hold anything (NaN,
-        inf, another sequence's stale entries).
+        inf, another sequence's stale entries). The lengths are range-checked before any
+        kernel runs: on the GPU that reads them back, one host synchronisation per call
+        (skipped while a CUDA graph is captured); given on the CPU they are checked there and
+        copied without one, which an eager decode loop should prefer.
     scale : float, optional
         Softmax scale, default ``1 / sqrt(D)``.
     return_lse : bool

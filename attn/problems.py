@@ -198,6 +198,18 @@ def _check_lengths_in_range(lens: torch.Tensor, s: int) -> None:
         raise ValueError(f"suffix_lens must lie in [0, S={s}], got values in [{lo}, {hi}]")
 
 
+def _lengths_on(lens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``lens`` as contiguous int32 on ``device``.
+
+    Lengths on the host (checked there without a sync) go to the GPU without one either: a
+    fresh pageable copy, which ``non_blocking`` stages at once and which nothing else can
+    change before the GPU reads it (a pinned tensor of the caller's could be).
+    """
+    if lens.device.type == "cpu" and device.type == "cuda":
+        return lens.to(torch.int32, copy=True).contiguous().to(device, non_blocking=True)
+    return lens.to(device=device, dtype=torch.int32).contiguous()
+
+
 def shared_prefix_problem(q, prefix_k, prefix_v, suffix_k=None, suffix_v=None, suffix_lens=None,
                           scale=None) -> SharedPrefixProblem:
     q = _tensor("q", q, 3, "[B, Hq, D]")
@@ -284,7 +296,7 @@ def shared_prefix_problem(q, prefix_k, prefix_v, suffix_k=None, suffix_v=None, s
             if suffix_lens.device.type != "cpu":
                 raise ValueError(f"suffix_lens is on {suffix_lens.device} but q is on {q.device}")
         _check_lengths_in_range(suffix_lens, s)
-        suffix_lens = suffix_lens.to(device=q.device, dtype=torch.int32).contiguous()
+        suffix_lens = _lengths_on(suffix_lens, q.device)
     return SharedPrefixProblem(q, tuple(kept_k), tuple(kept_v), suffix_k, suffix_v, suffix_lens, _scale(scale, d))
 
 

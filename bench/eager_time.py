@@ -5,8 +5,8 @@ For each workload, backend and op, three per-call times in µs:
 - ``api host``: issuing one call of the public op (``attn.shared_prefix_attention`` /
   ``attn.chunk_attention`` with ``backend=``), ``--calls`` calls back to back with the GPU
   left to run behind; the least of ``--repeat`` repeats. A call that synchronises (the range
-  check of ragged ``suffix_lens`` reads them) waits for the GPU there, so on ragged workloads
-  this is at least the GPU's time.
+  check of ragged ``suffix_lens`` on the GPU reads them) waits for the GPU there, so on ragged
+  workloads this is at least the GPU's time; ``--host-lens`` passes them on the CPU instead.
 - ``run host``: the same for the backend's ``run`` on a validated problem (no validation, no
   dispatch: what ``bench/`` times on the GPU, here on the host).
 - ``api wall``: the median over the repeats of ``--calls`` public calls ended by a synchronize,
@@ -37,10 +37,13 @@ from attn.cases import OPS, backend_reasons, build_inputs, op_callable, spec_var
 from attn.timing import time_op
 
 
-def public_call(inputs, op: str, backend: str):
-    """A no-argument callable of the public op on ``inputs`` (validation and dispatch included)."""
+def public_call(inputs, op: str, backend: str, host_lens: bool = False):
+    """A no-argument callable of the public op on ``inputs`` (validation and dispatch included);
+    ``host_lens``: ``suffix_lens`` on the CPU (checked there, no sync)."""
     if op == "shared_prefix":
         args = inputs.level.args()
+        if host_lens and args[-1] is not None:
+            args = args[:-1] + (args[-1].cpu(),)
         return lambda: attn.shared_prefix_attention(*args, backend=backend)
     args = inputs.chunk.args()
     return lambda: attn.chunk_attention(*args, backend=backend)
@@ -87,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     ap.add_argument("--calls", type=int, default=50, help="calls per repeat (keep the launch queue unfilled)")
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--host-lens", action="store_true",
+                    help="shared_prefix: pass suffix_lens on the CPU (the check then needs no sync)")
     ap.add_argument("--no-gpu-time", action="store_true", help="skip the graph-replay column")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print each case's top N functions by own time")
     args = ap.parse_args(argv)
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
                 if reasons:
                     print(f"{name:22} {backend:7} {op:13} skipped: {'; '.join(reasons)}")
                     continue
-                api, run = public_call(inputs, op, backend), op_callable(backend, inputs, op)
+                api, run = public_call(inputs, op, backend, args.host_lens), op_callable(backend, inputs, op)
                 for _ in range(3):  # warm-up: builds, plans, caches
                     api(), run()
                 api_host, api_wall = host_us(api, args.calls, args.repeat)

@@ -185,6 +185,9 @@ def test_eager_time_needs_a_gpu_and_times_the_public_op(monkeypatch, capsys):
         got = eager_time.public_call(inputs, op, "torch")()
         want = attn.shared_prefix_attention(*inputs.level.args(), backend="torch")
         torch.testing.assert_close(got, want)
+    ragged = build_inputs(next(w for w in small_workloads() if w.ragged), torch.float32, "cpu")
+    torch.testing.assert_close(eager_time.public_call(ragged, "shared_prefix", "torch", host_lens=True)(),
+                               attn.shared_prefix_attention(*ragged.level.args(), backend="torch"))
     calls, syncs = [], []
     issue, wall = eager_time.host_us(lambda: calls.append(1), 4, 3, sync=lambda: syncs.append(1))
     assert len(calls) == 12 and len(syncs) == 6 and 0 < issue <= wall

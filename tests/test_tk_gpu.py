@@ -3,6 +3,8 @@ the merge kernels, plan and schedule variants, direct plans, lazy rescaling, chu
 CUDA-graph capture. On a machine without one every test skips with the backend's reason."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -358,3 +360,21 @@ def test_gpu_cuda_graph_capture_and_replay(tk, op):
     torch.cuda.synchronize()
     e_out, e_lse = fn()
     assert torch.equal(g_out, e_out) and torch.equal(g_lse, e_lse)
+
+
+@pytest.mark.gpu
+def test_gpu_eager_call_with_host_lengths_does_not_sync(tk):
+    """A warmed-up ragged call with suffix_lens on the CPU: no host synchronisation anywhere
+    (validation, plan lookup, buffers, launches), and the oracle's answer."""
+    w = W("", 8, 8, 2, ((1, 300), (2, 70)), 100, 128, ragged=True)
+    inp = make_inputs(w, torch.bfloat16, "cuda", seed=3)
+    host = dataclasses.replace(inp, suffix_lens=inp.suffix_lens.cpu())
+    _call("shared_prefix", host, "tk")  # the first call builds the plan (host-to-device copies)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, lse = _call("shared_prefix", host, "tk")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    verdict = Oracle(shared_prefix_problem(*inp.args())).judge(out, lse)
+    assert verdict.ok, str(verdict)

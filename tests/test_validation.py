@@ -211,3 +211,31 @@ def test_merge_rejects_more():
         attn.merge_states(r(2, 3, D), torch.empty(2, 3, device=META), backend="spy")
     with pytest.raises(ValueError, match="at least one state"):
         attn.merge_states(r(0, 3, D), r(0, 3), backend="spy")
+
+
+def test_host_lengths_are_copied_as_int32():
+    from attn.problems import _lengths_on
+    lens = torch.tensor([3, 0, 7, 1], dtype=torch.int64)
+    got = _lengths_on(lens, torch.device("cpu"))
+    assert got.dtype == torch.int32 and got.is_contiguous() and got.tolist() == [3, 0, 7, 1]
+
+
+@pytest.mark.gpu
+def test_host_lengths_reach_the_gpu_without_a_sync_and_gpu_lengths_with_one():
+    """Checked on the host, copied without waiting for the GPU, and a copy (a later change to
+    the caller's tensor does not reach the problem); on the GPU the check reads them back."""
+    from attn.problems import shared_prefix_problem
+    dev = torch.device("cuda")
+    args = [t.to(dev) for t in (Q, PK, PV, SK, SV)]
+    lens = torch.tensor([1, 7, 0, 3], dtype=torch.int32)
+    lens_gpu = lens.to(dev)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        p = shared_prefix_problem(*args, suffix_lens=lens)
+        lens[0] = 5
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            shared_prefix_problem(*args, suffix_lens=lens_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert p.suffix_lens.device.type == "cuda" and p.suffix_lens.tolist() == [1, 7, 0, 3]
