@@ -50,10 +50,11 @@ def backends() -> dict[str, Backend]:
 
 def get_backend(name: str) -> Backend:
     """The backend instance called ``name``; ``ValueError`` for an unknown name."""
-    all_ = backends()
-    if name not in all_:
-        raise ValueError(f"unknown attn backend {name!r}: choose one of {sorted(all_)} or 'auto'")
-    return all_[name]
+    _ensure_registered()
+    backend = _registry.get(name)  # not backends(): every op call with a named backend comes here
+    if backend is None:
+        raise ValueError(f"unknown attn backend {name!r}: choose one of {sorted(backends())} or 'auto'")
+    return backend
 
 
 def available_backends() -> list[str]:
