@@ -202,11 +202,12 @@ def _lengths_on(lens: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``lens`` as contiguous int32 on ``device``.
 
     Lengths on the host (checked there without a sync) go to the GPU without one either: a
-    fresh pageable copy, which ``non_blocking`` stages at once and which nothing else can
-    change before the GPU reads it (a pinned tensor of the caller's could be).
+    blocking copy waits for the stream, and CUDA may do the same for an asynchronous one from
+    pageable memory. So they go from a pinned copy of our own, which the caller cannot change
+    before the GPU has read it (the caching host allocator keeps it until the copy is done).
     """
     if lens.device.type == "cpu" and device.type == "cuda":
-        return lens.to(torch.int32, copy=True).contiguous().to(device, non_blocking=True)
+        return lens.to(torch.int32, copy=True).pin_memory().to(device, non_blocking=True)
     return lens.to(device=device, dtype=torch.int32).contiguous()
 
 
