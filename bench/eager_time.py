@@ -1,6 +1,6 @@
 """Host time of eager calls: what a decode loop that does not replay CUDA graphs pays per call.
 
-For each workload, backend and op, three per-call times in µs:
+For each workload, backend and op, four per-call times in µs:
 
 - ``api host``: issuing one call of the public op (``attn.shared_prefix_attention`` /
   ``attn.chunk_attention`` with ``backend=``), ``--calls`` calls back to back with the GPU
