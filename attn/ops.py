@@ -34,7 +34,8 @@ def shared_prefix_attention(q, prefix_k, prefix_v, suffix_k=None, suffix_v=None,
         inf, another sequence's stale entries). The lengths are range-checked before any
         kernel runs: on the GPU that reads them back, one host synchronisation per call
         (skipped while a CUDA graph is captured); given on the CPU they are checked there and
-        copied without one, which an eager decode loop should prefer.
+        copied without one, which an eager decode loop should prefer (a CUDA graph capture
+        refuses them there: pass them on the GPU).
     scale : float, optional
         Softmax scale, default ``1 / sqrt(D)``.
     return_lse : bool

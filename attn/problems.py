@@ -207,6 +207,10 @@ def _lengths_on(lens: torch.Tensor, device: torch.device) -> torch.Tensor:
     before the GPU has read it (the caching host allocator keeps it until the copy is done).
     """
     if lens.device.type == "cpu" and device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            # A captured copy would read the pinned block again at every replay, after the
+            # allocator has handed it on; the blocking copy before failed inside CUDA instead.
+            raise ValueError("suffix_lens on the CPU cannot be captured in a CUDA graph: pass them on the GPU")
         return lens.to(torch.int32, copy=True).pin_memory().to(device, non_blocking=True)
     return lens.to(device=device, dtype=torch.int32).contiguous()
 

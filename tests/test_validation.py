@@ -239,3 +239,15 @@ def test_host_lengths_reach_the_gpu_without_a_sync_and_gpu_lengths_with_one():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert p.suffix_lens.device.type == "cuda" and p.suffix_lens.tolist() == [1, 7, 0, 3]
+
+
+@pytest.mark.gpu
+def test_host_lengths_inside_a_graph_capture_are_refused():
+    from attn.problems import shared_prefix_problem
+    dev = torch.device("cuda")
+    args = [t.to(dev) for t in (Q, PK, PV, SK, SV)]
+    lens = torch.tensor([1, 7, 0, 3], dtype=torch.int32)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(ValueError, match="cannot be captured"):
+        with torch.cuda.graph(graph):
+            shared_prefix_problem(*args, suffix_lens=lens)
