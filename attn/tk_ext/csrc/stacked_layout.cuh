@@ -281,8 +281,9 @@ __device__ inline typename tiles<T, D>::box_tile &box_at(typename tiles<T, D>::k
 // 0107 / 0108: the table reads (ATTN_TK_HEADS=0) 0.6 % slower in the geometric mean; the
 // first row-split item's query wait (3.9 us in tree-3level) did not shrink with heads, so that
 // wait is not this chain. CTAs past HEAD_CTAS, or a launch without heads (nheads = 0), read
-// the tables.
-constexpr int HEAD_CTAS = 160;
+// the tables. The decode-warpgroup form is passed none (its CTAs run two item lists): it keeps one
+// row, so that its launches do not copy ~17 KB of unread parameters.
+constexpr int HEAD_CTAS = DECODE_WG ? 1 : 160;
 struct cta_heads {
     int range[HEAD_CTAS][2];              // [cta_items[c], cta_items[c + 1])
     int item[HEAD_CTAS][2][ITEM_INTS];    // items cta_items[c] and cta_items[c] + 1
