@@ -15,11 +15,11 @@ import sys
 import torch
 
 from attn.cases import build_inputs, op_callable
-from attn.workloads import SPEC_WORKLOADS
+from attn.workloads import spec_workload
 
 
 def main(name: str, op: str) -> None:
-    w = next(w for w in SPEC_WORKLOADS if w.name == name)
+    w = spec_workload(name)  # a spec name, or its ragged id (tree-3level-ragged)
     inputs = build_inputs(w, torch.bfloat16, torch.device("cuda"))
     fn = op_callable("tk", inputs, op)
     for _ in range(2):

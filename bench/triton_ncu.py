@@ -18,12 +18,12 @@ import torch
 
 from attn.cases import build_inputs, op_callable
 from attn.triton import config
-from attn.workloads import SPEC_WORKLOADS
+from attn.workloads import spec_workload
 
 
 def main(name: str, op: str, *overrides: str) -> None:
     force = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in overrides)}
-    w = next(w for w in SPEC_WORKLOADS if w.name == name)
+    w = spec_workload(name)  # a spec name, or its ragged id (tree-3level-ragged)
     inputs = build_inputs(w, torch.bfloat16, torch.device("cuda"))
     fn = op_callable("triton", inputs, op)
     with config.forced(**force):
