@@ -8,12 +8,13 @@ backend's marshalling runs end to end without a GPU.
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
 
 from attn.tk_ext import backend as tkb
-from attn.tk_ext import plan, schedule
+from attn.tk_ext import plan, schedule, unit_queue
 from attn.torch_backend import merge
 from attn.workloads import Workload, make_inputs, to_chunk_form
 from cases import CASES
@@ -177,6 +178,36 @@ class EmulatedExt:
         assert lse.dtype == pl.dtype == torch.float32
         assert po.numel() == 0 or po.dtype == tkb.partial_dtype(q.dtype)  # none for a direct plan
 
+    @staticmethod
+    def _check_queue(items, ctas, heads, counter, units, front, seed=0):
+        """A unit queue's launch arguments as the bindings check them, and its claims as the
+        kernel's fetchers make them (csrc/unit_queue.cuh), in a random interleaving of the CTAs:
+        every unit runs exactly once, each CTA's first as its head says."""
+        assert (counter is None) == (units is None)
+        if counter is None:
+            return
+        assert counter.dtype == torch.int64 and counter.shape == (2,) and not counter.any()
+        assert units.dtype == torch.int32 and units.dim() == 1
+        starts, _, _ = schedule.unit_costs(items.numpy())
+        assert sorted(units.tolist()) == starts.tolist()  # every unit, once
+        n, grid = units.numel(), ctas.numel() - 1
+        assert n >= grid and 0 <= front <= grid
+        firsts = ctas[:-1].tolist()
+        for c, row in enumerate(firsts):
+            assert row == int(units[c if c < front else n - 1 - (c - front)])
+            if heads.numel():
+                assert int(heads[c, 0]) == row and heads[c, 2:2 + plan.ITEM_INTS].tolist() == items[row].tolist()
+        rng, lo, hi, taken, active = random.Random(seed), 0, 0, list(firsts), list(range(grid))
+        while active:
+            c = rng.choice(active)
+            idx = unit_queue.claim(lo, hi, c < front, grid, n, front)
+            lo, hi = (lo + 1, hi) if c < front else (lo, hi + 1)
+            if idx < 0:
+                active.remove(c)
+            else:
+                taken.append(int(units[idx]))
+        assert sorted(taken) == sorted(units.tolist())
+
     def _write(self, q, items, r, keys_of, scale, po, pl, out, lse):
         b, hq, d = q.shape
         items = items.numpy()
@@ -192,16 +223,21 @@ class EmulatedExt:
             po.copy_(po64)
             pl.copy_(pl64)
 
-    def shared_prefix_partials(self, q, ks, vs, suffix_lens, items, ctas, scale, po, pl, out, lse, heads, dwg=False):
+    def shared_prefix_partials(self, q, ks, vs, suffix_lens, items, ctas, scale, po, pl, out, lse, heads,
+                               counter, units, front, dwg=False):
         self.calls.append("shared_prefix_partials" + ("_dwg" if dwg else ""))
         self._check_launch(q, items, ctas, po, pl, out, lse, heads, dwg)
+        assert not (dwg and counter is not None), "the decode-warpgroup kernels take no unit queue"
+        self._check_queue(items, ctas, heads, counter, units, front)
         keys_of = level_keys(list(zip(ks, vs)), suffix_lens)
         self._write(q, items, q.shape[1] // ks[0].shape[-2], keys_of, scale, po, pl, out, lse)
 
     def chunk_partials(self, q, k_chunks, v_chunks, clist, chunk_lens, tails, items, ctas, scale, po, pl, out, lse,
-                       heads, dwg=False):
+                       heads, counter, units, front, dwg=False):
         self.calls.append("chunk_partials" + ("_dwg" if dwg else ""))
         self._check_launch(q, items, ctas, po, pl, out, lse, heads, dwg)
+        assert not (dwg and counter is not None), "the decode-warpgroup kernels take no unit queue"
+        self._check_queue(items, ctas, heads, counter, units, front)
         # The kernel is compiled without zeroing past lengths when told no chunk is partial.
         assert tails is bool(chunk_lens.lt(k_chunks.shape[2]).any()), "tails must say whether a chunk is partial"
         keys_of = chunk_keys(k_chunks, v_chunks, clist, chunk_lens.tolist())

@@ -17,7 +17,7 @@ import torch
 from ..env import getenv
 from ..backend import Backend
 from ..problems import ChunkProblem, MergeProblem, SharedPrefixProblem
-from . import build, decode_streams, plan, schedule
+from . import build, decode_streams, plan, schedule, unit_queue
 
 # A launch without CTA heads (use_heads): the kernel reads its tables.
 _NO_HEADS = torch.zeros(0, schedule.HEAD_INTS, dtype=torch.int32)
@@ -92,13 +92,13 @@ def pair_caps() -> tuple[int, int]:
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
                    "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN",
-                   "ATTN_TK_DWG_MARGIN")
+                   "ATTN_TK_DWG_MARGIN", "ATTN_TK_QUEUE")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
                  "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
                  "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_HEADS": ("0", "1"),
-                 "ATTN_TK_DECODE_WG": ("auto", "0", "1")}
+                 "ATTN_TK_DECODE_WG": ("auto", "0", "1"), "ATTN_TK_QUEUE": ("0", "1")}
 
 
 def check_switches() -> None:
@@ -171,6 +171,7 @@ class TKBackend(Backend):
     def __init__(self):
         self._plans: dict = {}
         self._sms: dict = {}
+        self._counters = unit_queue.Counters()
 
     # ---- availability -------------------------------------------------------------
     def unavailable_reasons(self) -> list[str]:
@@ -229,7 +230,7 @@ class TKBackend(Backend):
         :meth:`_best_split` read)."""
         return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), decode_wg_mode(),
                 getenv("ATTN_TK_SOLO_COSTS"), getenv("ATTN_TK_DWG_SLOWDOWN"),
-                getenv("ATTN_TK_DWG_MARGIN"))
+                getenv("ATTN_TK_DWG_MARGIN"), unit_queue.enabled())
 
     def _best_form(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan of :meth:`_best_split` in the kernel form :func:`decode_wg_mode`
@@ -356,10 +357,30 @@ class TKBackend(Backend):
         if hit is None:
             items, ctas, direct, covered, nslot, _, dwg = self.placed_level_plan(
                 p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity, p.suffix_lens is not None, p.device)
+            items, ctas, heads, queue = self._launch_tables(items, ctas, dwg, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered,
-                   _NO_HEADS if dwg else torch.as_tensor(schedule.cta_heads(items, ctas)), dwg)
+                   heads, dwg, queue)
             self._plans[key] = hit
         return hit
+
+    def _launch_tables(self, items, ctas, dwg: bool, device):
+        """``(items, ctas, heads, queue)`` that a placed plan launches with: as placed, with CPU CTA
+        heads (none for a two-list plan), and ``queue`` None; or with :func:`unit_queue.enabled`
+        (plans without the decode warpgroup) in queue order, ``queue`` the device units and the
+        front CTA count (:func:`unit_queue.queue_order`)."""
+        if dwg:
+            return items, ctas, _NO_HEADS, None
+        if not unit_queue.enabled():
+            return items, ctas, torch.as_tensor(schedule.cta_heads(items, ctas)), None
+        items, ctas, units, front = unit_queue.queue_order(items, self._num_sms(device), mixed_order())
+        heads = torch.as_tensor(unit_queue.queue_heads(items, ctas))
+        return items, ctas, heads, (torch.as_tensor(units).to(device), front)
+
+    def _queue_args(self, queue, device) -> tuple:
+        """The launch's last three arguments: counter, units and front of its unit queue, or none."""
+        if queue is None:
+            return None, None, 0
+        return self._counters.get(device), queue[0], queue[1]
 
     def run_shared_prefix(self, p: SharedPrefixProblem):
         check_switches()
@@ -372,11 +393,12 @@ class TKBackend(Backend):
             vs.append(prep_kv(p.suffix_v))
         if not ks or b == 0:
             return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
-        items, ctas, nslot, direct, covered, heads, dwg = self.level_items(p)
+        items, ctas, nslot, direct, covered, heads, dwg, queue = self.level_items(p)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
         launch = ext.shared_prefix_partials_dwg if dwg else ext.shared_prefix_partials
-        launch(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS)
+        launch(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS,
+               *self._queue_args(queue, p.device))
         return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):
@@ -393,9 +415,9 @@ class TKBackend(Backend):
 
             items, ctas, direct, covered, nslot, clist, dwg = self._best_form(
                 make, p.table.num_seqs, p.num_kv_heads, p.num_q_heads // p.num_kv_heads, p.device)
+            items, ctas, heads, queue = self._launch_tables(items, ctas, dwg, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device),
-                   torch.as_tensor(clist).to(p.device), nslot, direct, covered,
-                   _NO_HEADS if dwg else torch.as_tensor(schedule.cta_heads(items, ctas)), dwg)
+                   torch.as_tensor(clist).to(p.device), nslot, direct, covered, heads, dwg, queue)
             cache[key] = hit
         return hit
 
@@ -412,14 +434,15 @@ class TKBackend(Backend):
         check_switches()
         ext = self._ext()
         n, hq, d = p.q.shape
-        items, ctas, clist, nslot, direct, covered, heads, dwg = self.chunk_items(p)
+        items, ctas, clist, nslot, direct, covered, heads, dwg, queue = self.chunk_items(p)
         if n == 0 or nslot == 0 or items.shape[0] == 0:
             return torch.zeros_like(p.q), torch.full((n, hq), float("-inf"), device=p.device)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (n, hq, d), p.dtype, p.device)
         launch = ext.chunk_partials_dwg if dwg else ext.chunk_partials
         launch(q, prep_kv(p.k_chunks), prep_kv(p.v_chunks), clist, p.table.chunk_lens, self.chunk_tails(p),
-               items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS)
+               items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS,
+               *self._queue_args(queue, p.device))
         return self._finish(ext, po, pl, out, lse, direct, (n, hq, d))
 
     @staticmethod

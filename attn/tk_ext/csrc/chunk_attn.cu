@@ -79,7 +79,7 @@ template<typename T, int D, bool TAILS> struct chunk_src {
 template<typename T, int D, bool TAILS>
 static void run_src(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc, const at::Tensor &clist,
                     const at::Tensor &clens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp,
-                    float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads) {
+                    float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads, const queue_spec &qs) {
     using S = chunk_src<T, D, TAILS>;
     using cgl = typename S::cgl;
     auto mk = [&](const at::Tensor &x) {
@@ -97,15 +97,16 @@ static void run_src(const at::Tensor &q, const at::Tensor &kc, const at::Tensor 
                   (int)(q.size(1) / kc.size(1)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};
     if (heads.numel()) fill_heads(a, heads.data_ptr<int>(), heads.size(0));
+    set_queue(a, qs);
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
 template<typename T, int D>
 static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc, const at::Tensor &clist,
                 const at::Tensor &clens, bool tails, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po,
-                int hp, float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads) {
-    if (tails) run_src<T, D, true>(q, kc, vc, clist, clens, items, ctas, scale, po, hp, pl, out, lse, heads);
-    else run_src<T, D, false>(q, kc, vc, clist, clens, items, ctas, scale, po, hp, pl, out, lse, heads);
+                int hp, float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads, const queue_spec &qs) {
+    if (tails) run_src<T, D, true>(q, kc, vc, clist, clens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
+    else run_src<T, D, false>(q, kc, vc, clist, clens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
 }
 
 }  // namespace attn_tk
@@ -118,7 +119,8 @@ static void run(const at::Tensor &q, const at::Tensor &kc, const at::Tensor &vc,
 void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
                        at::Tensor chunk_lens, bool tails, at::Tensor items, at::Tensor cta_items, double scale,
                        at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
-                       at::Tensor heads) {
+                       at::Tensor heads, c10::optional<at::Tensor> counter, c10::optional<at::Tensor> units,
+                       int64_t front) {
     using namespace attn_tk;
     const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(items.dtype() == at::kInt && items.is_contiguous() && items.size(1) == ITEM_INTS, "tk: bad item table");
@@ -126,6 +128,10 @@ void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, a
     TORCH_CHECK(!heads.numel() || (heads.device().is_cpu() && heads.dtype() == at::kInt && heads.is_contiguous() &&
                                    heads.dim() == 2 && heads.size(1) == HEAD_INTS && heads.size(0) == cta_items.size(0) - 1),
                 "tk: CTA heads must be int32 [num_ctas, HEAD_INTS] on the CPU");
+    queue_spec qs;
+    TORCH_CHECK(!DECODE_WG || !counter.has_value(), "tk: the decode-warpgroup kernels take no unit queue");
+    check_queue(q, counter, units, front, cta_items.size(0) - 1, &qs.queue, &qs.units, &qs.nunits);
+    qs.front = (int)front;
     const int d = (int)q.size(2);
     check_direct_outputs(q, out, lse);
     const int hp = check_partials(q, part_out);
@@ -133,11 +139,11 @@ void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, a
     float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads);
-        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads);
+        if (d == 64) attn_tk::run<bf16, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
+        else attn_tk::run<bf16, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads);
-        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads);
+        if (d == 64) attn_tk::run<half, 64>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
+        else attn_tk::run<half, 128>(q, k_chunks, v_chunks, chunk_list, chunk_lens, tails, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -4,6 +4,7 @@
 
 #include "stacked_layout.cuh"
 #include "stacked_debug.cuh"
+#include "unit_queue.cuh"
 
 namespace attn_tk {
 
@@ -76,14 +77,15 @@ __device__ inline void q_signal(semaphore &full) {
 #endif
 }
 
-// The query warp's loop: gathers the stacked query rows of items [first, last) into the slot
+// The query warp's loop: gathers the stacked query rows of the CTA's units into the slot
 // ring, as far ahead as free slots allow. A row-split item's warpgroups take a slot each, so do
 // a pair's two items; a lone kv-split item takes one (both warpgroups read it).
 template<typename T, int D, typename QT>
-__device__ inline void gather_queries(const common_args &a, int first, int last, const int *head, QT *q_smem, semaphore *q_full,
-                                      semaphore *q_empty, semaphore *q_first) {
+__device__ inline void gather_queries(const common_args &a, int first, int last, const int *head, unit_feed *feed,
+                                      QT *q_smem, semaphore *q_full, semaphore *q_empty, semaphore *q_first) {
     int qs = 0;  // slots used so far
-    for (int i = first; i < last; i++) {
+    int k = 0;   // units after the first
+    for (int i = first_unit(a, first, last); i >= 0; i = next_unit<true>(a, *feed, k++, i + 1, last)) {
         const int *it = item_at(a, head, i, first);
         const int fl = it[F_FLAGS];
         const bool kv = fl & FLAG_KV_SPLIT, pair = fl & FLAG_PAIR;

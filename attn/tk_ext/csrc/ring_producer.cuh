@@ -4,23 +4,26 @@
 
 #include "stacked_layout.cuh"
 #include "stacked_debug.cuh"
+#include "unit_queue.cuh"
 
 namespace attn_tk {
 
 using namespace kittens;
 
-// Tiles of items [first, last) into ring stages g % STAGES. Before loading a stage it writes
+// Tiles of the CTA's units (items [first, last), or those of the unit queue: unit_queue.cuh)
+// into ring stages g % STAGES. Before loading a stage it writes
 // the tile's valid keys into stage_valid (read by the consumers after their k_full wait).
 // A pair's tiles alternate between its items (ring tile t: item i + t % 2, its tile t / 2), so
 // each warpgroup takes every other tile as in a lone kv-split item; the shorter item's turns
 // past its end (dynamic lengths) are empty stages, armed with a plain arrive.
 template<int STAGES, typename SRC, typename KV>
 __device__ inline void stream_tiles(const common_args &a, const SRC &src, int first, int last, const int *head,
-                                    KV *k_smem, KV *v_smem,
+                                    unit_feed *feed, KV *k_smem, KV *v_smem,
                                     semaphore *k_full, semaphore *v_full, semaphore *done, int *stage_valid,
                                     semaphore *q_first) {
     int g = 0;  // tiles issued so far
-    for (int i = first; i < last; i++) {
+    int k = 0;  // units after the first
+    for (int i = first_unit(a, first, last); i >= 0; i = next_unit<false>(a, *feed, k++, i + 1, last)) {
         const int *it = item_at(a, head, i, first);
         const bool pair = it[F_FLAGS] & FLAG_PAIR;
         const int na = src.ntiles(it), nb = pair ? src.ntiles(it + ITEM_INTS) : 0;

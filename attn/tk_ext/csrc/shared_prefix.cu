@@ -94,7 +94,7 @@ template<typename T, int D, bool TAILS> struct level_src {
 template<typename T, int D, bool TAILS>
 static void run_src(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
                     const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp,
-                    float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads) {
+                    float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads, const queue_spec &qs) {
     using S = level_src<T, D, TAILS>;
     using lgl = typename S::lgl;
     auto mk = [&](const std::vector<at::Tensor> &xs, int i) {
@@ -115,15 +115,16 @@ static void run_src(const at::Tensor &q, const std::vector<at::Tensor> &ks, cons
                   (int)(q.size(1) / ks[0].size(2)), (int)(q.size(0) * q.size(1)),
                   scale * 1.4426950408889634f, po, pl, hp, out.data_ptr(), lse, sched_mode(), trace_ptr(), timeline_ptr()};
     if (heads.numel()) fill_heads(a, heads.data_ptr<int>(), heads.size(0));
+    set_queue(a, qs);
     launch_stacked<T, D>(a, src, (int)ctas.size(0) - 1, c10::cuda::getCurrentCUDAStream());
 }
 
 template<typename T, int D>
 static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
                 const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
-                const at::Tensor &out, float *lse, const at::Tensor &heads) {
-    if (lens.defined()) run_src<T, D, true>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads);
-    else run_src<T, D, false>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads);
+                const at::Tensor &out, float *lse, const at::Tensor &heads, const queue_spec &qs) {
+    if (lens.defined()) run_src<T, D, true>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
+    else run_src<T, D, false>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
 }
 
 }  // namespace attn_tk
@@ -134,10 +135,14 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
 // out [B*Hq, D] in q's dtype, lse float [B*Hq]: written by direct items (plan.mark_direct) only;
 // heads int32 [num_ctas, HEAD_INTS] on the CPU (schedule.cta_heads), or empty: the kernel then
 // reads every CTA's range and first unit from cta_items and items.
+// counter int64 [2] and units int32 [n] on the GPU, or neither: the unit queue (unit_queue.cuh:
+// counter zero and left zero; units in the order they are handed out; cta_items[c] then holds
+// CTA c's first unit, and CTAs [0, front) take from the front of units, the others from the back).
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
-                               at::Tensor heads) {
+                               at::Tensor heads, c10::optional<at::Tensor> counter, c10::optional<at::Tensor> units,
+                               int64_t front) {
     using namespace attn_tk;
     const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(!ks.empty() && ks.size() == vs.size() && ks.size() <= (size_t)MAX_SRC, "tk: 1..6 K/V sources");
@@ -146,6 +151,10 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     TORCH_CHECK(!heads.numel() || (heads.device().is_cpu() && heads.dtype() == at::kInt && heads.is_contiguous() &&
                                    heads.dim() == 2 && heads.size(1) == HEAD_INTS && heads.size(0) == cta_items.size(0) - 1),
                 "tk: CTA heads must be int32 [num_ctas, HEAD_INTS] on the CPU");
+    queue_spec qs;
+    TORCH_CHECK(!DECODE_WG || !counter.has_value(), "tk: the decode-warpgroup kernels take no unit queue");
+    check_queue(q, counter, units, front, cta_items.size(0) - 1, &qs.queue, &qs.units, &qs.nunits);
+    qs.front = (int)front;
     const int d = (int)q.size(2);
     check_direct_outputs(q, out, lse);
     const int hp = check_partials(q, part_out);
@@ -153,11 +162,11 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads);
-        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads);
+        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
+        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads);
-        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads);
+        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
+        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

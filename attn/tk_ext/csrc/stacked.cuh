@@ -74,6 +74,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     // while the producer is still in its first tiles' metadata reads, and its wait on parity 0
     // then never returns (a bench run of the =2 build hung, session 17).
     __shared__ semaphore q_first;
+    __shared__ unit_feed feed;  // the unit queue's mailbox (unit_queue.cuh; unused without one)
     __shared__ exchange<D> xchg;
     // Valid keys of the tile in each ring stage, written by the producer before it arms the
     // stage's k_full (an arrive: release) and read by the consumers after their wait on it
@@ -103,6 +104,7 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             init_semaphore(q_empty[b], NWG * 4, 0);
         }
         if (ATTN_TK_Q_FIRST) init_semaphore(q_first, 1, 0);
+        if (a.queue) init_feed(feed);
 #if ATTN_TK_DECODE_WG
         for (int s = 0; s < DKS; s++) {
             init_semaphore(kd_full[s], 0, 1);
@@ -126,9 +128,10 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     }
     __syncthreads();
 
-    // Persistent: this CTA runs items [first, last) of the (host-balanced) table, and the
-    // tile ring runs on across items, so the producer streams the next item's K/V while the
-    // consumers finish the current one.
+    // Persistent: this CTA runs items [first, last) of the (host-balanced) table, or its first
+    // unit and then those it takes from the unit queue (unit_queue.cuh), and the tile ring runs on
+    // across items, so the producer streams the next item's K/V while the consumers finish the
+    // current one.
 #if ATTN_TK_DECODE_WG
     // Two lists a CTA: the prefix warpgroups' [first, last) and the decode warpgroup's
     // [last, dlast) (cta_items[2 c .. 2 c + 2]; no heads: the host passes none). Read after each
@@ -139,8 +142,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (wg == NWG + 1) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
         const int first = list_end(0), last = list_end(1);
-        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty, &q_first);
-        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
+        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, &feed, q_smem, q_full, q_empty, &q_first);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, &feed, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
         if (threadIdx.x % 128 == 64)  // warp 2: the decode ring
             stream_tiles_split<DKS, DVS>(a, src, last, list_end(2), kd_smem, vd_smem, kd_full, vd_full, kd_done, vd_done, d_valid);
         return;
@@ -160,8 +163,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     const int wg = threadIdx.x / 128;
     if (wg == NWG) {
         warpgroup::decrease_registers<PRODUCER_REGS>();
-        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, q_smem, q_full, q_empty, &q_first);
-        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
+        if (warpid() % 4 == 1) gather_queries<T, D>(a, first, last, head, &feed, q_smem, q_full, q_empty, &q_first);
+        if (threadIdx.x % 128 == 0) stream_tiles<STAGES>(a, src, first, last, head, &feed, k_smem, v_smem, k_full, v_full, done, stage_valid, &q_first);
+        if (a.queue && threadIdx.x % 128 == 64) fetch_units(a, feed);  // warp 2: the unit queue's fetcher
         return;
     }
     warpgroup::increase_registers<CONSUMER_REGS>();
@@ -173,7 +177,8 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
     if (pingpong && wg == 1) turn_pass(wg);
     int g = 0;  // tiles consumed so far by this CTA: ring stage g % STAGES, phase (g / STAGES) & 1
     int qs = 0;  // query slots used so far (as the query warp counts them)
-    for (int i = first; i < last; i++) {
+    int k = 0;   // units after the first (the unit queue's mailbox entries read)
+    for (int i = first_unit(a, first, last); i >= 0; i = next_unit<true>(a, feed, k++, i + 1, last)) {
         const int *it = item_at(a, head, i, first);
         // A pair (items i, i + 1) is one turn of this loop: this warpgroup runs item mi.
         const bool pair = it[F_FLAGS] & FLAG_PAIR;

@@ -306,9 +306,28 @@ struct common_args {
     int sched;                 // consumer schedule of row-split items: a Sched (sched_mode())
     int *trace;                // ATTN_TK_TRACE builds: device [ctas, NTHREADS / 32, 4]; else unused
     unsigned long long *timeline;  // ATTN_TK_TIMELINE builds: device [num_items, NWG, TL_FIELDS]; else unused
+    // The unit queue (unit_queue.cuh), or queue == nullptr: each CTA runs [cta_items[c], cta_items[c + 1]).
+    unsigned long long *queue;  // device [2]: claims (front CTAs count in the low 32 bits, the others in the
+                                // high 32) and CTAs done claiming; zero at a launch, and left zero by it
+    const int *units;          // [nunits]: the first item row of each unit, in the order they are handed out
+    int nunits;                // units in the queue (>= the grid: each CTA's first unit is units[c] or from the back)
+    int front;                 // CTAs [0, front) take units from the front (largest first), the others from the back
     int nheads;                // CTAs [0, nheads) have their range and first unit in heads
     cta_heads heads;
 };
+
+// The unit queue of a launch (common_args' fields of the same names), as the bindings pass it.
+struct queue_spec {
+    unsigned long long *queue = nullptr;
+    const int *units = nullptr;
+    int nunits = 0, front = 0;
+};
+inline void set_queue(common_args &a, const queue_spec &q) {
+    a.queue = q.queue;
+    a.units = q.units;
+    a.nunits = q.nunits;
+    a.front = q.front;
+}
 
 // heads: int32 [n, HEAD_INTS] on the host (range, then the two items' fields), at most
 // HEAD_CTAS rows used.
