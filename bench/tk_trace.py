@@ -50,6 +50,10 @@ def case_launch(case: str):
     from attn.problems import chunk_problem, shared_prefix_problem
     from attn.workloads import make_inputs, to_chunk_form
 
+    from attn.tk_ext import unit_queue
+
+    if unit_queue.enabled():  # its CTAs take their items as they go: no table says which ran where
+        raise SystemExit("tk_trace / tk_timeline map items to CTAs by the plan's static ranges: unset ATTN_TK_QUEUE")
     w = _workload(case)
     chunk = case.endswith(":chunk")
     inp = make_inputs(w, torch.bfloat16, "cuda", seed=0)

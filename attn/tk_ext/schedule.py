@@ -241,19 +241,21 @@ def assign_ctas(items: np.ndarray, num_ctas: int, mixed: bool = True, rebalance:
 HEAD_INTS = 2 + 2 * plan.ITEM_INTS
 
 
-def cta_heads(items: np.ndarray, cta_items: np.ndarray) -> np.ndarray:
+def cta_heads(items: np.ndarray, cta_items: np.ndarray, ends=None) -> np.ndarray:
     """Each CTA's item range and first two items (int32 ``[num_ctas, HEAD_INTS]``; zeros past
     the table), which the launch copies into the kernel's parameters: a CTA then starts its
     first unit (an item, or a pair's two) without reading ``cta_items`` and the item table
-    from memory first."""
+    from memory first. ``ends``: each CTA's range ends there instead of at ``cta_items[c + 1]``
+    (a unit queue's CTAs, whose ranges are their first units: :func:`unit_queue.queue_heads`)."""
     ctas = np.asarray(cta_items, dtype=np.int64)
     n = max(0, len(ctas) - 1)
     out = np.zeros((n, HEAD_INTS), dtype=np.int32)
     if n == 0:
         return out
-    out[:, 0], out[:, 1] = ctas[:-1], ctas[1:]
+    last = ctas[1:] if ends is None else np.asarray(ends, dtype=np.int64)
+    out[:, 0], out[:, 1] = ctas[:-1], last
     padded = np.concatenate([items.astype(np.int32), np.zeros((2, plan.ITEM_INTS), dtype=np.int32)])
     first = np.minimum(ctas[:-1], len(items))
     out[:, 2:2 + plan.ITEM_INTS] = padded[first]
-    out[:, 2 + plan.ITEM_INTS:] = np.where((first + 1 < ctas[1:])[:, None], padded[first + 1], 0)
+    out[:, 2 + plan.ITEM_INTS:] = np.where((first + 1 < last)[:, None], padded[first + 1], 0)
     return out

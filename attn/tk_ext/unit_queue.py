@@ -72,18 +72,11 @@ def queue_order(items: np.ndarray, num_ctas: int, mixed: bool = True):
 
 
 def queue_heads(items: np.ndarray, cta_items: np.ndarray) -> np.ndarray:
-    """Each CTA's head (:func:`schedule.cta_heads`' layout) for a queue: its first unit's rows as
-    its range and that unit's items."""
+    """Each CTA's head (:func:`schedule.cta_heads`) for a queue: its first unit's rows as its
+    range, and that unit's items."""
     starts, ends, _ = schedule.unit_costs(items)
     firsts = np.asarray(cta_items[:-1], dtype=np.int64)
-    last = ends[np.searchsorted(starts, firsts)]
-    heads = np.zeros((len(firsts), schedule.HEAD_INTS), dtype=np.int32)
-    heads[:, 0], heads[:, 1] = firsts, last
-    k = plan.ITEM_INTS
-    heads[:, 2:2 + k] = items[firsts]
-    pair = last > firsts + 1
-    heads[pair, 2 + k:] = items[firsts[pair] + 1]
-    return heads
+    return schedule.cta_heads(items, cta_items, ends=ends[np.searchsorted(starts, firsts)])
 
 
 def claim(lo: int, hi: int, front_cta: bool, ctas: int, nunits: int, front: int) -> int:
