@@ -292,7 +292,10 @@ def test_plan_constants_match_the_kernel_headers():
         return {k: int(v) for k, v in re.findall(r"(\w+) = (\d+)", body)}
 
     fields = enum("ItemField")
-    assert fields == {n: getattr(plan, n) for n in fields} and len(fields) == 11
+    assert fields == {n: getattr(plan, n) for n in fields} and len(fields) == 12 == plan.ITEM_INTS
+    for name in ("WALK_SRC_BITS", "WALK_RAGGED", "WALK_CAP_SHIFT"):  # F_WALK's packing
+        assert const(name) == getattr(plan, name), name
+    assert tkb.MAX_SOURCES <= 1 << plan.WALK_SRC_BITS <= plan.WALK_RAGGED < 1 << plan.WALK_CAP_SHIFT
     flags = enum("ItemFlag")
     assert flags == {n: getattr(plan, n) for n in flags} and set(flags) >= {"FLAG_KV_SPLIT", "FLAG_CLEAR_NEXT"}
     assert const("ITEM_INTS") == plan.ITEM_INTS and const("TILE") == plan.TILE and const("NWG") == plan.NWG

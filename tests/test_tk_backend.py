@@ -69,7 +69,7 @@ def emulated_tk(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("mode", ["0", "1", "queue"], ids=["one-list", "decode-wg", "queue"])
+@pytest.mark.parametrize("mode", ["0", "1", "queue", "walk"], ids=["one-list", "decode-wg", "queue", "walk"])
 def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtype, mode, emulated_tk, monkeypatch):
     """The tk backend's ops on the CPU with the kernels emulated: the flash-attention
     criterion against the float64 oracle, as on the GPU, and the launches the backend makes
@@ -77,15 +77,20 @@ def test_backend_marshalling_runs_end_to_end_on_an_emulated_extension(case, dtyp
     solo items: attn.tk_ext.decode_streams; ATTN_TK_DECODE_WG=1) too; the emulation checks
     their lists and that solo items go to those kernels only."""
     case = case.values[0] if isinstance(case, type(pytest.param(0))) else case
-    monkeypatch.setenv("ATTN_TK_DECODE_WG", "0" if mode == "queue" else mode)
+    # walk: ATTN_TK_WALK=1 with the decode warpgroup wherever a plan allows it (a walking plan does not).
+    monkeypatch.setenv("ATTN_TK_DECODE_WG", {"queue": "0", "walk": "1"}.get(mode, mode))
     monkeypatch.setenv("ATTN_TK_QUEUE", "1" if mode == "queue" else "0")
+    monkeypatch.setenv("ATTN_TK_WALK", "1" if mode == "walk" else "0")
     tk, ext = emulated_tk
     p = case.problem(case.inputs(dtype, "cpu"))
     out, lse = (tk.run_shared_prefix if case.op == "shared_prefix" else tk.run_chunk)(p)
     verdict = Oracle(p).judge(out, lse)
     assert verdict.ok, verdict
     dwg, queue = (tk.level_items(p) if case.op == "shared_prefix" else tk.chunk_items(p))[-2:]
-    assert mode == "1" or not dwg  # and the emulation checks: two-list kernels iff solo items
+    walk = case.op == "shared_prefix" and tk.level_items(p)[6]
+    assert walk <= (mode == "walk") and (walk or case.id != "tree-walk-d128" or mode != "walk")  # that one walks at every split
+    assert mode in ("1", "walk") or not dwg  # and the emulation checks: two-list kernels iff solo items
+    assert not (walk and dwg)
     assert (queue is not None) == (mode == "queue")  # and the emulation checks the queue's claims
     base = "shared_prefix_partials" if case.op == "shared_prefix" else "chunk_partials"
     assert ext.calls[0] == base + ("_dwg" if dwg else "")
@@ -202,12 +207,12 @@ def test_the_kernel_form_follows_attn_tk_decode_wg(emulated_tk, monkeypatch):
         tk.run_shared_prefix(p)
     assert ext.calls == []
     monkeypatch.setenv("ATTN_TK_DECODE_WG", "1")
-    items, ctas, _, _, _, heads, dwg, _ = tk.level_items(p)
+    items, ctas, _, _, _, heads, _, dwg, _ = tk.level_items(p)
     assert dwg and heads.numel() == 0 and len(ctas) == 2 * 3 + 1
     assert (items[:, tkb.plan.F_FLAGS] & tkb.plan.FLAG_SOLO).any()
     assert Oracle(p).judge(*tk.run_shared_prefix(p)).ok and ext.calls[0] == "shared_prefix_partials_dwg"
     monkeypatch.setenv("ATTN_TK_DECODE_WG", "0")
-    items0, ctas0, _, _, _, heads0, dwg0, _ = tk.level_items(p)
+    items0, ctas0, _, _, _, heads0, _, dwg0, _ = tk.level_items(p)
     assert not dwg0 and len(ctas0) == 3 + 1 and heads0.numel() > 0
     assert not (items0[:, tkb.plan.F_FLAGS] & tkb.plan.FLAG_SOLO).any()
     n = len(ext.calls)

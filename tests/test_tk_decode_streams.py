@@ -259,9 +259,9 @@ def test_auto_builds_each_split_once_for_both_forms(monkeypatch):
     made = []
     real = plan.level_plan
 
-    def counting(*a):
+    def counting(*a, **kw):
         made.append(a[-1])  # the split factor
-        return real(*a)
+        return real(*a, **kw)
 
     monkeypatch.setattr(plan, "level_plan", counting)
     _, _, _, _, _, _, dwg = tk.placed_level_plan(256, 32, 8, [(1, 8192)], 256, False, "cpu")

@@ -351,6 +351,39 @@ def test_gpu_unit_queue_agrees(tk, case, monkeypatch):
     assert not tk._counters.get(inp.q.device).any()
 
 
+def _walk_cases():
+    from tk_emulation import PLAN_CASES
+    small = [c.values[0] if isinstance(c, type(pytest.param(0))) else c for c in PLAN_CASES]
+    return [c for c in small if c.op == "shared_prefix" and not c.gpu_only] + [
+        c for c in GPU_CASES if c.id in ("gpu-tree3-p2048", "spec-tree-3level-level", "spec-tree-3level-ragged-level")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", _walk_cases(), ids=lambda c: c.id)
+def test_gpu_walked_leaves_agree(tk, case, dtype, monkeypatch):
+    """Plans whose leaf items walk their sequences' suffixes (ATTN_TK_WALK=1: the kernels with
+    WALK, each suffix tile masked to its sequence's rows) pass the oracle, with NaN past every
+    ragged length (the walked tails' V rows are zeroed as the suffix items' are); the plain plan
+    of the same inputs passes too."""
+    inp = case.inputs(dtype, "cuda")
+    p = case.problem(inp)
+    if tk.not_supported_reasons(p):
+        pytest.skip("; ".join(tk.not_supported_reasons(p)))
+    poison_past_lengths(inp, float("nan"))
+    monkeypatch.setenv("ATTN_TK_WALK", "1")
+    out, lse = _call(case.op, inp, "tk")
+    walk = tk.level_items(p)[6]
+    assert walk or not (case.id.startswith(("tree-walk", "spec-tree", "gpu-tree"))), "this plan should walk"
+    verdict = Oracle(p).judge(out, lse)
+    assert verdict.ok, str(verdict)
+    monkeypatch.setenv("ATTN_TK_WALK", "0")
+    plain = _call(case.op, inp, "tk")
+    assert not tk.level_items(p)[6]
+    plain_verdict = Oracle(p).judge(*plain)
+    assert plain_verdict.ok, str(plain_verdict)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("queue", ["0", "1"], ids=["static", "queue"])
 @pytest.mark.parametrize("op", ["shared_prefix", "chunk", "merge", "direct"])

@@ -48,13 +48,17 @@ def emulate_items(q, items, nslot, rows_total, hq, r, d, keys_of, scale, covered
             else:
                 lo = row0 + w * plan.TILE
                 rows, tiles, sl = range(lo, min(lo + plan.TILE, nrows)), range(ntiles), slot
-            ks, vs = [], []
+            ks, vs, sels = [], [], []
             for t in tiles:
-                k, v, valid = keys_of(it, t)
+                k, v, valid, *sel = keys_of(it, t)
                 if valid > 0:
                     ks.append(k[:valid])
                     vs.append(v[:valid])
+                    sels.append(sel[0] if sel else None)  # a walked suffix tile: its sequence's rows only
+            # The kernel's online softmax needs a finite max in every row from the first tile on.
+            assert not sels or sels[0] is None, "a warpgroup's first tile must have keys for every row"
             for j in rows:
+                mine = [i for i, sl_ in enumerate(sels) if sl_ is None or sl_ == j // r]
                 b, hh = seq0 + j // r, h * r + j % r
                 g = b * hq + hh
                 assert (sl, g) not in written, "two items write one (slot, row)"
@@ -66,17 +70,17 @@ def emulate_items(q, items, nslot, rows_total, hq, r, d, keys_of, scale, covered
                     assert (sl + 1, g) not in written, "FLAG_CLEAR_NEXT on a (slot, row) an item writes"
                     written.add((sl + 1, g))
                     pl[sl + 1, g] = float("-inf")
-                if ks:
-                    s = torch.cat(ks) @ q64[b, hh] * scale
+                if mine:
+                    s = torch.cat([ks[i] for i in mine]) @ q64[b, hh] * scale
                     pl[sl, g] = torch.logsumexp(s, 0)
-                    po[sl, g] = torch.softmax(s, 0) @ torch.cat(vs)
+                    po[sl, g] = torch.softmax(s, 0) @ torch.cat([vs[i] for i in mine])
     return po, pl
 
 
-def run_level_emulation(p):
+def run_level_emulation(p, walk=False):
     levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
     items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
-                                   p.suffix_lens is not None, num_sms=3)
+                                   p.suffix_lens is not None, num_sms=3, walk=walk)
     items, _ = plan.mark_direct(items, p.batch, p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
     items, covered = plan.clear_unwritten(schedule.pair_kv_items(items, *tkb.pair_caps()), nslot, p.batch,
                                           p.num_kv_heads, p.num_q_heads // p.num_kv_heads)
@@ -97,8 +101,21 @@ def level_keys(srcs, suffix_lens):
     def keys_of(it, t):
         _, src, gidx, h = it[:4]
         kl = it[plan.F_KEYLEN] if it[plan.F_KEYLEN] >= 0 else lens[gidx]
+        walk = it[plan.F_WALK]
         if t is None:
+            if walk:  # every walked tile, as the kernel counts them: ragged ones past a length are empty
+                return it[plan.F_TILE1] - it[plan.F_TILE0]
             return max(0, min(it[plan.F_TILE1], math.ceil(kl / plan.TILE)) - it[plan.F_TILE0])
+        own = math.ceil(kl / plan.TILE) - it[plan.F_TILE0]
+        if walk and t >= own:  # tile u of the walk: tile u % spt of sequence seq0 + u // spt's suffix
+            s_cap = walk >> plan.WALK_CAP_SHIFT
+            spt = math.ceil(s_cap / plan.TILE)
+            u = t - own
+            seq, lo = it[plan.F_SEQ0] + u // spt, (u % spt) * plan.TILE
+            k, v = srcs[walk & ((1 << plan.WALK_SRC_BITS) - 1)]
+            s_len = lens[seq] if walk & plan.WALK_RAGGED else s_cap
+            return (k[seq, lo:lo + plan.TILE, h].double(), v[seq, lo:lo + plan.TILE, h].double(), s_len - lo,
+                    u // spt)
         k, v = srcs[src]
         if k.dim() == 3:
             k, v = k[None], v[None]
@@ -145,6 +162,16 @@ PLAN_CASES = [c for c in CASES if not c.gpu_only] + [
     pytest.param(type(CASES[0])("chunk128-rows", "chunk",
                                 lambda dt, dev: to_chunk_form(make_inputs(W("", 40, 8, 2, ((1, 600), (4, 200)), 90, 64,
                                                                             ragged=True), dt, dev, seed=4), 128, shuffle=True))),
+]
+
+
+# Trees whose leaf items walk their sequences' suffixes (ATTN_TK_WALK=1): 16 leaf rows of 3 tiles
+# and ragged suffixes of 3 tiles (some past their lengths); 2 leaf tiles and one-tile suffixes.
+PLAN_CASES += [
+    type(CASES[0])("tree-walk-ragged", "shared_prefix",
+                   lambda dt, dev: make_inputs(W("", 16, 8, 2, ((1, 200), (4, 130)), 150, 64, ragged=True), dt, dev, seed=13)),
+    type(CASES[0])("tree-walk-d128", "shared_prefix",
+                   lambda dt, dev: make_inputs(W("", 8, 8, 2, ((1, 64), (2, 100)), 64, 128), dt, dev, seed=14)),
 ]
 
 
@@ -224,10 +251,13 @@ class EmulatedExt:
             pl.copy_(pl64)
 
     def shared_prefix_partials(self, q, ks, vs, suffix_lens, items, ctas, scale, po, pl, out, lse, heads,
-                               counter, units, front, dwg=False):
+                               counter, units, front, walk, dwg=False):
         self.calls.append("shared_prefix_partials" + ("_dwg" if dwg else ""))
         self._check_launch(q, items, ctas, po, pl, out, lse, heads, dwg)
         assert not (dwg and counter is not None), "the decode-warpgroup kernels take no unit queue"
+        # The kernels without WALK would read a walked item's suffix tiles as its leaf's.
+        assert walk is bool((items[:, plan.F_WALK] != 0).any()), "walk must say whether items walk suffixes"
+        assert not (dwg and walk), "the decode-warpgroup kernels run no walked items"
         self._check_queue(items, ctas, heads, counter, units, front)
         keys_of = level_keys(list(zip(ks, vs)), suffix_lens)
         self._write(q, items, q.shape[1] // ks[0].shape[-2], keys_of, scale, po, pl, out, lse)

@@ -92,13 +92,14 @@ def pair_caps() -> tuple[int, int]:
 # ``python -m attn info`` when set.
 TUNING_SWITCHES = ("ATTN_TK_SCHED", "ATTN_TK_PARTIALS", "ATTN_TK_LSE_FILL", "ATTN_TK_MERGE", "ATTN_TK_ORDER",
                    "ATTN_TK_UNPAIR", "ATTN_TK_HEADS", "ATTN_TK_DECODE_WG", "ATTN_TK_SOLO_COSTS", "ATTN_TK_DWG_SLOWDOWN",
-                   "ATTN_TK_DWG_MARGIN", "ATTN_TK_QUEUE")
+                   "ATTN_TK_DWG_MARGIN", "ATTN_TK_QUEUE", "ATTN_TK_WALK")
 # The values each switch takes (the kernels read SCHED and MERGE themselves and would take any
 # other value as the default, so a typo would time the default unnoticed).
 SWITCH_VALUES = {"ATTN_TK_SCHED": ("pingpong", "pipeline", "serial"), "ATTN_TK_PARTIALS": ("half", "float32"),
                  "ATTN_TK_LSE_FILL": ("0", "1"), "ATTN_TK_MERGE": ("v8", "v4"), "ATTN_TK_ORDER": ("mixed", "lpt"),
                  "ATTN_TK_REBALANCE": ("0", "1"), "ATTN_TK_UNPAIR": ("0", "1"), "ATTN_TK_HEADS": ("0", "1"),
-                 "ATTN_TK_DECODE_WG": ("auto", "0", "1"), "ATTN_TK_QUEUE": ("0", "1")}
+                 "ATTN_TK_DECODE_WG": ("auto", "0", "1"), "ATTN_TK_QUEUE": ("0", "1"),
+                 "ATTN_TK_WALK": ("0", "1")}
 
 
 def check_switches() -> None:
@@ -130,6 +131,13 @@ def decode_wg_mode() -> str:
     0155 / 0156: 6.2-10.1 % faster than ``0``, the rest within 0.8 %) and hydragen-mqa-ragged's
     chunk op (runs 0199 / 0200: 5.6 % faster, the rest within 0.3 %)."""
     return getenv("ATTN_TK_DECODE_WG", "auto")
+
+
+def walk_suffixes() -> bool:
+    """Whether shared-prefix plans let a tree's leaf items walk their sequences' suffixes
+    (:func:`plan.walk_suffixes`; ``ATTN_TK_WALK``, default ``0``). Read when a plan is built,
+    and part of its cache key."""
+    return getenv("ATTN_TK_WALK", "0") == "1"
 
 
 def use_heads() -> bool:
@@ -230,7 +238,7 @@ class TKBackend(Backend):
         :meth:`_best_split` read)."""
         return (mixed_order(), pair_caps(), rebalance(), split_factors(), unpair_tail(), decode_wg_mode(),
                 getenv("ATTN_TK_SOLO_COSTS"), getenv("ATTN_TK_DWG_SLOWDOWN"),
-                getenv("ATTN_TK_DWG_MARGIN"), unit_queue.enabled())
+                getenv("ATTN_TK_DWG_MARGIN"), unit_queue.enabled(), walk_suffixes())
 
     def _best_form(self, make, num_seqs: int, hkv: int, r: int, device):
         """The placed plan of :meth:`_best_split` in the kernel form :func:`decode_wg_mode`
@@ -246,7 +254,9 @@ class TKBackend(Backend):
             return made[f]
 
         one = self._best_split(make_once, num_seqs, hkv, r, device)
-        if mode == "0" or one[2]:  # a direct plan has no split decode items to take apart
+        # A direct plan has no split decode items to take apart; a walking one's small items are
+        # its walked leaves, which the decode-warpgroup form does not run (it has no WALK kernels).
+        if mode == "0" or one[2] or (one[0][:, plan.F_WALK] != 0).any():
             return one + (False,)
         two = self._best_split(make_once, num_seqs, hkv, r, device, dwg=True)
         if two[2] or not (two[0][:, plan.F_FLAGS] & plan.FLAG_SOLO).any():
@@ -340,16 +350,19 @@ class TKBackend(Backend):
         placed on ``device``'s SMs, in the kernel form :meth:`_best_form` picks):
         ``(items, ctas, direct, covered, nslot, None, dwg)`` as numpy.
         ``levels``: ``(groups, tokens)`` of each prefix level; ``ragged``: suffix lengths given."""
+        walk = walk_suffixes()
+
         def make(f):
-            return plan.level_plan(batch, hq, hkv, list(levels), suffix, ragged, self._num_sms(device), f) + (None,)
+            return plan.level_plan(batch, hq, hkv, list(levels), suffix, ragged, self._num_sms(device), f,
+                                   walk=walk) + (None,)
 
         return self._best_form(make, batch, hkv, hq // hkv, device)
 
     def level_items(self, p: SharedPrefixProblem):
         """The cached device item table, CTA ranges, slot count, directness, coverage
         (every partial lse written: :func:`plan.clear_unwritten`), CPU CTA heads
-        (:func:`schedule.cta_heads`; none for a two-list plan) and kernel form (``dwg``) of
-        ``p``'s shape."""
+        (:func:`schedule.cta_heads`; none for a two-list plan), whether items walk suffixes
+        (:func:`plan.walk_suffixes`), kernel form (``dwg``) and unit queue of ``p``'s shape."""
         levels = tuple((int(k.shape[0]), int(k.shape[1])) for k in p.prefix_k)
         key = (p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                p.suffix_lens is not None, str(p.device)) + self._schedule_key()
@@ -357,9 +370,10 @@ class TKBackend(Backend):
         if hit is None:
             items, ctas, direct, covered, nslot, _, dwg = self.placed_level_plan(
                 p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity, p.suffix_lens is not None, p.device)
+            walk = bool((items[:, plan.F_WALK] != 0).any())
             items, ctas, heads, queue = self._launch_tables(items, ctas, dwg, p.device)
             hit = (torch.as_tensor(items).to(p.device), torch.as_tensor(ctas).to(p.device), nslot, direct, covered,
-                   heads, dwg, queue)
+                   heads, walk, dwg, queue)
             self._plans[key] = hit
         return hit
 
@@ -393,12 +407,12 @@ class TKBackend(Backend):
             vs.append(prep_kv(p.suffix_v))
         if not ks or b == 0:
             return torch.zeros_like(p.q), torch.full((b, hq), float("-inf"), device=p.device)
-        items, ctas, nslot, direct, covered, heads, dwg, queue = self.level_items(p)
+        items, ctas, nslot, direct, covered, heads, walk, dwg, queue = self.level_items(p)
         q = prep_q(p.q)
         po, pl, out, lse = self._buffers(nslot, direct, covered, (b, hq, d), p.dtype, p.device)
         launch = ext.shared_prefix_partials_dwg if dwg else ext.shared_prefix_partials
         launch(q, ks, vs, p.suffix_lens, items, ctas, p.scale, po, pl, out, lse, heads if use_heads() else _NO_HEADS,
-               *self._queue_args(queue, p.device))
+               *self._queue_args(queue, p.device), walk)
         return self._finish(ext, po, pl, out, lse, direct, (b, hq, d))
 
     def chunk_items(self, p: ChunkProblem):

@@ -84,10 +84,10 @@ def slowdown_from_env(value: str | None) -> float:
 
 def solo_candidates(items: np.ndarray) -> np.ndarray:
     """Which items the decode warpgroup can run: lone kv-split items (not paired, not direct)
-    of at most :data:`plan.DEC_ROWS` rows."""
+    of at most :data:`plan.DEC_ROWS` rows that walk no suffixes (its loop masks no rows)."""
     flags = items[:, F_FLAGS]
     lone = ((flags & FLAG_KV_SPLIT) != 0) & ((flags & (plan.FLAG_PAIR | plan.FLAG_PAIRED | FLAG_DIRECT)) == 0)
-    return lone & (items[:, F_NROWS] - items[:, F_ROW0] <= DEC_ROWS)
+    return lone & (items[:, F_NROWS] - items[:, F_ROW0] <= DEC_ROWS) & (items[:, plan.F_WALK] == 0)
 
 
 def assign_streams(items: np.ndarray, num_ctas: int, solo: tuple[float, float] | None = None):

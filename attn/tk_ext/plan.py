@@ -32,7 +32,11 @@ MIN_TILES_KV = 4     # fewest tiles of a kv-split item (two per warpgroup)
 # of 2 : 1 before that gave decode-heavy CTAs up to 20 % more time than the others.
 ROW_TILE_COST, KV_TILE_COST = 1.75, 1.0
 
-F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT = range(11)
+F_FLAGS, F_SRC, F_GIDX, F_HEAD, F_SEQ0, F_NROWS, F_ROW0, F_TILE0, F_TILE1, F_KEYLEN, F_SLOT, F_WALK = range(12)
+# F_WALK (level mode; 0: none): a leaf item that walks its sequences' suffixes after its own
+# tiles (walk_suffixes), packed as the suffix's source in the low WALK_SRC_BITS, WALK_RAGGED when
+# suffix_lens are given, and the suffix capacity S (keys) from bit WALK_CAP_SHIFT up.
+WALK_SRC_BITS, WALK_RAGGED, WALK_CAP_SHIFT = 3, 8, 4
 # bits of F_FLAGS (stacked_layout.cuh ItemFlag). FLAG_PAIR: this kv-split item and the next
 # one run side by side, one per consumer warpgroup (pair_kv_items); FLAG_PAIRED marks that
 # next one (the kernel reads only FLAG_PAIR; schedules and tools read both).
@@ -100,11 +104,11 @@ def num_splits(ntiles: int, kv_split: bool, cap: float) -> int:
 def _items(n: int, **fields) -> np.ndarray:
     """``n`` items (int64 ``[n, 12]``), each field given as a scalar or an ``[n]`` array
     (``flags``, ``src``, ``gidx``, ``head``, ``seq0``, ``nrows``, ``row0``, ``t0``, ``t1``,
-    ``keylen``, ``slot``; absent fields are 0)."""
+    ``keylen``, ``slot``, ``walk``; absent fields are 0)."""
     out = np.zeros((n, ITEM_INTS), dtype=np.int64)
     for name, col in (("flags", F_FLAGS), ("src", F_SRC), ("gidx", F_GIDX), ("head", F_HEAD), ("seq0", F_SEQ0),
                       ("nrows", F_NROWS), ("row0", F_ROW0), ("t0", F_TILE0), ("t1", F_TILE1), ("keylen", F_KEYLEN),
-                      ("slot", F_SLOT)):
+                      ("slot", F_SLOT), ("walk", F_WALK)):
         if name in fields:
             out[:, col] = fields.pop(name)
     if fields:
@@ -131,7 +135,7 @@ def _split_grid(nsplit: int, per: int, ntiles: int, inner: tuple, blocks) -> tup
 
 
 def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool, num_sms: int,
-               split_factor: float | None = None):
+               split_factor: float | None = None, walk: bool = False):
     """Items of ``shared_prefix_attention``.
 
     Parameters
@@ -140,6 +144,8 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
     suffix : ``S`` (0: no suffix source).
     ragged : True when ``suffix_lens`` is given (the kernel reads each length on the device).
     split_factor : :func:`split_cap`'s factor (default ``SPLIT_FACTOR``).
+    walk : let the last level's items walk their sequences' suffixes where
+        :func:`walk_suffixes` allows it (then there are no suffix items).
 
     Returns
     -------
@@ -155,6 +161,9 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
         phases.append((len(levels), batch, r, _row_blocks(r), math.ceil(suffix / TILE), -1 if ragged else suffix))
     cap = split_cap(sum(g * hkv * nt * tile_cost(kv) for _, g, _, bl, nt, _ in phases for _, kv in bl), num_sms,
                     split_factor)
+    walked = walk and walk_suffixes(phases, len(levels), r, cap)
+    if walked:
+        phases.pop()
     parts, slot = [np.zeros((0, ITEM_INTS), dtype=np.int64)], 0
     for src, g, rows, blocks, ntiles, keylen in phases:
         kv_all = all(kv for _, kv in blocks)
@@ -163,10 +172,45 @@ def level_plan(batch: int, hq: int, hkv: int, levels, suffix: int, ragged: bool,
         per = math.ceil(ntiles / nsplit)
         t0, t1, j, gi, h, row0, kv = _split_grid(nsplit, per, ntiles, (g, hkv), blocks)
         seq0 = gi if src == len(levels) else gi * (batch // g)
+        wk = 0
+        if walked and src == len(levels) - 1:  # the leaf: one unsplit kv-split block, then its suffixes
+            wk = len(levels) | (WALK_RAGGED if ragged else 0) | (suffix << WALK_CAP_SHIFT)
+            t1 = t1 + (rows // r) * math.ceil(suffix / TILE)
         parts.append(_items(len(j), flags=kv, src=src, gidx=gi, head=h, seq0=seq0, nrows=rows, row0=row0,
-                            t0=t0, t1=t1, keylen=keylen, slot=slot + width * j))
+                            t0=t0, t1=t1, keylen=keylen, slot=slot + width * j, walk=wk))
         slot += width * nsplit
     return np.concatenate(parts).astype(np.int32), slot
+
+
+# A leaf item walks its sequences' suffixes only if it has at least this many tiles of its own:
+# each consumer warpgroup must meet a tile with keys for every row (a leaf tile) before any
+# suffix tile, whose scores are -inf on the other sequences' rows (stacked.cuh mask_rows).
+WALK_MIN_LEAF_TILES = NWG
+
+
+def walk_suffixes(phases, nlevels: int, r: int, cap: float) -> bool:
+    """Whether the last prefix level's items take over the suffix phase.
+
+    A tree's leaf groups are small (tree-3level: 4 sequences of 4 rows, 2 tiles) and each of
+    its sequences' suffixes is one more small item (1 tile): each item pays a query gather,
+    an epilogue and a partial state. A leaf item that walks on through its sequences'
+    suffixes (tile by tile, each suffix tile masked to its sequence's rows) reads the same
+    bytes in a quarter of the items and leaves each row one state fewer to merge (triton's
+    leaf programs do the same, ``attn/triton``). Taken when the leaf is one unsplit kv-split
+    block of at least :data:`WALK_MIN_LEAF_TILES` tiles and the walked item, like the suffix
+    items it replaces, needs no split.
+
+    ``phases``: :func:`level_plan`'s ``(src, groups, rows, blocks, tiles, keylen)``, the
+    suffix last.
+    """
+    if nlevels == 0 or len(phases) != nlevels + 1:
+        return False
+    _, _, rows, blocks, ntiles, _ = phases[nlevels - 1]
+    s_tiles = phases[nlevels][4]
+    walked = ntiles + (rows // r) * s_tiles
+    return (len(blocks) == 1 and blocks[0][1] and ntiles >= WALK_MIN_LEAF_TILES
+            and num_splits(ntiles, True, cap) == 1 and num_splits(s_tiles, True, cap) == 1
+            and walked * KV_TILE_COST <= cap)
 
 
 def chunk_plan(host: dict, num_seqs: int, hq: int, hkv: int, chunk_size: int, num_sms: int,

@@ -17,6 +17,7 @@ namespace attn_tk {
 template<typename T, int D, bool TAILS> struct chunk_src {
     using kv_tile = typename tiles<T, D>::kv_tile;
     static constexpr bool PAST_TAILS = TAILS;
+    static constexpr bool WALKS = false;  // chunk plans walk nothing (level mode's F_WALK)
     // Whether a row-split item's tile can end inside the tensor, past a length: yes, a shared run of
     // chunks can end in a partial chunk.
     static constexpr bool ROW_SPLIT_TAILS = TAILS;

@@ -45,7 +45,7 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                                at::Tensor heads, c10::optional<at::Tensor> counter, c10::optional<at::Tensor> units,
-                               int64_t front);
+                               int64_t front, bool walk);
 void tk_chunk_partials(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
                        at::Tensor chunk_lens, bool tails, at::Tensor items, at::Tensor cta_items, double scale,
                        at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
@@ -57,7 +57,7 @@ void tk_shared_prefix_partials_dwg(at::Tensor q, std::vector<at::Tensor> ks, std
                                    c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                    at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                                    at::Tensor heads, c10::optional<at::Tensor> counter, c10::optional<at::Tensor> units,
-                                   int64_t front);
+                                   int64_t front, bool walk);
 void tk_chunk_partials_dwg(at::Tensor q, at::Tensor k_chunks, at::Tensor v_chunks, at::Tensor chunk_list,
                            at::Tensor chunk_lens, bool tails, at::Tensor items, at::Tensor cta_items, double scale,
                            at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,

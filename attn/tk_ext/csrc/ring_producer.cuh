@@ -33,9 +33,10 @@ __device__ inline void stream_tiles(const common_args &a, const SRC &src, int fi
             const int *is = it + (pair && (t & 1) ? ITEM_INTS : 0);
             const int tt = pair ? t / 2 : t;
             trace(a, TR_DONE, i, g, s);
-            const bool live = tt < (pair && (t & 1) ? nb : na);
+            bool live = tt < (pair && (t & 1) ? nb : na);
             typename SRC::tile_ref ref{};
             if (ATTN_TK_PREFETCH && live) ref = src.prep(is, tt);  // its loads land while the stage is still in use
+            if constexpr (SRC::WALKS) live = live && ref.valid > 0;  // a walked suffix's tiles past its length: empty
             if (ATTN_TK_Q_FIRST && g == 1) wait(*q_first, 0);
             if (g >= STAGES) wait(done[s], ((g / STAGES) - 1) & 1);
             if (live) {

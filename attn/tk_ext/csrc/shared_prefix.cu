@@ -17,9 +17,17 @@ constexpr int MAX_SRC = 6;  // prefix levels + the suffix
 // TAILS: the call has suffix_lens, so a suffix tile can end inside the tensor, past a length
 // (stacked.cuh zeroes its V rows past the keys; tail_boxes). Without them the kernel is compiled
 // without either: a branch in the tile loops cost workloads that never take it (session 29).
-template<typename T, int D, bool TAILS> struct level_src {
+// WALK: the plan's leaf items may walk their sequences' suffixes after their own tiles (F_WALK,
+// plan.walk_suffixes): tile t past the leaf's is tile u % spt of sequence seq0 + u / spt's suffix
+// (u = t - the leaf's tiles, spt = the suffix's tiles a sequence), and only that sequence's rows
+// see its keys. The producer passes the consumers that row range with the tile's valid keys
+// (stage word: WALK_TAG | (sequence + 1) << 16 | keys; stacked.cuh mask_rows). Compiled in only
+// for plans that walk.
+template<typename T, int D, bool TAILS, bool WALK = false> struct level_src {
     using kv_tile = typename tiles<T, D>::kv_tile;
     static constexpr bool PAST_TAILS = TAILS;
+    static constexpr bool WALKS = WALK;
+    static_assert(!WALK || ATTN_TK_PREFETCH, "a walked tile's row range reaches the consumers in its stage word");
     // Whether a row-split item's tile can end inside the tensor, past a length: no, a row-split
     // item reads a prefix level, whose last tile ends at the tensor's end (TMA zero-fills past it).
     static constexpr bool ROW_SPLIT_TAILS = false;
@@ -37,11 +45,13 @@ template<typename T, int D, bool TAILS> struct level_src {
         return kl >= 0 ? kl : lens[it[F_GIDX]];
     }
     __device__ inline int ntiles(const int *it) const {
+        if (WALK && it[F_WALK]) return it[F_TILE1] - it[F_TILE0];  // every walked tile, ragged ones past a length empty
         int avail = (keylen(it) + TILE - 1) / TILE;
         int n = min(it[F_TILE1], avail) - it[F_TILE0];
         return n > 0 ? n : 0;
     }
     __device__ inline int valid(const int *it, int t) const {
+        if constexpr (WALK) return prep(it, t).valid;
         return keylen(it) - (it[F_TILE0] + t) * TILE;
     }
     __device__ inline void load(const int *it, int t, kv_tile &k, kv_tile &v, semaphore &kb, semaphore &vb) const {
@@ -53,7 +63,19 @@ template<typename T, int D, bool TAILS> struct level_src {
     // level's or a full suffix's last tile ends at the tensor's end, past which TMA reads nothing.
     struct tile_ref { coord<kv_tile> c; int src, valid, boxes; };
     __device__ inline tile_ref prep(const int *it, int t) const {
-        const int vk = valid(it, t);
+        if constexpr (WALK) {
+            const int wk = it[F_WALK];
+            const int own = (it[F_KEYLEN] + TILE - 1) / TILE - it[F_TILE0];  // a leaf's keys are static
+            if (wk && t >= own) {
+                const int cap = wk >> WALK_CAP_SHIFT, spt = (cap + TILE - 1) / TILE, u = t - own;
+                const int sl = u / spt, st = u - sl * spt, seq = it[F_SEQ0] + sl;
+                const bool ragged = wk & WALK_RAGGED;
+                const int vk = min((ragged ? lens[seq] : cap) - st * TILE, TILE);
+                return {coord<kv_tile>{seq, st, it[F_HEAD], 0}, wk & ((1 << WALK_SRC_BITS) - 1),
+                        vk > 0 ? WALK_TAG | (sl + 1) << 16 | vk : vk, TAILS && ragged ? tail_boxes(vk) : 0};
+            }
+        }
+        const int vk = keylen(it) - (it[F_TILE0] + t) * TILE;
         return {coord<kv_tile>{it[F_GIDX], it[F_TILE0] + t, it[F_HEAD], 0}, it[F_SRC], vk,
                 TAILS && it[F_KEYLEN] < 0 ? tail_boxes(vk) : 0};
     }
@@ -91,11 +113,11 @@ template<typename T, int D, bool TAILS> struct level_src {
     }
 };
 
-template<typename T, int D, bool TAILS>
+template<typename T, int D, bool TAILS, bool WALK>
 static void run_src(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
                     const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp,
                     float *pl, const at::Tensor &out, float *lse, const at::Tensor &heads, const queue_spec &qs) {
-    using S = level_src<T, D, TAILS>;
+    using S = level_src<T, D, TAILS, WALK>;
     using lgl = typename S::lgl;
     auto mk = [&](const std::vector<at::Tensor> &xs, int i) {
         const at::Tensor &x = xs[i < (int)xs.size() ? i : 0];
@@ -122,9 +144,17 @@ static void run_src(const at::Tensor &q, const std::vector<at::Tensor> &ks, cons
 template<typename T, int D>
 static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const std::vector<at::Tensor> &vs,
                 const at::Tensor &lens, const at::Tensor &items, const at::Tensor &ctas, float scale, void *po, int hp, float *pl,
-                const at::Tensor &out, float *lse, const at::Tensor &heads, const queue_spec &qs) {
-    if (lens.defined()) run_src<T, D, true>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
-    else run_src<T, D, false>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
+                const at::Tensor &out, float *lse, const at::Tensor &heads, const queue_spec &qs, bool walk) {
+    // The decode warpgroup never runs walked items (decode_streams.solo_candidates): its form has no WALK kernels.
+    if constexpr (!DECODE_WG) {
+        if (walk) {
+            if (lens.defined()) run_src<T, D, true, true>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
+            else run_src<T, D, false, true>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
+            return;
+        }
+    }
+    if (lens.defined()) run_src<T, D, true, false>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
+    else run_src<T, D, false, false>(q, ks, vs, lens, items, ctas, scale, po, hp, pl, out, lse, heads, qs);
 }
 
 }  // namespace attn_tk
@@ -138,11 +168,12 @@ static void run(const at::Tensor &q, const std::vector<at::Tensor> &ks, const st
 // counter int64 [2] and units int32 [n] on the GPU, or neither: the unit queue (unit_queue.cuh:
 // counter zero and left zero; units in the order they are handed out; cta_items[c] then holds
 // CTA c's first unit, and CTAs [0, front) take from the front of units, the others from the back).
+// walk: some items walk their sequences' suffixes (F_WALK; the kernels with WALK, not the decode warpgroup's).
 void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::vector<at::Tensor> vs,
                                c10::optional<at::Tensor> lens, at::Tensor items, at::Tensor cta_items, double scale,
                                at::Tensor part_out, at::Tensor part_lse, at::Tensor out, at::Tensor lse,
                                at::Tensor heads, c10::optional<at::Tensor> counter, c10::optional<at::Tensor> units,
-                               int64_t front) {
+                               int64_t front, bool walk) {
     using namespace attn_tk;
     const c10::cuda::CUDAGuard guard(q.device());  // launch on the tensors' GPU
     TORCH_CHECK(!ks.empty() && ks.size() == vs.size() && ks.size() <= (size_t)MAX_SRC, "tk: 1..6 K/V sources");
@@ -153,6 +184,7 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
                 "tk: CTA heads must be int32 [num_ctas, HEAD_INTS] on the CPU");
     queue_spec qs;
     TORCH_CHECK(!DECODE_WG || !counter.has_value(), "tk: the decode-warpgroup kernels take no unit queue");
+    TORCH_CHECK(!DECODE_WG || !walk, "tk: the decode-warpgroup kernels run no walked items");
     check_queue(q, counter, units, front, cta_items.size(0) - 1, &qs.queue, &qs.units, &qs.nunits);
     qs.front = (int)front;
     const int d = (int)q.size(2);
@@ -162,11 +194,11 @@ void tk_shared_prefix_partials(at::Tensor q, std::vector<at::Tensor> ks, std::ve
     float *pl = part_lse.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const float s = (float)scale;
     if (q.scalar_type() == at::kBFloat16) {
-        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
-        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
+        if (d == 64) attn_tk::run<bf16, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs, walk);
+        else attn_tk::run<bf16, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs, walk);
     } else {
-        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
-        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs);
+        if (d == 64) attn_tk::run<half, 64>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs, walk);
+        else attn_tk::run<half, 128>(q, ks, vs, l, items, cta_items, s, po, hp, pl, out, lp, heads, qs, walk);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

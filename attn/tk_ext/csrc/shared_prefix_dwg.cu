@@ -6,7 +6,7 @@
 #include "common.h"
 void tk_shared_prefix_partials_dwg(at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, c10::optional<at::Tensor>,
                                    at::Tensor, at::Tensor, double, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                   c10::optional<at::Tensor>, c10::optional<at::Tensor>, int64_t) {
+                                   c10::optional<at::Tensor>, c10::optional<at::Tensor>, int64_t, bool) {
     TORCH_CHECK(false, "tk: ATTN_TK_TRACE builds have no decode-warpgroup kernels (set ATTN_TK_DECODE_WG=0)");
 }
 #else

@@ -353,6 +353,13 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
             trace(a, TR_KFULL, mi, g, s);
             TL_WAIT(kwait, ring.wait_k(s, ph));
             int valid = ATTN_TK_STAGE_VALID || pair ? ring.keys(s) : src.valid(it, t);
+            int walk_seq = 0;  // a walked suffix tile: 1 + its sequence in the item (SRC::WALKS)
+            if constexpr (SRC::WALKS) {
+                if (valid >= WALK_TAG) {
+                    walk_seq = (valid - WALK_TAG) >> 16;
+                    valid &= 0xffff;
+                }
+            }
             bool mine = (!kvsplit || (t % NWG) == wg) && valid > 0;
             // A tile nobody computes on (past a partial chunk) is released only once its V
             // has landed: the producer's next expect_bytes on v_full[s] must start a new phase.
@@ -370,6 +377,9 @@ stacked_attn_kernel(const __grid_constant__ common_args a, const __grid_constant
                 warpgroup::mma_async_wait();
                 reg_fence(att);
                 if (live) {
+                    if constexpr (SRC::WALKS) {
+                        if (walk_seq) mask_rows(att, row0 + wq * 16, (walk_seq - 1) * a.r, walk_seq * a.r);
+                    }
 #if ATTN_TK_SERIAL_SOFTMAX
                     if (ABL_SM && softmax_step_fast(att, m, l, alpha, valid, a.scale_log2)) warp::mul_row(o, o, alpha);
 #else

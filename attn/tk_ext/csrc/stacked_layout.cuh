@@ -154,7 +154,17 @@ enum ItemField {
     F_TILE1 = 8,      // one past the last tile of this item
     F_KEYLEN = 9,     // level mode: keys of the source; -1 = suffix_lens[gidx]
     F_SLOT = 10,      // partial slot (kv split: slot + warpgroup)
+    F_WALK = 11,      // level mode, 0 or a leaf item that walks its sequences' suffixes after its tiles:
+                      // the suffix's source (bits 0-2), suffix_lens given (bit 3), the suffix capacity S (<< 4)
 };
+// A ring stage's word (stage_valid) for a walked suffix tile: WALK_TAG | (sequence + 1) << 16 |
+// keys, the sequence counted in the item's; other tiles' words are their valid keys (< WALK_TAG).
+constexpr int WALK_TAG = 1 << 30;
+// F_WALK's packing (plan.py: the same): the suffix's source in the low WALK_SRC_BITS, WALK_RAGGED
+// when its lengths are read from suffix_lens, its capacity from bit WALK_CAP_SHIFT up.
+constexpr int WALK_SRC_BITS = 3;
+constexpr int WALK_RAGGED = 8;
+constexpr int WALK_CAP_SHIFT = 4;
 // Bits of F_FLAGS (plan.py: the same, and FLAG_PAIRED = 8 on a pair's second item, which the
 // kernel does not read). FLAG_CLEAR_NEXT marks an item writing one slot of a two-slot split
 // (paired, or row-split beside kv-split blocks) whose slot + 1 no item writes: it writes that

@@ -84,6 +84,23 @@ __device__ inline void mask_tail(ATT &att, int valid) {
     }
 }
 
+// Sets the scores of rows outside [lo, hi) to -inf (a walked suffix tile: its sequence's rows
+// only); row_base is the item's row of this warp's first. Rows lane / 4 and lane / 4 + 8 (mask_tail's layout).
+// softmax_step_fast then keeps such a row's max and adds nothing to it, provided the row has a
+// finite max already (plan.walk_suffixes puts a tile with keys for every row first).
+template<typename ATT>
+__device__ inline void mask_rows(ATT &att, int row_base, int lo, int hi) {
+    const int ra = row_base + (threadIdx.x % 32) / 4, rb = ra + 8;
+    const bool out_a = ra < lo || ra >= hi, out_b = rb < lo || rb >= hi;
+    #pragma unroll
+    for (int j = 0; j < ATT::width; j++) {
+        #pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if ((k & 1) ? out_b : out_a) att.tiles[0][j].data[k] = make_float2(-INFINITY, -INFINITY);
+        }
+    }
+}
+
 // One online-softmax step on a raw score tile: scale to log2 units, mask keys >= valid, update
 // the running max m and sum l, leave P = exp2(s - m) in att and the factor exp2(m_old - m) that
 // the output accumulated so far must be rescaled by in alpha (0 on the first tile: m_old = -inf).
