@@ -371,6 +371,9 @@ def test_gpu_walked_leaves_agree(tk, case, dtype, monkeypatch):
     if tk.not_supported_reasons(p):
         pytest.skip("; ".join(tk.not_supported_reasons(p)))
     poison_past_lengths(inp, float("nan"))
+    if not case.gpu_only:  # the small cases planned on 3 CTAs, as the CPU emulation plans them: more of them walk
+        monkeypatch.setattr(tk, "_num_sms", lambda device: 3)
+    monkeypatch.setattr(tk, "_plans", {})  # plans of this SM count stay in this test
     monkeypatch.setenv("ATTN_TK_WALK", "1")
     out, lse = _call(case.op, inp, "tk")
     walk = tk.level_items(p)[6]

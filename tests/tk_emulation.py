@@ -165,11 +165,12 @@ PLAN_CASES = [c for c in CASES if not c.gpu_only] + [
 ]
 
 
-# Trees whose leaf items walk their sequences' suffixes (ATTN_TK_WALK=1): 16 leaf rows of 3 tiles
-# and ragged suffixes of 3 tiles (some past their lengths); 2 leaf tiles and one-tile suffixes.
+# Trees whose leaf items walk their sequences' suffixes (ATTN_TK_WALK=1) at every split factor.
+# Leaves of 2 sequences (8 rows) and 2 tiles, ragged suffixes of 3 tiles (some past their lengths);
+# leaves of 4 sequences and 2 tiles, one-tile suffixes.
 PLAN_CASES += [
     type(CASES[0])("tree-walk-ragged", "shared_prefix",
-                   lambda dt, dev: make_inputs(W("", 16, 8, 2, ((1, 200), (4, 130)), 150, 64, ragged=True), dt, dev, seed=13)),
+                   lambda dt, dev: make_inputs(W("", 16, 8, 2, ((1, 200), (8, 100)), 150, 64, ragged=True), dt, dev, seed=13)),
     type(CASES[0])("tree-walk-d128", "shared_prefix",
                    lambda dt, dev: make_inputs(W("", 8, 8, 2, ((1, 64), (2, 100)), 64, 128), dt, dev, seed=14)),
 ]
