@@ -196,6 +196,7 @@ def test_backend_unpairs_the_tail_where_the_plan_says_it_evens_the_ctas(monkeypa
 
     def placed(unpair, args):
         monkeypatch.setenv("ATTN_TK_UNPAIR", unpair)
+        monkeypatch.setenv("ATTN_TK_WALK", "0")  # tree-3level's plan with suffix items (its walked one: test_tk_walk)
         tk = tkb.TKBackend()
         monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
         items, ctas, nslot, direct, covered = tk.level_items(shape(*args))[:5]

@@ -374,6 +374,7 @@ def test_backend_chooses_the_split_factor_per_shape(monkeypatch):
 
     monkeypatch.delenv("ATTN_TK_SPLIT_FACTOR", raising=False)
     monkeypatch.delenv("ATTN_TK_DECODE_WG", raising=False)  # the default (auto), also under a forced form
+    monkeypatch.setenv("ATTN_TK_WALK", "0")  # the plans with suffix items (walked ones: test_tk_walk)
     tk = tkb.TKBackend()
     monkeypatch.setattr(tk, "_num_sms", lambda device: 132)
 
