@@ -8,13 +8,11 @@ import pytest
 import torch
 
 from attn.problems import chunk_problem, shared_prefix_problem
-from attn.reference import reference
 from attn.tk_ext import backend as tkb
 from attn.tk_ext import plan, schedule
-from attn.torch_backend import merge
 from attn.workloads import Workload, make_inputs, to_chunk_form
 from cases import CASES
-from tk_emulation import PLAN_CASES, run_chunk_emulation, run_level_emulation
+from tk_emulation import PLAN_CASES, assert_states_match_reference, run_chunk_emulation, run_level_emulation
 
 W = Workload
 
@@ -50,13 +48,7 @@ def test_plan_emulation_matches_reference(case, costs, pairs, monkeypatch):
     inp = case.inputs(torch.float64, "cpu")
     p = case.problem(inp)
     po, pl = (run_level_emulation if case.op == "shared_prefix" else run_chunk_emulation)(p)
-    out, lse = merge(po, pl)
-    ref_out, ref_lse = reference(p)
-    b, hq = p.q.shape[:2]
-    assert torch.allclose(out.view(b, hq, -1), ref_out, atol=1e-10, rtol=0)
-    both = torch.isinf(ref_lse)
-    assert torch.equal(torch.isinf(lse.view(b, hq)), both)
-    assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
+    assert_states_match_reference(p, po, pl)
 
 
 def test_pairs_are_adjacent_kv_items_of_equal_tiles_and_schedule_as_units(monkeypatch):

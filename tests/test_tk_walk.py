@@ -8,11 +8,9 @@ import pytest
 import torch
 
 from attn.problems import shared_prefix_problem
-from attn.reference import reference
 from attn.tk_ext import decode_streams, plan, schedule
-from attn.torch_backend import merge
 from attn.workloads import Workload, make_inputs
-from tk_emulation import PLAN_CASES, emulate_items, level_keys, run_level_emulation
+from tk_emulation import PLAN_CASES, assert_states_match_reference, emulate_items, level_keys, run_level_emulation
 
 TREE = [(1, 2048), (8, 512), (32, 128)]  # tree-3level's levels: 128 sequences, 32 leaves of 4
 
@@ -38,13 +36,7 @@ def test_walked_plans_match_the_reference(case, pairs, monkeypatch):
         items, _ = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
                                    p.suffix_lens is not None, num_sms=3, walk=True)
         assert items[:, plan.F_WALK].any()
-    out, lse = merge(*run_level_emulation(p, walk=True))
-    ref_out, ref_lse = reference(p)
-    b, hq = p.q.shape[:2]
-    assert torch.allclose(out.view(b, hq, -1), ref_out, atol=1e-10, rtol=0)
-    both = torch.isinf(ref_lse)
-    assert torch.equal(torch.isinf(lse.view(b, hq)), both)
-    assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
+    assert_states_match_reference(p, *run_level_emulation(p, walk=True))
 
 
 @pytest.mark.parametrize("ragged", [False, True], ids=["uniform", "ragged"])

@@ -77,6 +77,20 @@ def emulate_items(q, items, nslot, rows_total, hq, r, d, keys_of, scale, covered
     return po, pl
 
 
+def assert_states_match_reference(p, po, pl):
+    """The merged partial states ``po``, ``pl`` of an emulated plan equal the float64 reference
+    of ``p`` (out to 1e-10, and lse where finite; -inf exactly where the reference has it)."""
+    from attn.reference import reference
+
+    out, lse = merge(po, pl)
+    ref_out, ref_lse = reference(p)
+    b, hq = p.q.shape[:2]
+    assert torch.allclose(out.view(b, hq, -1), ref_out, atol=1e-10, rtol=0)
+    both = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse.view(b, hq)), both)
+    assert torch.allclose(lse.view(b, hq)[~both], ref_lse[~both], atol=1e-10, rtol=0)
+
+
 def run_level_emulation(p, walk=False):
     levels = [(k.shape[0], k.shape[1]) for k in p.prefix_k]
     items, nslot = plan.level_plan(p.batch, p.num_q_heads, p.num_kv_heads, levels, p.suffix_capacity,
